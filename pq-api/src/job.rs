@@ -1,0 +1,517 @@
+//! Jobs, leases and the parameters of each operation.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+
+/// Longest queue name, in bytes.
+pub const MAX_QUEUE_NAME_LEN: usize = 128;
+/// Most jobs one [`Claim`] may return.
+pub const MAX_CLAIM_LIMIT: u32 = 10_000;
+/// Longest lease, delay or deadline offset pq accepts (about 100 years): longer ones are
+/// almost certainly unit mistakes.
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+/// `max_attempts` of a job that does not set it.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+/// Lease of a [`Claim`] that does not set it.
+pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+
+/// The identity of a job, unique within one store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub i64);
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "#{}", self.0)
+    }
+}
+
+/// A point in time given either absolutely or relative to the store's clock at the time of the
+/// operation.
+///
+/// Parse one from a string: a humantime duration (`"5m"`, `"1h 30m"`, `"2days"`) is relative,
+/// an RFC 3339 datetime (`"2026-12-01T09:00:00Z"`) is absolute.
+///
+/// ```
+/// use pq_api::When;
+/// use std::time::Duration;
+/// assert_eq!("1h30m".parse::<When>().unwrap(), When::In(Duration::from_secs(5400)));
+/// assert!(matches!("2026-12-01T09:00:00Z".parse::<When>().unwrap(), When::At(_)));
+/// assert!("soon".parse::<When>().is_err());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// At this instant.
+    At(DateTime<Utc>),
+    /// This long after the operation, by the store's clock.
+    In(Duration),
+}
+
+impl When {
+    /// The instant this stands for, given the store's current time.
+    pub fn resolve(&self, now: DateTime<Utc>) -> DateTime<Utc> {
+        match *self {
+            When::At(at) => at,
+            When::In(d) => {
+                // Validated durations are at most MAX_DURATION, so this never saturates.
+                now + TimeDelta::from_std(d).unwrap_or(TimeDelta::MAX)
+            }
+        }
+    }
+
+    pub(crate) fn validate(&self, what: &'static str) -> Result<()> {
+        if let When::In(d) = self {
+            if *d > MAX_DURATION {
+                return Err(Error::invalid(what, format!("{d:?} is longer than 100 years")));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl From<DateTime<Utc>> for When {
+    fn from(at: DateTime<Utc>) -> Self {
+        When::At(at)
+    }
+}
+
+impl From<Duration> for When {
+    fn from(d: Duration) -> Self {
+        When::In(d)
+    }
+}
+
+impl FromStr for When {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let s = s.trim();
+        if let Ok(d) = humantime::parse_duration(s) {
+            return Ok(When::In(d));
+        }
+        if let Ok(at) = DateTime::parse_from_rfc3339(s) {
+            return Ok(When::At(at.with_timezone(&Utc)));
+        }
+        Err(Error::invalid(
+            "time",
+            format!("{s:?} is neither a duration like \"5m\" nor an RFC 3339 datetime"),
+        ))
+    }
+}
+
+/// A job to enqueue: the parameters of [`QueueStore::put_many`](crate::QueueStore::put_many).
+///
+/// ```
+/// use pq_api::NewJob;
+/// let job = NewJob::new("emails", &serde_json::json!({"to": "ada@example.com"}))?
+///     .delay("5m")?
+///     .priority(10)
+///     .max_attempts(3);
+/// assert_eq!(job.priority, 10);
+/// # Ok::<(), pq_api::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NewJob {
+    /// The queue it goes to.
+    pub queue: String,
+    /// Its JSON payload.
+    pub payload: Value,
+    /// Not claimable before this (`None`: at once).
+    pub run_at: Option<When>,
+    /// Higher runs first; default 0.
+    pub priority: i32,
+    /// A deadline: among equal priorities, earlier deadlines run first and jobs without one last.
+    pub expected_at: Option<When>,
+    /// How many attempts the job gets before it is left failed; at least 1.
+    pub max_attempts: u32,
+}
+
+impl NewJob {
+    /// A job for `queue` carrying `payload` serialized to JSON.
+    pub fn new(queue: impl Into<String>, payload: &impl Serialize) -> Result<Self> {
+        Ok(Self::from_json(queue, serde_json::to_value(payload)?))
+    }
+
+    /// A job for `queue` carrying a JSON value as it is.
+    pub fn from_json(queue: impl Into<String>, payload: Value) -> Self {
+        NewJob {
+            queue: queue.into(),
+            payload,
+            run_at: None,
+            priority: 0,
+            expected_at: None,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+        }
+    }
+
+    /// Not claimable before `when`.
+    pub fn run_at(mut self, when: impl Into<When>) -> Self {
+        self.run_at = Some(when.into());
+        self
+    }
+
+    /// Not claimable before the given delay (`"5m"`) or datetime string has passed.
+    pub fn delay(self, when: &str) -> Result<Self> {
+        Ok(self.run_at(when.parse::<When>()?))
+    }
+
+    /// Sets the priority: higher runs first.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the deadline that orders jobs of equal priority.
+    pub fn expected_at(mut self, when: impl Into<When>) -> Self {
+        self.expected_at = Some(when.into());
+        self
+    }
+
+    /// Sets how many attempts the job gets.
+    pub fn max_attempts(mut self, max_attempts: u32) -> Self {
+        self.max_attempts = max_attempts;
+        self
+    }
+
+    /// Checks every field; stores call this before they change anything.
+    pub fn validate(&self) -> Result<()> {
+        validate_queue_name(&self.queue)?;
+        if self.max_attempts == 0 {
+            return Err(Error::invalid("max_attempts", "must be at least 1"));
+        }
+        if i32::try_from(self.max_attempts).is_err() {
+            return Err(Error::invalid("max_attempts", "must fit in an i32"));
+        }
+        if let Some(w) = &self.run_at {
+            w.validate("run_at")?;
+        }
+        if let Some(w) = &self.expected_at {
+            w.validate("expected_at")?;
+        }
+        Ok(())
+    }
+}
+
+/// Checks a queue name: 1 to [`MAX_QUEUE_NAME_LEN`] bytes, no control characters.
+pub fn validate_queue_name(name: &str) -> Result<()> {
+    if name.is_empty() {
+        return Err(Error::invalid("queue name", "must not be empty"));
+    }
+    if name.len() > MAX_QUEUE_NAME_LEN {
+        return Err(Error::invalid(
+            "queue name",
+            format!("{} bytes is longer than {MAX_QUEUE_NAME_LEN}", name.len()),
+        ));
+    }
+    if name.chars().any(char::is_control) {
+        return Err(Error::invalid("queue name", "must not contain control characters"));
+    }
+    Ok(())
+}
+
+/// Checks a lease or extension length: more than zero, at most [`MAX_DURATION`].
+pub fn validate_lease(lease: Duration) -> Result<()> {
+    if lease.is_zero() {
+        return Err(Error::invalid("lease", "must be longer than zero"));
+    }
+    if lease > MAX_DURATION {
+        return Err(Error::invalid("lease", "must be at most 100 years"));
+    }
+    Ok(())
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Waiting for its `run_at`.
+    Scheduled,
+    /// Claimable now.
+    Ready,
+    /// Held under a live lease.
+    Running,
+    /// Out of attempts; kept for inspection until retried, cancelled or purged.
+    Failed,
+}
+
+impl JobState {
+    /// The lowercase name used in SQL and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Scheduled => "scheduled",
+            JobState::Ready => "ready",
+            JobState::Running => "running",
+            JobState::Failed => "failed",
+        }
+    }
+
+    /// Parses [`JobState::as_str`] back.
+    pub fn parse(s: &str) -> Option<Self> {
+        Some(match s {
+            "scheduled" => JobState::Scheduled,
+            "ready" => JobState::Ready,
+            "running" => JobState::Running,
+            "failed" => JobState::Failed,
+            _ => return None,
+        })
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A job as the store holds it.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Job {
+    /// Its id.
+    pub id: JobId,
+    /// Its queue.
+    pub queue: String,
+    /// Its JSON payload.
+    pub payload: Value,
+    /// Its priority (higher first).
+    pub priority: i32,
+    /// Its deadline, if any.
+    pub expected_at: Option<DateTime<Utc>>,
+    /// The earliest time it may be claimed: its schedule while it waits, its lease expiry while
+    /// it runs, the time it failed once failed.
+    pub run_at: DateTime<Utc>,
+    /// Its state now.
+    pub state: JobState,
+    /// How many times it has been claimed since it was put or last retried.
+    pub attempts: u32,
+    /// How many attempts it gets.
+    pub max_attempts: u32,
+    /// The error of its last failed attempt.
+    pub last_error: Option<String>,
+    /// When it was put.
+    pub created_at: DateTime<Utc>,
+}
+
+impl Job {
+    /// A ready job with default options, for stores to fill in (the struct is
+    /// `#[non_exhaustive]`, so stores outside this crate build jobs through this).
+    pub fn new(id: JobId, queue: impl Into<String>, payload: Value, at: DateTime<Utc>) -> Self {
+        Job {
+            id,
+            queue: queue.into(),
+            payload,
+            priority: 0,
+            expected_at: None,
+            run_at: at,
+            state: JobState::Ready,
+            attempts: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            last_error: None,
+            created_at: at,
+        }
+    }
+
+    /// Decodes the payload into a typed value.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T> {
+        Ok(T::deserialize(&self.payload)?)
+    }
+}
+
+/// Proof of holding one attempt at one job: a fencing token. Every claim of a job issues a new
+/// token, so a holder whose lease expired and was reclaimed can change nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Lease {
+    /// The job held.
+    pub job_id: JobId,
+    /// The token of this attempt.
+    pub token: i64,
+}
+
+impl Lease {
+    /// A fresh random token for a new attempt. Tokens are only ever compared together with the
+    /// job id, so 64 random bits make a collision between two attempts of one job negligible.
+    pub fn new_token() -> i64 {
+        fastrand::i64(..)
+    }
+}
+
+/// A job handed out by [`QueueStore::claim`](crate::QueueStore::claim), with its lease.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ClaimedJob {
+    /// The job, in state [`JobState::Running`], `attempts` already counting this one.
+    pub job: Job,
+    /// The lease to complete, fail, extend or release it with.
+    pub lease: Lease,
+}
+
+impl ClaimedJob {
+    /// Pairs a job with its lease.
+    pub fn new(job: Job, lease: Lease) -> Self {
+        ClaimedJob { job, lease }
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.job.id
+    }
+
+    /// When the lease runs out unless extended.
+    pub fn lease_expires_at(&self) -> DateTime<Utc> {
+        self.job.run_at
+    }
+
+    /// Decodes the payload into a typed value.
+    pub fn payload<T: DeserializeOwned>(&self) -> Result<T> {
+        self.job.payload()
+    }
+}
+
+/// What to claim: the parameters of [`QueueStore::claim`](crate::QueueStore::claim).
+///
+/// ```
+/// use pq_api::Claim;
+/// use std::time::Duration;
+/// let claim = Claim::new(["emails", "reports"]).limit(10).lease(Duration::from_secs(60));
+/// assert_eq!(claim.limit, 10);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Claim {
+    /// The queues to claim from.
+    pub queues: Vec<String>,
+    /// At most this many jobs (1 to [`MAX_CLAIM_LIMIT`]).
+    pub limit: u32,
+    /// How long each claimed job is held before others may claim it again.
+    pub lease: Duration,
+}
+
+impl Claim {
+    /// Claims one job from these queues under a [`DEFAULT_LEASE`].
+    pub fn new<Q: Into<String>>(queues: impl IntoIterator<Item = Q>) -> Self {
+        Claim {
+            queues: queues.into_iter().map(Into::into).collect(),
+            limit: 1,
+            lease: DEFAULT_LEASE,
+        }
+    }
+
+    /// Claims at most `limit` jobs.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Holds each job for `lease`.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Checks every field; stores call this before they change anything.
+    pub fn validate(&self) -> Result<()> {
+        if self.queues.is_empty() {
+            return Err(Error::invalid("queues", "name at least one queue"));
+        }
+        for q in &self.queues {
+            validate_queue_name(q)?;
+        }
+        if self.limit == 0 || self.limit > MAX_CLAIM_LIMIT {
+            return Err(Error::invalid(
+                "limit",
+                format!("{} is not between 1 and {MAX_CLAIM_LIMIT}", self.limit),
+            ));
+        }
+        validate_lease(self.lease)
+    }
+
+    /// The queue names without repeats, in the order first given.
+    pub fn distinct_queues(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::with_capacity(self.queues.len());
+        for q in &self.queues {
+            if !out.contains(q) {
+                out.push(q.clone());
+            }
+        }
+        out
+    }
+}
+
+/// How an attempt failed: the parameters of [`QueueStore::fail`](crate::QueueStore::fail).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Failure {
+    /// What went wrong; recorded as the job's `last_error`.
+    pub error: String,
+    /// When to try again if attempts are left (`None`: at once).
+    pub retry_at: Option<When>,
+}
+
+impl Failure {
+    /// A failure with this message, retried at once if attempts are left.
+    pub fn new(error: impl Into<String>) -> Self {
+        Failure {
+            error: error.into(),
+            retry_at: None,
+        }
+    }
+
+    /// Retries at `when` if attempts are left.
+    pub fn retry_at(mut self, when: impl Into<When>) -> Self {
+        self.retry_at = Some(when.into());
+        self
+    }
+
+    /// Checks every field.
+    pub fn validate(&self) -> Result<()> {
+        match &self.retry_at {
+            Some(w) => w.validate("retry_at"),
+            None => Ok(()),
+        }
+    }
+}
+
+/// How many jobs of one queue are in each state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct QueueStats {
+    /// Waiting for their `run_at`.
+    pub scheduled: u64,
+    /// Claimable now.
+    pub ready: u64,
+    /// Held under a live lease.
+    pub running: u64,
+    /// Out of attempts.
+    pub failed: u64,
+}
+
+impl QueueStats {
+    /// All jobs in the queue.
+    pub fn total(&self) -> u64 {
+        self.scheduled + self.ready + self.running + self.failed
+    }
+
+    /// Adds one job in `state`.
+    pub fn add(&mut self, state: JobState, n: u64) {
+        match state {
+            JobState::Scheduled => self.scheduled += n,
+            JobState::Ready => self.ready += n,
+            JobState::Running => self.running += n,
+            JobState::Failed => self.failed += n,
+        }
+    }
+}
+
+/// A duration in whole microseconds, the resolution PostgreSQL keeps; saturates at `i64::MAX`.
+pub fn micros(d: Duration) -> i64 {
+    i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,45 @@
+//! # pq-api: the contract of pq, a transactional job queue on PostgreSQL
+//!
+//! This crate knows no database driver. It holds:
+//! - [`QueueStore`], the object-safe trait every store implements, whose docs are the
+//!   specification (each method's `# Contract`);
+//! - [`QueueStoreExt`], conveniences for every store: `put`, `complete`, a blocking `get` and
+//!   a job stream;
+//! - the job types ([`NewJob`], [`Claim`], [`ClaimedJob`], [`Lease`], [`Job`], …) and the one
+//!   [`Error`];
+//! - [`sql`], the PostgreSQL statements both SQL stores (`pq-sqlx`, `pq-diesel`) run.
+//!
+//! ```
+//! use pq_api::{Claim, Failure, NewJob, QueueStore, QueueStoreExt};
+//! use std::sync::Arc;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! // Any store: the memory store here, `SqlxStore` or `DieselStore` in production.
+//! let store: Arc<dyn QueueStore> = Arc::new(pq_memory::MemoryStore::new());
+//!
+//! store.put("emails", &serde_json::json!({"to": "ada@example.com"})).await?;
+//! store.put_job(NewJob::new("emails", &"later")?.delay("5m")?).await?;
+//!
+//! let jobs = store.claim(&Claim::new(["emails"]).limit(10)).await?;
+//! assert_eq!(jobs.len(), 1); // the delayed job is not ready yet
+//! let job = &jobs[0];
+//! assert_eq!(job.payload::<serde_json::Value>()?["to"], "ada@example.com");
+//! store.complete(&job.lease).await?;
+//! # Ok::<(), pq_api::Error>(())
+//! # }).unwrap();
+//! ```
+
+mod error;
+mod ext;
+mod job;
+pub mod sql;
+mod store;
+
+pub use error::{BoxError, Error, Result};
+pub use ext::{jobs_stream, QueueStoreExt};
+pub use job::{
+    micros, validate_lease, validate_queue_name, Claim, ClaimedJob, Failure, Job, JobId, JobState,
+    Lease, NewJob, QueueStats, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT,
+    MAX_DURATION, MAX_QUEUE_NAME_LEN,
+};
+pub use store::QueueStore;

@@ -1,0 +1,130 @@
+//! The `QueueStore` trait: the contract every backend keeps.
+
+use std::fmt::Debug;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::error::Result;
+use crate::job::{Claim, ClaimedJob, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats};
+
+/// A store of jobs: all queues in one place, claimed under leases.
+///
+/// This trait's docs are the specification; `pq-conformance` checks every `# Contract` clause
+/// and every backend runs it. Each case is named after the clause it enforces (in
+/// `pq_conformance::{put, claim, lease, admin, wait, concurrency}`).
+///
+/// Conveniences (single `put`, `complete`, blocking `get`, a job `Stream`) live in
+/// [`QueueStoreExt`](crate::QueueStoreExt), implemented for every store. The trait is object
+/// safe: keep an `Arc<dyn QueueStore>` and swap the memory store in for tests.
+///
+/// Time: every operation that depends on "now" uses the store's clock (the database server's
+/// for the SQL stores), at microsecond resolution.
+#[async_trait]
+pub trait QueueStore: Send + Sync + Debug {
+    /// Enqueues jobs and returns their ids, in the order given.
+    ///
+    /// # Contract
+    /// - Atomic: if any job is invalid ([`NewJob::validate`]) or the store fails, none is
+    ///   stored, and the error is returned (`put_many_is_atomic`).
+    /// - A job without `run_at` is ready at once; one whose `run_at` lies ahead is
+    ///   [`JobState::Scheduled`] and not claimable until then (`scheduled_job_is_not_claimable_before_its_time`).
+    /// - Each job starts with `attempts = 0`; ids are unique within the store.
+    /// - Waiters on the job's queue ([`QueueStore::wait`]) are woken.
+    async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>>;
+
+    /// Claims up to `claim.limit` claimable jobs from `claim.queues`, each under a lease of
+    /// `claim.lease`.
+    ///
+    /// # Contract
+    /// - Claimable means: ready (its `run_at` has passed and it is not failed), or running
+    ///   under a lease that has expired while attempts are left.
+    /// - Order, in every backend: priority descending, then `expected_at` ascending with
+    ///   jobs without one last, then `run_at` ascending, then id ascending; the returned jobs
+    ///   are in that order (`claim_follows_contract_order`).
+    /// - A job is never handed to two claimers while its lease is live, however many claim at
+    ///   once (`racing_claimers_claim_every_job_exactly_once`).
+    /// - Each claim increments `attempts`, sets the job [`JobState::Running`] with `run_at`
+    ///   at the lease expiry, and issues a new [`Lease`] token that fences off every earlier
+    ///   holder.
+    /// - Returns an empty list, not an error, when nothing is claimable.
+    /// - An invalid claim (no queues, bad queue name, limit 0 or above
+    ///   [`MAX_CLAIM_LIMIT`](crate::MAX_CLAIM_LIMIT), a zero lease) is rejected.
+    async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>>;
+
+    /// Completes jobs: each one whose lease is still held is removed.
+    ///
+    /// # Contract
+    /// - Returns the ids of the jobs completed; a job whose lease was lost (reclaimed by
+    ///   another holder, or the job is gone) is left untouched and is not in the list.
+    /// - A lease that expired but whose job nobody has reclaimed yet still completes it.
+    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>>;
+
+    /// Records a failed attempt.
+    ///
+    /// # Contract
+    /// - With attempts left (`attempts < max_attempts`) the job waits for a retry at
+    ///   `failure.retry_at` (at once if `None`) and the new state is returned
+    ///   ([`JobState::Scheduled`] or [`JobState::Ready`]).
+    /// - Otherwise it becomes [`JobState::Failed`], stays for inspection, and is never
+    ///   claimed again until [`QueueStore::retry`].
+    /// - Either way `last_error` records `failure.error`.
+    /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState>;
+
+    /// Extends a held lease: it now expires `lease` after the store's current time
+    /// (a heartbeat). Returns the new expiry.
+    ///
+    /// # Contract
+    /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
+    /// - A zero lease is rejected.
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>>;
+
+    /// Hands a job back without counting the attempt: it is ready at once (a worker stopping
+    /// in abort mode does this).
+    ///
+    /// # Contract
+    /// - `attempts` goes back down by one; the job is claimable at once.
+    /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
+    async fn release(&self, lease: &Lease) -> Result<()>;
+
+    /// Removes a job that is not running.
+    ///
+    /// # Contract
+    /// - Scheduled, ready and failed jobs are removed.
+    /// - A running job (live lease) gets [`Error::InvalidState`](crate::Error::InvalidState);
+    ///   an unknown id gets [`Error::NotFound`](crate::Error::NotFound).
+    async fn cancel(&self, id: JobId) -> Result<()>;
+
+    /// Gives a failed job a fresh start: `attempts = 0`, ready at once, `last_error` kept.
+    ///
+    /// # Contract
+    /// - Only a [`JobState::Failed`] job can be retried; any other state gets
+    ///   [`Error::InvalidState`](crate::Error::InvalidState), an unknown id
+    ///   [`Error::NotFound`](crate::Error::NotFound).
+    async fn retry(&self, id: JobId) -> Result<()>;
+
+    /// Looks a job up by id.
+    ///
+    /// # Contract
+    /// - Reports the job's state now; an unknown id gets [`Error::NotFound`](crate::Error::NotFound).
+    async fn job(&self, id: JobId) -> Result<Job>;
+
+    /// Counts a queue's jobs in each state.
+    async fn stats(&self, queue: &str) -> Result<QueueStats>;
+
+    /// Removes every job of a queue, whatever its state, and returns how many went.
+    /// Holders of running jobs lose their leases.
+    async fn purge(&self, queue: &str) -> Result<u64>;
+
+    /// Waits until a job may have become claimable in `queues`, or `timeout` passes.
+    ///
+    /// # Contract
+    /// - Returns `true` at once if a job is claimable now; otherwise `true` as soon as one may
+    ///   have become claimable (a new job, a retry, a release, a scheduled time or a lease
+    ///   expiry reached), `false` once `timeout` has passed with none. A `true` may be spurious
+    ///   (another worker got there first): claim and wait again.
+    /// - Wakes on jobs put through any handle on the same store, without polling the jobs.
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool>;
+}

@@ -1,0 +1,387 @@
+//! # pq-memory: the in-memory `QueueStore`
+//!
+//! [`MemoryStore`] keeps the whole [`QueueStore`] contract in memory, with the same semantics
+//! as the PostgreSQL stores (it passes the same conformance suite): swap it in for unit tests
+//! through `Arc<dyn QueueStore>`. It is safe to share between tasks and threads, and
+//! [`QueueStore::wait`] is woken without polling.
+//!
+//! ```
+//! use pq_api::{Claim, QueueStore, QueueStoreExt};
+//! use pq_memory::MemoryStore;
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let store = MemoryStore::new();
+//! let id = store.put("thumbnails", &serde_json::json!({"image": 7})).await?;
+//! let claimed = store.claim(&Claim::new(["thumbnails"])).await?;
+//! assert_eq!(claimed[0].id(), id);
+//! store.complete(&claimed[0].lease).await?;
+//! assert_eq!(store.stats("thumbnails").await?.total(), 0);
+//! # Ok::<(), pq_api::Error>(())
+//! # }).unwrap();
+//! ```
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use pq_api::{
+    micros, Claim, ClaimedJob, Error, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats,
+    QueueStore, Result,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+/// The claim order: priority descending, `expected_at` ascending (none last), `run_at`
+/// ascending, id ascending. Timestamps in microseconds, as PostgreSQL keeps them.
+type OrderKey = (i64, i64, i64, i64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stored {
+    Queued,
+    Running,
+    Failed,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    job: Job,
+    stored: Stored,
+    token: Option<i64>,
+}
+
+impl Entry {
+    fn key(&self) -> OrderKey {
+        let j = &self.job;
+        (
+            -i64::from(j.priority),
+            j.expected_at.map_or(i64::MAX, |t| t.timestamp_micros()),
+            j.run_at.timestamp_micros(),
+            j.id.0,
+        )
+    }
+
+    /// The contract's state, as `STATE_EXPR` in `pq_api::sql` computes it.
+    fn state(&self, now: DateTime<Utc>) -> JobState {
+        let j = &self.job;
+        match self.stored {
+            Stored::Failed => JobState::Failed,
+            Stored::Running if j.run_at > now => JobState::Running,
+            _ if j.attempts >= j.max_attempts => JobState::Failed,
+            _ if j.run_at > now => JobState::Scheduled,
+            _ => JobState::Ready,
+        }
+    }
+
+    fn claimable(&self, now: DateTime<Utc>) -> bool {
+        self.stored != Stored::Failed && self.job.run_at <= now && self.job.attempts < self.job.max_attempts
+    }
+
+    fn holds(&self, lease: &Lease) -> bool {
+        self.stored == Stored::Running && self.token == Some(lease.token)
+    }
+
+    fn view(&self, now: DateTime<Utc>) -> Job {
+        let mut job = self.job.clone();
+        job.state = self.state(now);
+        job
+    }
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    next_id: i64,
+    jobs: HashMap<i64, Entry>,
+    /// Per queue, the non-failed jobs in claim order (the SQL stores' partial index).
+    order: HashMap<String, BTreeSet<OrderKey>>,
+}
+
+impl Inner {
+    fn index(&mut self, entry: &Entry) {
+        if entry.stored != Stored::Failed {
+            self.order.entry(entry.job.queue.clone()).or_default().insert(entry.key());
+        }
+    }
+
+    fn unindex(&mut self, entry: &Entry) {
+        if let Some(set) = self.order.get_mut(&entry.job.queue) {
+            set.remove(&entry.key());
+        }
+    }
+
+    /// Applies `change` to a job, keeping the order index in step.
+    fn update<T>(&mut self, id: i64, change: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        let mut entry = self.jobs.remove(&id)?;
+        self.unindex(&entry);
+        let out = change(&mut entry);
+        self.index(&entry);
+        self.jobs.insert(id, entry);
+        Some(out)
+    }
+
+    fn remove(&mut self, id: i64) -> Option<Entry> {
+        let entry = self.jobs.remove(&id)?;
+        self.unindex(&entry);
+        Some(entry)
+    }
+
+    fn held(&self, lease: &Lease) -> Result<&Entry> {
+        self.jobs
+            .get(&lease.job_id.0)
+            .filter(|e| e.holds(lease))
+            .ok_or(Error::LeaseLost(lease.job_id))
+    }
+
+    fn next_run(&self, queues: &[String]) -> Option<DateTime<Utc>> {
+        queues
+            .iter()
+            .filter_map(|q| self.order.get(q))
+            .flat_map(|set| set.iter())
+            .filter_map(|k| self.jobs.get(&k.3))
+            .filter(|e| e.job.attempts < e.job.max_attempts)
+            .map(|e| e.job.run_at)
+            .min()
+    }
+}
+
+/// The in-memory store. Cloning gives another handle on the same jobs.
+#[derive(Debug, Clone, Default)]
+pub struct MemoryStore {
+    inner: Arc<Mutex<Inner>>,
+    wake: Arc<Notify>,
+}
+
+fn now() -> DateTime<Utc> {
+    Utc::now().trunc_subsecs(6)
+}
+
+fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
+    now + TimeDelta::microseconds(micros(d))
+}
+
+impl MemoryStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // A panic while holding the lock cannot leave a half-applied change (every change is
+        // applied through `Inner::update`), so a poisoned lock is safe to keep using.
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[async_trait]
+impl QueueStore for MemoryStore {
+    async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        for job in &jobs {
+            job.validate()?;
+        }
+        let now = now();
+        let mut ids = Vec::with_capacity(jobs.len());
+        {
+            let mut inner = self.lock();
+            for new in jobs {
+                inner.next_id += 1;
+                let id = inner.next_id;
+                let mut job = Job::new(JobId(id), new.queue, new.payload, now);
+                job.priority = new.priority;
+                job.expected_at = new.expected_at.map(|w| w.resolve(now).trunc_subsecs(6));
+                job.run_at = new.run_at.map_or(now, |w| w.resolve(now).trunc_subsecs(6));
+                job.max_attempts = new.max_attempts;
+                let entry = Entry {
+                    job,
+                    stored: Stored::Queued,
+                    token: None,
+                };
+                inner.index(&entry);
+                inner.jobs.insert(id, entry);
+                ids.push(JobId(id));
+            }
+        }
+        self.wake.notify_waiters();
+        Ok(ids)
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        claim.validate()?;
+        let now = now();
+        let limit = usize::try_from(claim.limit).unwrap_or(usize::MAX);
+        let mut inner = self.lock();
+        let mut picked: Vec<OrderKey> = Vec::new();
+        for q in claim.distinct_queues() {
+            let Some(set) = inner.order.get(&q) else { continue };
+            picked.extend(
+                set.iter()
+                    .filter(|k| inner.jobs.get(&k.3).is_some_and(|e| e.claimable(now)))
+                    .take(limit)
+                    .copied(),
+            );
+        }
+        picked.sort_unstable();
+        picked.truncate(limit);
+        let token = Lease::new_token();
+        let expires = after(now, claim.lease);
+        let mut out = Vec::with_capacity(picked.len());
+        for key in picked {
+            let claimed = inner.update(key.3, |e| {
+                e.stored = Stored::Running;
+                e.token = Some(token);
+                e.job.attempts += 1;
+                e.job.run_at = expires;
+                let lease = Lease { job_id: e.job.id, token };
+                ClaimedJob::new(e.view(now), lease)
+            });
+            out.extend(claimed);
+        }
+        Ok(out)
+    }
+
+    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>> {
+        let mut inner = self.lock();
+        let mut done = Vec::with_capacity(leases.len());
+        for lease in leases {
+            if inner.held(lease).is_ok() {
+                inner.remove(lease.job_id.0);
+                done.push(lease.job_id);
+            }
+        }
+        Ok(done)
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
+        failure.validate()?;
+        let now = now();
+        let state = {
+            let mut inner = self.lock();
+            inner.held(lease)?;
+            inner.update(lease.job_id.0, |e| {
+                e.token = None;
+                e.job.last_error = Some(failure.error);
+                if e.job.attempts < e.job.max_attempts {
+                    e.stored = Stored::Queued;
+                    e.job.run_at = failure.retry_at.map_or(now, |w| w.resolve(now).trunc_subsecs(6));
+                } else {
+                    e.stored = Stored::Failed;
+                    e.job.run_at = now;
+                }
+                e.state(now)
+            })
+        };
+        self.wake.notify_waiters();
+        state.ok_or(Error::LeaseLost(lease.job_id))
+    }
+
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
+        pq_api::validate_lease(lease_for)?;
+        let expires = after(now(), lease_for);
+        let mut inner = self.lock();
+        inner.held(lease)?;
+        inner
+            .update(lease.job_id.0, |e| e.job.run_at = expires)
+            .map(|()| expires)
+            .ok_or(Error::LeaseLost(lease.job_id))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let now = now();
+        {
+            let mut inner = self.lock();
+            inner.held(lease)?;
+            inner.update(lease.job_id.0, |e| {
+                e.stored = Stored::Queued;
+                e.token = None;
+                e.job.attempts = e.job.attempts.saturating_sub(1);
+                e.job.run_at = now;
+            });
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<()> {
+        let now = now();
+        let mut inner = self.lock();
+        let state = inner.jobs.get(&id.0).ok_or(Error::NotFound(id))?.state(now);
+        if state == JobState::Running {
+            return Err(Error::InvalidState { id, state });
+        }
+        inner.remove(id.0);
+        Ok(())
+    }
+
+    async fn retry(&self, id: JobId) -> Result<()> {
+        let now = now();
+        {
+            let mut inner = self.lock();
+            let state = inner.jobs.get(&id.0).ok_or(Error::NotFound(id))?.state(now);
+            if state != JobState::Failed {
+                return Err(Error::InvalidState { id, state });
+            }
+            inner.update(id.0, |e| {
+                e.stored = Stored::Queued;
+                e.token = None;
+                e.job.attempts = 0;
+                e.job.run_at = now;
+            });
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job> {
+        let now = now();
+        let inner = self.lock();
+        inner.jobs.get(&id.0).map(|e| e.view(now)).ok_or(Error::NotFound(id))
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        let now = now();
+        let inner = self.lock();
+        let mut stats = QueueStats::default();
+        for e in inner.jobs.values().filter(|e| e.job.queue == queue) {
+            stats.add(e.state(now), 1);
+        }
+        Ok(stats)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let mut inner = self.lock();
+        let ids: Vec<i64> = inner.jobs.values().filter(|e| e.job.queue == queue).map(|e| e.job.id.0).collect();
+        for id in &ids {
+            inner.remove(*id);
+        }
+        Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Register for wake-ups before looking, so a put between the look and the sleep
+            // is not missed.
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let next = self.lock().next_run(queues);
+            let now = now();
+            let mut until = deadline;
+            if let Some(next) = next {
+                match (next - now).to_std() {
+                    Ok(d) if !d.is_zero() => until = until.min(Instant::now() + d),
+                    _ => return Ok(true),
+                }
+            }
+            tokio::select! {
+                () = &mut notified => {}
+                () = tokio::time::sleep_until(until) => {
+                    if until >= deadline {
+                        let next = self.lock().next_run(queues);
+                        return Ok(next.is_some_and(|n| n <= Utc::now()));
+                    }
+                }
+            }
+        }
+    }
+}
