@@ -1,1 +1,137 @@
-//! placeholder
+//! # pq-conformance: the behaviour suite every `QueueStore` runs
+//!
+//! Each case is a public `async fn(Arc<dyn QueueStore>)` that checks one clause of the
+//! [`QueueStore`] contract; its doc sentence states the clause. Cases are grouped by area:
+//! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`].
+//!
+//! The suite never builds stores itself: it gets a fresh, isolated store per case from your
+//! factory, so cases run in parallel. Run all of it against your own store with one line in
+//! `tests/conformance.rs`:
+//!
+//! ```ignore
+//! async fn new_store() -> std::sync::Arc<dyn pq_api::QueueStore> {
+//!     std::sync::Arc::new(my_crate::MyStore::new())
+//! }
+//! pq_conformance::suite!(new_store);
+//! ```
+//!
+//! The `postgres` feature adds [`postgres`], a harness that finds a PostgreSQL server
+//! (`PQ_TEST_DATABASE_URL`, or one started through testcontainers) and names a fresh schema
+//! per case.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is this crate's verdict
+
+pub mod admin;
+pub mod claim;
+pub mod concurrency;
+pub mod lease;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+pub mod put;
+pub mod wait;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pq_api::QueueStore;
+
+/// The longest one case may take before it is failed as hung.
+pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Runs one case on a fresh multi-threaded runtime with a store from `new_store`; the
+/// [`suite!`] macro calls this for every case.
+pub fn run_case<F, Fut, C, CFut>(new_store: F, case: C)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Arc<dyn QueueStore>>,
+    C: FnOnce(Arc<dyn QueueStore>) -> CFut,
+    CFut: Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the case");
+    rt.block_on(async {
+        let store = new_store().await;
+        tokio::time::timeout(CASE_TIMEOUT, case(store))
+            .await
+            .expect("the case finished within CASE_TIMEOUT");
+    });
+}
+
+/// Expands to one `#[test]` per conformance case, each given a store from `$new_store`
+/// (an `async fn() -> Arc<dyn QueueStore>` or a closure returning such a future).
+#[macro_export]
+macro_rules! suite {
+    ($new_store:expr) => {
+        $crate::__cases!($new_store;
+            put::put_returns_distinct_ids_of_ready_jobs,
+            put::put_many_returns_ids_in_the_order_given,
+            put::put_many_is_atomic,
+            put::put_rejects_bad_queue_names,
+            put::put_rejects_zero_max_attempts,
+            put::scheduled_job_is_not_claimable_before_its_time,
+            put::delay_strings_schedule_jobs,
+            put::typed_payloads_round_trip,
+            put::queues_are_isolated,
+            claim::claim_follows_contract_order,
+            claim::claim_one_at_a_time_follows_contract_order,
+            claim::claim_respects_the_limit,
+            claim::claim_from_several_queues_uses_one_order,
+            claim::claim_rejects_invalid_requests,
+            claim::claimed_job_is_not_claimed_again_while_its_lease_is_live,
+            claim::expired_lease_is_claimable_again_as_a_new_attempt,
+            claim::claim_of_nothing_returns_empty,
+            lease::complete_removes_the_job,
+            lease::complete_many_completes_only_held_leases,
+            lease::stale_lease_changes_nothing,
+            lease::extend_moves_the_lease_expiry,
+            lease::fail_with_attempts_left_schedules_a_retry,
+            lease::fail_without_attempts_left_leaves_the_job_failed,
+            lease::retry_restarts_only_failed_jobs,
+            lease::release_hands_the_job_back_without_counting_the_attempt,
+            lease::expired_lease_without_attempts_left_is_failed,
+            admin::job_reports_every_state,
+            admin::unknown_job_ids_are_not_found,
+            admin::cancel_removes_waiting_and_failed_jobs_but_not_running_ones,
+            admin::stats_count_each_state_per_queue,
+            admin::purge_empties_only_that_queue,
+            wait::wait_returns_at_once_when_a_job_is_ready,
+            wait::wait_wakes_when_a_job_is_put,
+            wait::wait_times_out_with_false_when_nothing_arrives,
+            wait::wait_wakes_when_a_scheduled_job_comes_due,
+            wait::wait_wakes_when_a_failed_attempt_is_retried,
+            wait::blocking_get_returns_a_job_or_none,
+            wait::job_stream_yields_every_job,
+            concurrency::racing_claimers_claim_every_job_exactly_once,
+            concurrency::concurrent_puts_all_land,
+            concurrency::racing_reclaimers_of_an_expired_lease_get_it_once,
+        );
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cases {
+    ($new_store:expr; $($area:ident :: $case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case($new_store, $crate::$area::$case);
+            }
+        )*
+    };
+}
+
+/// Sleeps long enough for a lease of [`SHORT_LEASE`] to have expired on any store's clock.
+pub async fn let_short_lease_expire() {
+    tokio::time::sleep(Duration::from_millis(30)).await;
+}
+
+/// A lease that is over almost as soon as it starts.
+pub const SHORT_LEASE: Duration = Duration::from_millis(1);
+/// A lease that outlives any case.
+pub const LONG_LEASE: Duration = Duration::from_secs(3600);
+/// An hour, for scheduling ahead and behind without sleeping.
+pub const HOUR: Duration = Duration::from_secs(3600);

@@ -1,0 +1,1 @@
+//! PostgreSQL harness (filled in below).

@@ -1,0 +1,120 @@
+//! Waiting for work: [`QueueStore::wait`], the blocking get and the job stream.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use pq_api::{jobs_stream, Claim, Failure, NewJob, QueueStore, QueueStoreExt};
+use serde_json::json;
+use tokio::time::Instant;
+
+use crate::LONG_LEASE;
+
+/// A timeout no case reaches unless the store fails to wake it.
+const LONG_WAIT: Duration = Duration::from_secs(30);
+/// Comfortably under [`LONG_WAIT`]: a wake-up arriving later than this was not a wake-up.
+const PROMPT: Duration = Duration::from_secs(10);
+
+fn queues() -> Vec<String> {
+    vec!["q".to_string()]
+}
+
+/// wait returns true at once when a job is already claimable.
+pub async fn wait_returns_at_once_when_a_job_is_ready(store: Arc<dyn QueueStore>) {
+    store.put("q", &json!(1)).await.unwrap();
+    let start = Instant::now();
+    assert!(store.wait(&queues(), LONG_WAIT).await.unwrap());
+    assert!(start.elapsed() < PROMPT);
+}
+
+/// wait wakes when a job is put into a waited queue.
+pub async fn wait_wakes_when_a_job_is_put(store: Arc<dyn QueueStore>) {
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            (store.wait(&queues(), LONG_WAIT).await.unwrap(), start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.put("q", &json!(1)).await.unwrap();
+    let (woken, took) = waiter.await.unwrap();
+    assert!(woken);
+    assert!(took < PROMPT, "woke after {took:?}");
+}
+
+/// wait returns false once its timeout passes with nothing claimable.
+pub async fn wait_times_out_with_false_when_nothing_arrives(store: Arc<dyn QueueStore>) {
+    store
+        .put_job(NewJob::from_json("q", json!(1)).run_at(crate::HOUR))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    assert!(!store.wait(&queues(), Duration::from_millis(300)).await.unwrap());
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}
+
+/// wait wakes when a scheduled job comes due, and the job is then claimable.
+pub async fn wait_wakes_when_a_scheduled_job_comes_due(store: Arc<dyn QueueStore>) {
+    store
+        .put_job(NewJob::from_json("q", json!(1)).run_at(Duration::from_millis(500)))
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut claimed = Vec::new();
+    while claimed.is_empty() && start.elapsed() < PROMPT {
+        assert!(store.wait(&queues(), LONG_WAIT).await.unwrap());
+        claimed = store.claim(&Claim::new(["q"])).await.unwrap();
+    }
+    assert_eq!(claimed.len(), 1);
+    assert!(start.elapsed() >= Duration::from_millis(400), "claimed early");
+}
+
+/// wait wakes when a failed attempt is put back for a retry.
+pub async fn wait_wakes_when_a_failed_attempt_is_retried(store: Arc<dyn QueueStore>) {
+    store.put("q", &json!(1)).await.unwrap();
+    let job = store.claim(&Claim::new(["q"]).lease(LONG_LEASE)).await.unwrap().remove(0);
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            (store.wait(&queues(), LONG_WAIT).await.unwrap(), start.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    store.fail(&job.lease, Failure::new("retry me")).await.unwrap();
+    let (woken, took) = waiter.await.unwrap();
+    assert!(woken && took < PROMPT, "woke {woken} after {took:?}");
+}
+
+/// The blocking get returns None after its timeout, and a job as soon as one is put.
+pub async fn blocking_get_returns_a_job_or_none(store: Arc<dyn QueueStore>) {
+    let claim = Claim::new(["q"]).lease(LONG_LEASE);
+    assert!(store.get(&claim, Duration::from_millis(200)).await.unwrap().is_none());
+    let putter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store.put("q", &json!("hi")).await.unwrap()
+        })
+    };
+    let got = store.get(&claim, LONG_WAIT).await.unwrap().expect("a job");
+    assert_eq!(got.id(), putter.await.unwrap());
+    store.complete(&got.lease).await.unwrap();
+}
+
+/// The job stream yields every job put, claimed once each.
+pub async fn job_stream_yields_every_job(store: Arc<dyn QueueStore>) {
+    let jobs = (0..7).map(|i| NewJob::from_json("q", json!(i))).collect();
+    let mut ids = store.put_many(jobs).await.unwrap();
+    let mut stream = jobs_stream(&*store, Claim::new(["q"]).limit(3).lease(LONG_LEASE));
+    let mut seen = Vec::new();
+    while seen.len() < 7 {
+        let job = stream.next().await.unwrap().unwrap();
+        store.complete(&job.lease).await.unwrap();
+        seen.push(job.id());
+    }
+    seen.sort();
+    ids.sort();
+    assert_eq!(seen, ids);
+}
