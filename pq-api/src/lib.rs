@@ -34,6 +34,7 @@ mod ext;
 mod job;
 pub mod sql;
 mod store;
+pub mod wake;
 
 pub use error::{BoxError, Error, Result};
 pub use ext::{jobs_stream, QueueStoreExt};

@@ -1,1 +1,424 @@
-//! placeholder
+//! # pq-sqlx: pq's `QueueStore` on sqlx
+//!
+//! [`SqlxStore`] keeps the jobs in one PostgreSQL table (schema and table configurable through
+//! [`QueueTable`]) and runs the statements of [`pq_api::sql`], byte for byte the same as
+//! `pq-diesel`. Claims use `FOR UPDATE SKIP LOCKED` in one round trip; `wait` is woken by
+//! LISTEN/NOTIFY through a [`PgListener`].
+//!
+//! The reason to queue in PostgreSQL is transactions, and every write has an `_in` variant
+//! that runs on your own connection or transaction:
+//!
+//! ```no_run
+//! use pq_api::{Claim, NewJob, QueueStore};
+//! use pq_sqlx::SqlxStore;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let pool = sqlx::PgPool::connect("postgres://localhost/app").await?;
+//! let store = SqlxStore::new(pool.clone()).await?; // creates or upgrades the table
+//!
+//! // Enqueue in the same transaction as the business write: both or neither.
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("INSERT INTO orders (id) VALUES (42)").execute(&mut *tx).await?;
+//! store.put_many_in(&mut tx, vec![NewJob::new("emails", &serde_json::json!({"order": 42}))?]).await?;
+//! tx.commit().await?;
+//!
+//! // Claim, work and remove a job in one transaction with the handler's writes.
+//! let mut tx = pool.begin().await?;
+//! if let Some(job) = store.claim_in(&mut tx, &Claim::new(["emails"])).await?.pop() {
+//!     sqlx::query("UPDATE orders SET mailed = true WHERE id = 42").execute(&mut *tx).await?;
+//!     store.complete_many_in(&mut tx, &[job.lease]).await?;
+//! }
+//! tx.commit().await?; // roll back instead and the job is claimable again at once
+//! # Ok(()) }
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use pq_api::sql::{self, InsertArrays, JobRow, MigrationStatements, Statements};
+use pq_api::wake::Wakeups;
+use pq_api::{
+    micros, Claim, ClaimedJob, Error, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats,
+    QueueStore, Result,
+};
+use sqlx::postgres::{PgListener, PgRow};
+use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
+use tokio::sync::oneshot;
+
+pub use pq_api::sql::QueueTable;
+
+/// How often `wait` looks at the table while the listener connection is down.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
+
+/// The sqlx store. Cloning gives another handle on the same store.
+#[derive(Debug, Clone)]
+pub struct SqlxStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: PgPool,
+    table: QueueTable,
+    sql: Statements,
+    wakeups: Arc<Wakeups>,
+    /// Dropping this stops the listener task.
+    stop_listener: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+/// Maps a sqlx error into the contract's error, keeping it as the source.
+pub fn map_err(e: sqlx::Error) -> Error {
+    match e {
+        sqlx::Error::Database(db) => {
+            let code = db.code().map(|c| c.into_owned());
+            Error::from_sqlstate(code.as_deref(), Box::new(sqlx::Error::Database(db)))
+        }
+        e @ (sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed) => Error::Unavailable(Box::new(e)),
+        e => Error::Backend(Box::new(e)),
+    }
+}
+
+fn q(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
+    AssertSqlSafe(text.clone())
+}
+
+fn job_row(row: &PgRow) -> Result<JobRow> {
+    let get = |e: sqlx::Error| map_err(e);
+    Ok(JobRow {
+        id: row.try_get(0).map_err(get)?,
+        queue: row.try_get(1).map_err(get)?,
+        payload: row.try_get(2).map_err(get)?,
+        priority: row.try_get(3).map_err(get)?,
+        expected_at: row.try_get(4).map_err(get)?,
+        run_at: row.try_get(5).map_err(get)?,
+        state: row.try_get(6).map_err(get)?,
+        attempts: row.try_get(7).map_err(get)?,
+        max_attempts: row.try_get(8).map_err(get)?,
+        last_error: row.try_get(9).map_err(get)?,
+        created_at: row.try_get(10).map_err(get)?,
+        lease_token: row.try_get(11).map_err(get)?,
+    })
+}
+
+impl SqlxStore {
+    /// A store on `public.pq_jobs`, creating or upgrading the table first.
+    pub async fn new(pool: PgPool) -> Result<Self> {
+        Self::with_table(pool, QueueTable::default()).await
+    }
+
+    /// A store on the given table, creating or upgrading it first.
+    pub async fn with_table(pool: PgPool, table: QueueTable) -> Result<Self> {
+        let store = Self::without_migrating(pool, table);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A store on the given table, trusting that its schema is in place (for apps that apply
+    /// [`pq_api::sql::schema_ddl`] with their own migration tool).
+    pub fn without_migrating(pool: PgPool, table: QueueTable) -> Self {
+        SqlxStore {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&table),
+                pool,
+                table,
+                wakeups: Arc::new(Wakeups::default()),
+                stop_listener: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The pool the store runs on.
+    pub fn pool(&self) -> &PgPool {
+        &self.inner.pool
+    }
+
+    /// The table the store keeps its jobs in.
+    pub fn table(&self) -> &QueueTable {
+        &self.inner.table
+    }
+
+    /// Applies the missing schema migrations, in one transaction under an advisory lock, so
+    /// concurrent callers are safe. Tracked in `"<schema>"."<table>_migrations"`.
+    pub async fn migrate(&self) -> Result<()> {
+        let m = MigrationStatements::new(&self.inner.table);
+        let mut tx = self.inner.pool.begin().await.map_err(map_err)?;
+        sqlx::query(AssertSqlSafe(m.lock))
+            .bind(self.inner.table.lock_key())
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        sqlx::raw_sql(AssertSqlSafe(m.prepare)).execute(&mut *tx).await.map_err(map_err)?;
+        let applied: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(m.applied))
+            .fetch_all(&mut *tx)
+            .await
+            .map_err(map_err)?;
+        for step in sql::migrations(&self.inner.table) {
+            if applied.contains(&step.version) {
+                continue;
+            }
+            sqlx::raw_sql(AssertSqlSafe(step.sql)).execute(&mut *tx).await.map_err(map_err)?;
+            sqlx::query(AssertSqlSafe(m.record.clone()))
+                .bind(step.version)
+                .bind(step.description)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    /// [`QueueStore::put_many`] on your connection or transaction: roll it back and the jobs
+    /// never existed; commit it and they are visible and wake workers.
+    pub async fn put_many_in(&self, conn: &mut PgConnection, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        self.put_on(conn, jobs).await
+    }
+
+    /// [`QueueStore::claim`] on your connection or transaction. Inside a transaction the claim
+    /// is undone with it: the jobs are claimable again at once, their attempt not counted.
+    pub async fn claim_in(&self, conn: &mut PgConnection, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        self.claim_on(conn, claim).await
+    }
+
+    /// [`QueueStore::complete_many`] on your connection or transaction: the jobs are removed
+    /// when it commits, together with the handler's writes.
+    pub async fn complete_many_in(&self, conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<JobId>> {
+        self.complete_on(conn, leases).await
+    }
+
+    async fn put_on<'e, E: Executor<'e, Database = Postgres>>(&self, e: E, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let a = InsertArrays::new(&jobs)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut ids: Vec<i64> = sqlx::query_scalar(q(&self.inner.sql.insert))
+            .bind(a.queue)
+            .bind(a.payload)
+            .bind(a.priority)
+            .bind(a.run_at)
+            .bind(a.run_in)
+            .bind(a.expected_at)
+            .bind(a.expected_in)
+            .bind(a.max_attempts)
+            .fetch_all(e)
+            .await
+            .map_err(map_err)?;
+        // Ids come from one sequence in row order, so ascending ids are the input order.
+        ids.sort_unstable();
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    async fn claim_on<'e, E: Executor<'e, Database = Postgres>>(&self, e: E, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        claim.validate()?;
+        let limit = i32::try_from(claim.limit).map_err(|_| Error::invalid("limit", "too large"))?;
+        let rows = sqlx::query(q(&self.inner.sql.claim))
+            .bind(claim.distinct_queues())
+            .bind(limit)
+            .bind(micros(claim.lease))
+            .bind(Lease::new_token())
+            .fetch_all(e)
+            .await
+            .map_err(map_err)?;
+        rows.iter().map(|r| job_row(r)?.into_claimed()).collect()
+    }
+
+    async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(&self, e: E, leases: &[Lease]) -> Result<Vec<JobId>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+        let done: Vec<i64> = sqlx::query_scalar(q(&self.inner.sql.complete))
+            .bind(&ids)
+            .bind(tokens)
+            .fetch_all(e)
+            .await
+            .map_err(map_err)?;
+        // Report in the order asked.
+        Ok(ids.into_iter().filter(|id| done.contains(id)).map(JobId).collect())
+    }
+
+    /// Starts the listener task on first use.
+    fn ensure_listener(&self) {
+        if !self.inner.wakeups.claim_start() {
+            return;
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        if let Ok(mut slot) = self.inner.stop_listener.lock() {
+            *slot = Some(stop_tx);
+        }
+        let pool = self.inner.pool.clone();
+        let wakeups = self.inner.wakeups.clone();
+        let channel = self.inner.table.channel();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                () = listen_forever(pool, wakeups, channel) => {}
+            }
+        });
+    }
+}
+
+async fn listen_forever(pool: PgPool, wakeups: Arc<Wakeups>, channel: String) {
+    let mut reconnecting = false;
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => {
+                if let Err(e) = listener.listen(&channel).await {
+                    tracing::warn!(error = %e, "pq: LISTEN failed");
+                } else {
+                    wakeups.set_connected(true);
+                    if reconnecting {
+                        wakeups.notify_all();
+                    }
+                    loop {
+                        match listener.try_recv().await {
+                            Ok(Some(n)) => wakeups.notify(n.payload()),
+                            // The connection dropped and was re-established: anything sent in
+                            // between is lost, so wake everyone to look.
+                            Ok(None) => wakeups.notify_all(),
+                            Err(e) => {
+                                tracing::warn!(error = %e, "pq: listener connection lost");
+                                break;
+                            }
+                        }
+                    }
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pq: cannot connect the listener"),
+        }
+        wakeups.set_connected(false);
+        wakeups.notify_all();
+        reconnecting = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn one_state(state: Option<String>, id: JobId) -> Result<JobState> {
+    sql::parse_state(&state.ok_or(Error::NotFound(id))?)
+}
+
+#[async_trait]
+impl QueueStore for SqlxStore {
+    async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        self.put_on(&self.inner.pool, jobs).await
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        self.claim_on(&self.inner.pool, claim).await
+    }
+
+    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>> {
+        self.complete_on(&self.inner.pool, leases).await
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
+        failure.validate()?;
+        let (at, within) = sql::retry_params(&failure);
+        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.fail))
+            .bind(lease.job_id.0)
+            .bind(lease.token)
+            .bind(at)
+            .bind(within)
+            .bind(failure.error)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        sql::parse_state(&state.ok_or(Error::LeaseLost(lease.job_id))?)
+    }
+
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
+        pq_api::validate_lease(lease_for)?;
+        let until: Option<DateTime<Utc>> = sqlx::query_scalar(q(&self.inner.sql.extend))
+            .bind(lease.job_id.0)
+            .bind(lease.token)
+            .bind(micros(lease_for))
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        until.ok_or(Error::LeaseLost(lease.job_id))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let id: Option<i64> = sqlx::query_scalar(q(&self.inner.sql.release))
+            .bind(lease.job_id.0)
+            .bind(lease.token)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        id.map(|_| ()).ok_or(Error::LeaseLost(lease.job_id))
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<()> {
+        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.cancel))
+            .bind(id.0)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        match one_state(state, id)? {
+            JobState::Running => Err(Error::InvalidState { id, state: JobState::Running }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn retry(&self, id: JobId) -> Result<()> {
+        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.retry))
+            .bind(id.0)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        match one_state(state, id)? {
+            JobState::Failed => Ok(()),
+            state => Err(Error::InvalidState { id, state }),
+        }
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job> {
+        let row = sqlx::query(q(&self.inner.sql.job))
+            .bind(id.0)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?
+            .ok_or(Error::NotFound(id))?;
+        job_row(&row)?.into_job()
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(q(&self.inner.sql.stats))
+            .bind(queue)
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        let mut stats = QueueStats::default();
+        for (state, n) in rows {
+            stats.add(sql::parse_state(&state)?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(stats)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let done = sqlx::query(q(&self.inner.sql.purge))
+            .bind(queue)
+            .execute(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(done.rows_affected())
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {
+        self.ensure_listener();
+        let next_run = || async {
+            sqlx::query_as::<_, (Option<DateTime<Utc>>, DateTime<Utc>)>(q(&self.inner.sql.next_run))
+                .bind(queues)
+                .fetch_one(&self.inner.pool)
+                .await
+                .map_err(map_err)
+        };
+        self.inner.wakeups.wait(queues, timeout, FALLBACK_POLL, next_run).await
+    }
+}

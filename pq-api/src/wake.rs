@@ -1,0 +1,113 @@
+//! Waking waiters from LISTEN/NOTIFY, shared by the SQL stores.
+//!
+//! A store runs one listener task per store (on its own connection) that feeds
+//! [`Wakeups`]; [`Wakeups::wait`] implements [`QueueStore::wait`](crate::QueueStore::wait) on
+//! top of it: it returns at once when the store reports a claimable job, sleeps until the next
+//! scheduled time or lease expiry otherwise, wakes on a notification for one of its queues, and
+//! falls back to polling every `poll` while the listener is down (so no job waits forever).
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::{broadcast, watch};
+use tokio::time::Instant;
+
+use crate::error::Result;
+
+/// How long a first `wait` gives the listener to connect before it relies on polling.
+const CONNECT_GRACE: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+enum Wake {
+    Queue(Arc<str>),
+    All,
+}
+
+/// The wake-up hub of one store.
+#[derive(Debug)]
+pub struct Wakeups {
+    tx: broadcast::Sender<Wake>,
+    connected: watch::Sender<bool>,
+    started: AtomicBool,
+}
+
+impl Default for Wakeups {
+    fn default() -> Self {
+        Wakeups {
+            tx: broadcast::channel(1024).0,
+            connected: watch::channel(false).0,
+            started: AtomicBool::new(false),
+        }
+    }
+}
+
+impl Wakeups {
+    /// True exactly once: the caller must then start the listener task.
+    pub fn claim_start(&self) -> bool {
+        !self.started.swap(true, Ordering::AcqRel)
+    }
+
+    /// A notification arrived for `queue`.
+    pub fn notify(&self, queue: &str) {
+        let _ = self.tx.send(Wake::Queue(Arc::from(queue)));
+    }
+
+    /// Wake every waiter: notifications may have been missed (listener reconnected).
+    pub fn notify_all(&self) {
+        let _ = self.tx.send(Wake::All);
+    }
+
+    /// The listener is (or is no longer) listening. On a reconnection the listener should
+    /// also [`notify_all`](Self::notify_all): notifications sent meanwhile were lost.
+    pub fn set_connected(&self, connected: bool) {
+        self.connected.send_replace(connected);
+    }
+
+    /// Waits as [`QueueStore::wait`](crate::QueueStore::wait) specifies. `next_run` asks the
+    /// store for the earliest `run_at` of a pending job in `queues` and the store's clock.
+    pub async fn wait<F, Fut>(&self, queues: &[String], timeout: Duration, poll: Duration, next_run: F) -> Result<bool>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<(Option<DateTime<Utc>>, DateTime<Utc>)>>,
+    {
+        let deadline = Instant::now() + timeout;
+        let mut rx = self.tx.subscribe();
+        let mut connected = self.connected.subscribe();
+        if !*connected.borrow() {
+            let grace = (Instant::now() + CONNECT_GRACE).min(deadline);
+            let _ = tokio::time::timeout_at(grace, connected.wait_for(|c| *c)).await;
+        }
+        loop {
+            let (next, now) = next_run().await?;
+            let mut until = deadline;
+            if let Some(next) = next {
+                match (next - now).to_std() {
+                    Ok(d) if !d.is_zero() => until = until.min(Instant::now() + d),
+                    _ => return Ok(true),
+                }
+            }
+            if Instant::now() >= deadline {
+                return Ok(false);
+            }
+            if !*self.connected.borrow() {
+                until = until.min(Instant::now() + poll);
+            }
+            loop {
+                tokio::select! {
+                    msg = rx.recv() => match msg {
+                        Ok(Wake::Queue(q)) if !queues.iter().any(|w| **w == *q) => continue,
+                        Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return Ok(true),
+                        Err(broadcast::error::RecvError::Closed) => {
+                            tokio::time::sleep_until(until).await;
+                            break;
+                        }
+                    },
+                    () = tokio::time::sleep_until(until) => break,
+                }
+            }
+        }
+    }
+}
