@@ -1,1 +1,532 @@
-//! placeholder
+//! # pq-diesel: pq's `QueueStore` on diesel-async
+//!
+//! [`DieselStore`] runs on a deadpool pool of [`AsyncPgConnection`]s and sends the statements
+//! of [`pq_api::sql`], byte for byte the same as `pq-sqlx`. Claims use
+//! `FOR UPDATE SKIP LOCKED` in one round trip; `wait` is woken by LISTEN/NOTIFY through
+//! diesel-async's notification stream.
+//!
+//! Every write has an `_in` variant for your own connection, typically inside
+//! `transaction(...)`, so a job is enqueued, or claimed and removed, atomically with your writes:
+//!
+//! ```no_run
+//! use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+//! //! use pq_api::NewJob;
+//! use pq_diesel::DieselStore;
+//!
+//! # async fn demo(store: DieselStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error>> {
+//! conn.transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(async |conn| {
+//!     diesel::sql_query("INSERT INTO orders (id) VALUES (42)").execute(conn).await?;
+//!     let job = NewJob::new("emails", &serde_json::json!({"order": 42}))?;
+//!     store.put_many_in(conn, vec![job]).await?;
+//!     Ok(())
+//! })
+//! .await?;
+//! # Ok(()) }
+//! ```
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use diesel::result::DatabaseErrorKind;
+use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::QueryableByName;
+use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
+use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
+use futures_util::StreamExt;
+use pq_api::sql::{self, InsertArrays, JobRow, MigrationStatements, Statements};
+use pq_api::wake::Wakeups;
+use pq_api::{
+    micros, Claim, ClaimedJob, Error, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats,
+    QueueStore, Result,
+};
+use tokio::sync::oneshot;
+
+pub use pq_api::sql::QueueTable;
+
+/// The pool type the store runs on.
+pub type PgPool = Pool<AsyncPgConnection>;
+
+/// How often `wait` looks at the table while the listener connection is down.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
+
+/// The diesel-async store. Cloning gives another handle on the same store.
+#[derive(Clone)]
+pub struct DieselStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    pool: PgPool,
+    table: QueueTable,
+    sql: Statements,
+    wakeups: Arc<Wakeups>,
+    stop_listener: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl std::fmt::Debug for DieselStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DieselStore").field("table", &self.inner.table).finish_non_exhaustive()
+    }
+}
+
+/// Maps a diesel error into the contract's error, keeping it as the source.
+pub fn map_err(e: diesel::result::Error) -> Error {
+    use diesel::result::Error as D;
+    let code = match &e {
+        D::DatabaseError(kind, _) => match kind {
+            DatabaseErrorKind::SerializationFailure => Some("40001"),
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => Some("08006"),
+            DatabaseErrorKind::UniqueViolation
+            | DatabaseErrorKind::ForeignKeyViolation
+            | DatabaseErrorKind::NotNullViolation
+            | DatabaseErrorKind::CheckViolation
+            | DatabaseErrorKind::RestrictViolation
+            | DatabaseErrorKind::ExclusionViolation => Some("23000"),
+            _ => None,
+        },
+        _ => None,
+    };
+    if let D::DatabaseError(_, info) = &e {
+        if code.is_none() && info.message().contains("does not exist") {
+            return Error::Schema(info.message().to_string());
+        }
+    }
+    Error::from_sqlstate(code, Box::new(e))
+}
+
+fn pool_err(e: PoolError) -> Error {
+    Error::Unavailable(Box::new(e))
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    queue: String,
+    #[diesel(sql_type = Text)]
+    payload: String,
+    #[diesel(sql_type = Integer)]
+    priority: i32,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    expected_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Timestamptz)]
+    run_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Integer)]
+    max_attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    last_error: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    lease_token: Option<i64>,
+}
+
+impl From<Row> for JobRow {
+    fn from(r: Row) -> Self {
+        JobRow {
+            id: r.id,
+            queue: r.queue,
+            payload: r.payload,
+            priority: r.priority,
+            expected_at: r.expected_at,
+            run_at: r.run_at,
+            state: r.state,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            last_error: r.last_error,
+            created_at: r.created_at,
+            lease_token: r.lease_token,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+}
+
+#[derive(QueryableByName)]
+struct StateRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+}
+
+#[derive(QueryableByName)]
+struct RunAtRow {
+    #[diesel(sql_type = Timestamptz)]
+    run_at: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct NextRunRow {
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    next_at: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Timestamptz)]
+    now: DateTime<Utc>,
+}
+
+#[derive(QueryableByName)]
+struct VersionRow {
+    #[diesel(sql_type = Integer)]
+    version: i32,
+}
+
+impl DieselStore {
+    /// A pool of `size` connections to `url`, as the store wants it.
+    pub fn pool(url: &str, size: usize) -> Result<PgPool> {
+        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        Pool::builder(manager)
+            .max_size(size)
+            .build()
+            .map_err(|e| Error::invalid("pool", e.to_string()))
+    }
+
+    /// A store on `public.pq_jobs`, creating or upgrading the table first.
+    pub async fn new(pool: PgPool) -> Result<Self> {
+        Self::with_table(pool, QueueTable::default()).await
+    }
+
+    /// A store on the given table, creating or upgrading it first.
+    pub async fn with_table(pool: PgPool, table: QueueTable) -> Result<Self> {
+        let store = Self::without_migrating(pool, table);
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    /// A store on the given table, trusting that its schema is in place.
+    pub fn without_migrating(pool: PgPool, table: QueueTable) -> Self {
+        DieselStore {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&table),
+                pool,
+                table,
+                wakeups: Arc::new(Wakeups::default()),
+                stop_listener: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The table the store keeps its jobs in.
+    pub fn table(&self) -> &QueueTable {
+        &self.inner.table
+    }
+
+    async fn conn(&self) -> Result<Object<AsyncPgConnection>> {
+        self.inner.pool.get().await.map_err(pool_err)
+    }
+
+    /// Applies the missing schema migrations, in one transaction under an advisory lock.
+    pub async fn migrate(&self) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let table = self.inner.table.clone();
+        conn.transaction::<_, diesel::result::Error, _>(async |c| {
+            {
+                let m = MigrationStatements::new(&table);
+                diesel::sql_query(m.lock.as_str())
+                    .bind::<BigInt, _>(table.lock_key())
+                    .execute(c)
+                    .await?;
+                c.batch_execute(&m.prepare).await?;
+                let applied: Vec<VersionRow> = diesel::sql_query(m.applied.as_str()).load(c).await?;
+                for step in sql::migrations(&table) {
+                    if applied.iter().any(|v| v.version == step.version) {
+                        continue;
+                    }
+                    c.batch_execute(&step.sql).await?;
+                    diesel::sql_query(m.record.as_str())
+                        .bind::<Integer, _>(step.version)
+                        .bind::<Text, _>(step.description)
+                        .execute(c)
+                        .await?;
+                }
+                Ok(())
+            }
+        })
+        .await
+        .map_err(map_err)
+    }
+
+    /// [`QueueStore::put_many`] on your connection (inside your transaction): roll it back and
+    /// the jobs never existed; commit it and they are visible and wake workers.
+    pub async fn put_many_in(&self, conn: &mut AsyncPgConnection, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let a = InsertArrays::new(&jobs)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows: Vec<IdRow> = diesel::sql_query(&*self.inner.sql.insert)
+            .bind::<Array<Text>, _>(a.queue)
+            .bind::<Array<Text>, _>(a.payload)
+            .bind::<Array<Integer>, _>(a.priority)
+            .bind::<Array<Nullable<Timestamptz>>, _>(a.run_at)
+            .bind::<Array<Nullable<BigInt>>, _>(a.run_in)
+            .bind::<Array<Nullable<Timestamptz>>, _>(a.expected_at)
+            .bind::<Array<Nullable<BigInt>>, _>(a.expected_in)
+            .bind::<Array<Integer>, _>(a.max_attempts)
+            .load(conn)
+            .await
+            .map_err(map_err)?;
+        let mut ids: Vec<i64> = rows.into_iter().map(|r| r.id).collect();
+        // Ids come from one sequence in row order, so ascending ids are the input order.
+        ids.sort_unstable();
+        Ok(ids.into_iter().map(JobId).collect())
+    }
+
+    /// [`QueueStore::claim`] on your connection. Inside a transaction the claim is undone with
+    /// it: the jobs are claimable again at once, their attempt not counted.
+    pub async fn claim_in(&self, conn: &mut AsyncPgConnection, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        claim.validate()?;
+        let limit = i32::try_from(claim.limit).map_err(|_| Error::invalid("limit", "too large"))?;
+        let rows: Vec<Row> = diesel::sql_query(&*self.inner.sql.claim)
+            .bind::<Array<Text>, _>(claim.distinct_queues())
+            .bind::<Integer, _>(limit)
+            .bind::<BigInt, _>(micros(claim.lease))
+            .bind::<BigInt, _>(Lease::new_token())
+            .load(conn)
+            .await
+            .map_err(map_err)?;
+        rows.into_iter().map(|r| JobRow::from(r).into_claimed()).collect()
+    }
+
+    /// [`QueueStore::complete_many`] on your connection: the jobs are removed when your
+    /// transaction commits, together with the handler's writes.
+    pub async fn complete_many_in(&self, conn: &mut AsyncPgConnection, leases: &[Lease]) -> Result<Vec<JobId>> {
+        if leases.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
+        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
+        let done: Vec<IdRow> = diesel::sql_query(&*self.inner.sql.complete)
+            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<BigInt>, _>(tokens)
+            .load(conn)
+            .await
+            .map_err(map_err)?;
+        Ok(ids
+            .into_iter()
+            .filter(|id| done.iter().any(|d| d.id == *id))
+            .map(JobId)
+            .collect())
+    }
+
+    fn ensure_listener(&self) {
+        if !self.inner.wakeups.claim_start() {
+            return;
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        if let Ok(mut slot) = self.inner.stop_listener.lock() {
+            *slot = Some(stop_tx);
+        }
+        let pool = self.inner.pool.clone();
+        let wakeups = self.inner.wakeups.clone();
+        let listen = self.inner.sql.listen.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                () = listen_forever(pool, wakeups, listen) => {}
+            }
+        });
+    }
+}
+
+async fn listen_forever(pool: PgPool, wakeups: Arc<Wakeups>, listen: Arc<str>) {
+    let mut reconnecting = false;
+    loop {
+        match pool.get().await {
+            // The listening connection leaves the pool for good: it is busy forever.
+            Ok(conn) => {
+                let mut conn = Object::take(conn);
+                match diesel::sql_query(&*listen).execute(&mut conn).await {
+                    Ok(_) => {
+                        wakeups.set_connected(true);
+                        if reconnecting {
+                            wakeups.notify_all();
+                        }
+                        let mut stream = std::pin::pin!(conn.notifications_stream());
+                        while let Some(n) = stream.next().await {
+                            match n {
+                                Ok(n) => wakeups.notify(&n.payload),
+                                Err(e) => {
+                                    tracing::warn!(error = %e, "pq: listener connection lost");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "pq: LISTEN failed"),
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "pq: cannot connect the listener"),
+        }
+        wakeups.set_connected(false);
+        wakeups.notify_all();
+        reconnecting = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn one_state(rows: Vec<StateRow>, missing: Error) -> Result<JobState> {
+    let row = rows.into_iter().next().ok_or(missing)?;
+    sql::parse_state(&row.state)
+}
+
+#[async_trait]
+impl QueueStore for DieselStore {
+    async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn().await?;
+        self.put_many_in(&mut conn, jobs).await
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        claim.validate()?;
+        let mut conn = self.conn().await?;
+        self.claim_in(&mut conn, claim).await
+    }
+
+    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>> {
+        let mut conn = self.conn().await?;
+        self.complete_many_in(&mut conn, leases).await
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
+        failure.validate()?;
+        let (at, within) = sql::retry_params(&failure);
+        let mut conn = self.conn().await?;
+        let rows: Vec<StateRow> = diesel::sql_query(&*self.inner.sql.fail)
+            .bind::<BigInt, _>(lease.job_id.0)
+            .bind::<BigInt, _>(lease.token)
+            .bind::<Nullable<Timestamptz>, _>(at)
+            .bind::<BigInt, _>(within)
+            .bind::<Text, _>(failure.error)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        one_state(rows, Error::LeaseLost(lease.job_id))
+    }
+
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
+        pq_api::validate_lease(lease_for)?;
+        let mut conn = self.conn().await?;
+        let rows: Vec<RunAtRow> = diesel::sql_query(&*self.inner.sql.extend)
+            .bind::<BigInt, _>(lease.job_id.0)
+            .bind::<BigInt, _>(lease.token)
+            .bind::<BigInt, _>(micros(lease_for))
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        rows.into_iter().next().map(|r| r.run_at).ok_or(Error::LeaseLost(lease.job_id))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<IdRow> = diesel::sql_query(&*self.inner.sql.release)
+            .bind::<BigInt, _>(lease.job_id.0)
+            .bind::<BigInt, _>(lease.token)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        if rows.is_empty() {
+            Err(Error::LeaseLost(lease.job_id))
+        } else {
+            Ok(())
+        }
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<StateRow> = diesel::sql_query(&*self.inner.sql.cancel)
+            .bind::<BigInt, _>(id.0)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        match one_state(rows, Error::NotFound(id))? {
+            JobState::Running => Err(Error::InvalidState { id, state: JobState::Running }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn retry(&self, id: JobId) -> Result<()> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<StateRow> = diesel::sql_query(&*self.inner.sql.retry)
+            .bind::<BigInt, _>(id.0)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        match one_state(rows, Error::NotFound(id))? {
+            JobState::Failed => Ok(()),
+            state => Err(Error::InvalidState { id, state }),
+        }
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<Row> = diesel::sql_query(&*self.inner.sql.job)
+            .bind::<BigInt, _>(id.0)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let row = rows.into_iter().next().ok_or(Error::NotFound(id))?;
+        JobRow::from(row).into_job()
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<CountRow> = diesel::sql_query(&*self.inner.sql.stats)
+            .bind::<Text, _>(queue)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let mut stats = QueueStats::default();
+        for r in rows {
+            stats.add(sql::parse_state(&r.state)?, u64::try_from(r.n).unwrap_or(0));
+        }
+        Ok(stats)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let n = diesel::sql_query(&*self.inner.sql.purge)
+            .bind::<Text, _>(queue)
+            .execute(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {
+        self.ensure_listener();
+        let next_run = || async {
+            let mut conn = self.conn().await?;
+            let rows: Vec<NextRunRow> = diesel::sql_query(&*self.inner.sql.next_run)
+                .bind::<Array<Text>, _>(queues)
+                .load(&mut conn)
+                .await
+                .map_err(map_err)?;
+            let row = rows
+                .into_iter()
+                .next()
+                .ok_or_else(|| Error::Backend("next_run returned no row".into()))?;
+            Ok((row.next_at, row.now))
+        };
+        self.inner.wakeups.wait(queues, timeout, FALLBACK_POLL, next_run).await
+    }
+}
