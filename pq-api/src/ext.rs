@@ -88,8 +88,15 @@ pub trait QueueStoreExt: QueueStore {
 impl<S: QueueStore + ?Sized> QueueStoreExt for S {}
 
 /// [`QueueStoreExt::jobs`] for any store, `dyn QueueStore` included.
-pub fn jobs_stream<S: QueueStore + ?Sized>(store: &S, claim: Claim) -> BoxStream<'_, Result<ClaimedJob>> {
-    let state = (store, claim, std::collections::VecDeque::<ClaimedJob>::new());
+pub fn jobs_stream<S: QueueStore + ?Sized>(
+    store: &S,
+    claim: Claim,
+) -> BoxStream<'_, Result<ClaimedJob>> {
+    let state = (
+        store,
+        claim,
+        std::collections::VecDeque::<ClaimedJob>::new(),
+    );
     stream::unfold(state, |(store, claim, mut buf)| async move {
         loop {
             if let Some(job) = buf.pop_front() {

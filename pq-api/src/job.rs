@@ -70,7 +70,10 @@ impl When {
     pub(crate) fn validate(&self, what: &'static str) -> Result<()> {
         if let When::In(d) = self {
             if *d > MAX_DURATION {
-                return Err(Error::invalid(what, format!("{d:?} is longer than 100 years")));
+                return Err(Error::invalid(
+                    what,
+                    format!("{d:?} is longer than 100 years"),
+                ));
             }
         }
         Ok(())
@@ -213,7 +216,10 @@ pub fn validate_queue_name(name: &str) -> Result<()> {
         ));
     }
     if name.chars().any(char::is_control) {
-        return Err(Error::invalid("queue name", "must not contain control characters"));
+        return Err(Error::invalid(
+            "queue name",
+            "must not contain control characters",
+        ));
     }
     Ok(())
 }

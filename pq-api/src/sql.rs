@@ -50,7 +50,10 @@ impl QueueTable {
         validate_identifier("schema name", schema, MAX_SCHEMA_LEN)?;
         validate_identifier("table name", table, MAX_TABLE_LEN)?;
         if schema.starts_with("pg_") {
-            return Err(Error::invalid("schema name", "names starting with pg_ are reserved"));
+            return Err(Error::invalid(
+                "schema name",
+                "names starting with pg_ are reserved",
+            ));
         }
         Ok(QueueTable {
             schema: schema.into(),
@@ -100,10 +103,15 @@ impl QueueTable {
 
 fn validate_identifier(what: &'static str, name: &str, max: usize) -> Result<()> {
     if name.is_empty() || name.len() > max {
-        return Err(Error::invalid(what, format!("must be 1 to {max} characters")));
+        return Err(Error::invalid(
+            what,
+            format!("must be 1 to {max} characters"),
+        ));
     }
     let mut chars = name.chars();
-    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || c == '_');
+    let first_ok = chars
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c == '_');
     if !first_ok || !chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_') {
         return Err(Error::invalid(
             what,
@@ -174,7 +182,8 @@ impl Statements {
         let t = table.qualified();
         let cols = JOB_COLUMNS.replace("{state}", STATE_EXPR);
         let claim_cols = JOB_COLUMNS.replace("{state}", "'running'");
-        let ready = "state <> 'failed' AND run_at <= statement_timestamp() AND attempts < max_attempts";
+        let ready =
+            "state <> 'failed' AND run_at <= statement_timestamp() AND attempts < max_attempts";
         let order = "priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC";
         let s = |text: String| -> Arc<str> { Arc::from(text) };
         Statements {
@@ -355,7 +364,10 @@ pub fn schema_ddl(table: &QueueTable) -> String {
     let m = MigrationStatements::new(table);
     let mut out = format!("{}\n", m.prepare);
     for step in migrations(table) {
-        out.push_str(&format!("-- pq migration {}: {}\n{}", step.version, step.description, step.sql));
+        out.push_str(&format!(
+            "-- pq migration {}: {}\n{}",
+            step.version, step.description, step.sql
+        ));
         out.push_str(&format!(
             "INSERT INTO {} (version, description) VALUES ({}, '{}');\n",
             table.object(&format!("{}_migrations", table.table())),
@@ -462,8 +474,10 @@ impl InsertArrays {
             };
             a.expected_at.push(at);
             a.expected_in.push(within);
-            a.max_attempts
-                .push(i32::try_from(job.max_attempts).map_err(|_| Error::invalid("max_attempts", "too large"))?);
+            a.max_attempts.push(
+                i32::try_from(job.max_attempts)
+                    .map_err(|_| Error::invalid("max_attempts", "too large"))?,
+            );
         }
         Ok(a)
     }
@@ -477,4 +491,3 @@ pub fn retry_params(failure: &crate::Failure) -> (Option<DateTime<Utc>>, i64) {
         None => (None, 0),
     }
 }
-

@@ -68,7 +68,13 @@ impl Wakeups {
 
     /// Waits as [`QueueStore::wait`](crate::QueueStore::wait) specifies. `next_run` asks the
     /// store for the earliest `run_at` of a pending job in `queues` and the store's clock.
-    pub async fn wait<F, Fut>(&self, queues: &[String], timeout: Duration, poll: Duration, next_run: F) -> Result<bool>
+    pub async fn wait<F, Fut>(
+        &self,
+        queues: &[String],
+        timeout: Duration,
+        poll: Duration,
+        next_run: F,
+    ) -> Result<bool>
     where
         F: Fn() -> Fut,
         Fut: Future<Output = Result<(Option<DateTime<Utc>>, DateTime<Utc>)>>,

@@ -2,7 +2,9 @@
 
 use std::sync::Arc;
 
-use pq_api::{Claim, Error, Failure, JobId, JobState, NewJob, QueueStats, QueueStore, QueueStoreExt};
+use pq_api::{
+    Claim, Error, Failure, JobId, JobState, NewJob, QueueStats, QueueStore, QueueStoreExt,
+};
 use serde_json::json;
 
 use crate::{HOUR, LONG_LEASE};
@@ -10,7 +12,11 @@ use crate::{HOUR, LONG_LEASE};
 /// Puts one job in each state into `queue` and returns (scheduled, ready, running, failed) ids.
 async fn one_of_each(store: &dyn QueueStore, queue: &str) -> [JobId; 4] {
     let failed = store
-        .put_job(NewJob::from_json(queue, json!("failed")).max_attempts(1).priority(3))
+        .put_job(
+            NewJob::from_json(queue, json!("failed"))
+                .max_attempts(1)
+                .priority(3),
+        )
         .await
         .unwrap();
     let running = store
@@ -33,7 +39,12 @@ async fn one_of_each(store: &dyn QueueStore, queue: &str) -> [JobId; 4] {
 /// job() reports each job's state now.
 pub async fn job_reports_every_state(store: Arc<dyn QueueStore>) {
     let ids = one_of_each(&*store, "q").await;
-    let want = [JobState::Scheduled, JobState::Ready, JobState::Running, JobState::Failed];
+    let want = [
+        JobState::Scheduled,
+        JobState::Ready,
+        JobState::Running,
+        JobState::Failed,
+    ];
     for (id, state) in ids.iter().zip(want) {
         assert_eq!(store.job(*id).await.unwrap().state, state, "job {id}");
     }
@@ -50,10 +61,21 @@ pub async fn unknown_job_ids_are_not_found(store: Arc<dyn QueueStore>) {
 }
 
 /// Cancel removes scheduled, ready and failed jobs, and refuses running ones.
-pub async fn cancel_removes_waiting_and_failed_jobs_but_not_running_ones(store: Arc<dyn QueueStore>) {
+pub async fn cancel_removes_waiting_and_failed_jobs_but_not_running_ones(
+    store: Arc<dyn QueueStore>,
+) {
     let [scheduled, ready, running, failed] = one_of_each(&*store, "q").await;
     let err = store.cancel(running).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidState { state: JobState::Running, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidState {
+                state: JobState::Running,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(store.job(running).await.unwrap().state, JobState::Running);
     for id in [scheduled, ready, failed] {
         store.cancel(id).await.unwrap();
@@ -71,18 +93,28 @@ pub async fn stats_count_each_state_per_queue(store: Arc<dyn QueueStore>) {
     let a = store.stats("a").await.unwrap();
     assert_eq!((a.scheduled, a.ready, a.running, a.failed), (1, 2, 1, 1));
     let b = store.stats("b").await.unwrap();
-    assert_eq!((b.scheduled, b.ready, b.running, b.failed, b.total()), (0, 1, 0, 0, 1));
+    assert_eq!(
+        (b.scheduled, b.ready, b.running, b.failed, b.total()),
+        (0, 1, 0, 0, 1)
+    );
     assert_eq!(store.stats("none").await.unwrap(), QueueStats::default());
 }
 
 /// purge removes every job of one queue, running ones included, and no other queue's.
 pub async fn purge_empties_only_that_queue(store: Arc<dyn QueueStore>) {
     one_of_each(&*store, "a").await;
-    let running = store.claim(&Claim::new(["a"]).lease(LONG_LEASE)).await.unwrap().remove(0);
+    let running = store
+        .claim(&Claim::new(["a"]).lease(LONG_LEASE))
+        .await
+        .unwrap()
+        .remove(0);
     let keep = store.put("b", &json!(1)).await.unwrap();
     assert_eq!(store.purge("a").await.unwrap(), 4);
     assert_eq!(store.stats("a").await.unwrap().total(), 0);
-    assert!(matches!(store.complete(&running.lease).await, Err(Error::LeaseLost(_))));
+    assert!(matches!(
+        store.complete(&running.lease).await,
+        Err(Error::LeaseLost(_))
+    ));
     assert_eq!(store.job(keep).await.unwrap().state, JobState::Ready);
     assert_eq!(store.purge("a").await.unwrap(), 0);
 }

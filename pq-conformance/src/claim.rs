@@ -16,12 +16,21 @@ async fn put_ordering_fixture(store: &dyn QueueStore) -> Vec<JobId> {
     let put = |job: NewJob| async move { store.put_job(job).await.unwrap() };
     let a = put(NewJob::from_json("q", json!("A")).run_at(h(-3))).await;
     let b = put(NewJob::from_json("q", json!("B")).run_at(h(-2))).await;
-    let c = put(NewJob::from_json("q", json!("C")).run_at(h(-1)).expected_at(h(2))).await;
-    let d = put(NewJob::from_json("q", json!("D")).run_at(h(-1)).expected_at(h(1))).await;
+    let c = put(NewJob::from_json("q", json!("C"))
+        .run_at(h(-1))
+        .expected_at(h(2)))
+    .await;
+    let d = put(NewJob::from_json("q", json!("D"))
+        .run_at(h(-1))
+        .expected_at(h(1)))
+    .await;
     let e = put(NewJob::from_json("q", json!("E")).run_at(h(-1)).priority(5)).await;
     let f = put(NewJob::from_json("q", json!("F")).run_at(h(-2))).await;
     // A scheduled job of the highest priority must not get in the way.
-    put(NewJob::from_json("q", json!("later")).run_at(h(1)).priority(9)).await;
+    put(NewJob::from_json("q", json!("later"))
+        .run_at(h(1))
+        .priority(9))
+    .await;
     vec![e, d, c, a, b, f]
 }
 
@@ -54,11 +63,26 @@ pub async fn claim_respects_the_limit(store: Arc<dyn QueueStore>) {
 
 /// Claiming from several queues orders all their jobs as one.
 pub async fn claim_from_several_queues_uses_one_order(store: Arc<dyn QueueStore>) {
-    let low = store.put_job(NewJob::from_json("a", json!(1)).priority(1)).await.unwrap();
-    let high = store.put_job(NewJob::from_json("b", json!(2)).priority(2)).await.unwrap();
-    let other = store.put_job(NewJob::from_json("c", json!(3)).priority(9)).await.unwrap();
-    let got = store.claim(&Claim::new(["a", "b", "a"]).limit(10)).await.unwrap();
-    assert_eq!(got.iter().map(|j| j.id()).collect::<Vec<_>>(), vec![high, low]);
+    let low = store
+        .put_job(NewJob::from_json("a", json!(1)).priority(1))
+        .await
+        .unwrap();
+    let high = store
+        .put_job(NewJob::from_json("b", json!(2)).priority(2))
+        .await
+        .unwrap();
+    let other = store
+        .put_job(NewJob::from_json("c", json!(3)).priority(9))
+        .await
+        .unwrap();
+    let got = store
+        .claim(&Claim::new(["a", "b", "a"]).limit(10))
+        .await
+        .unwrap();
+    assert_eq!(
+        got.iter().map(|j| j.id()).collect::<Vec<_>>(),
+        vec![high, low]
+    );
     assert_eq!(store.job(other).await.unwrap().state, JobState::Ready);
 }
 
@@ -75,7 +99,10 @@ pub async fn claim_rejects_invalid_requests(store: Arc<dyn QueueStore>) {
     ];
     for claim in &bad {
         let err = store.claim(claim).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{claim:?}: {err:?}");
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{claim:?}: {err:?}"
+        );
     }
     let job = store.job(id).await.unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Ready, 0));
@@ -85,12 +112,18 @@ pub async fn claim_rejects_invalid_requests(store: Arc<dyn QueueStore>) {
 pub async fn claimed_job_is_not_claimed_again_while_its_lease_is_live(store: Arc<dyn QueueStore>) {
     let id = store.put("q", &json!(1)).await.unwrap();
     let before = Utc::now();
-    let got = store.claim(&Claim::new(["q"]).lease(LONG_LEASE)).await.unwrap();
+    let got = store
+        .claim(&Claim::new(["q"]).lease(LONG_LEASE))
+        .await
+        .unwrap();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].job.state, JobState::Running);
     assert_eq!(got[0].job.attempts, 1);
     let expiry = got[0].lease_expires_at() - before;
-    assert!(expiry > TimeDelta::minutes(59) && expiry < TimeDelta::minutes(61), "{expiry}");
+    assert!(
+        expiry > TimeDelta::minutes(59) && expiry < TimeDelta::minutes(61),
+        "{expiry}"
+    );
     assert!(store.claim(&Claim::new(["q"])).await.unwrap().is_empty());
     let job = store.job(id).await.unwrap();
     assert_eq!((job.state, job.attempts), (JobState::Running, 1));
@@ -99,10 +132,16 @@ pub async fn claimed_job_is_not_claimed_again_while_its_lease_is_live(store: Arc
 /// A job whose lease expired is claimable again, as a new attempt with a new lease token.
 pub async fn expired_lease_is_claimable_again_as_a_new_attempt(store: Arc<dyn QueueStore>) {
     let id = store.put("q", &json!(1)).await.unwrap();
-    let first = store.claim(&Claim::new(["q"]).lease(SHORT_LEASE)).await.unwrap();
+    let first = store
+        .claim(&Claim::new(["q"]).lease(SHORT_LEASE))
+        .await
+        .unwrap();
     let_short_lease_expire().await;
     assert_eq!(store.job(id).await.unwrap().state, JobState::Ready);
-    let second = store.claim(&Claim::new(["q"]).lease(LONG_LEASE)).await.unwrap();
+    let second = store
+        .claim(&Claim::new(["q"]).lease(LONG_LEASE))
+        .await
+        .unwrap();
     assert_eq!(second.len(), 1);
     assert_eq!(second[0].id(), id);
     assert_eq!(second[0].job.attempts, 2);
@@ -111,5 +150,9 @@ pub async fn expired_lease_is_claimable_again_as_a_new_attempt(store: Arc<dyn Qu
 
 /// Claiming when nothing is claimable returns an empty list, not an error.
 pub async fn claim_of_nothing_returns_empty(store: Arc<dyn QueueStore>) {
-    assert!(store.claim(&Claim::new(["empty"]).limit(10)).await.unwrap().is_empty());
+    assert!(store
+        .claim(&Claim::new(["empty"]).limit(10))
+        .await
+        .unwrap()
+        .is_empty());
 }

@@ -15,14 +15,19 @@ const CLAIMERS: usize = 8;
 pub async fn racing_claimers_claim_every_job_exactly_once(store: Arc<dyn QueueStore>) {
     let mut all = Vec::new();
     for chunk in (0..JOBS).collect::<Vec<_>>().chunks(500) {
-        let jobs = chunk.iter().map(|i| NewJob::from_json("q", json!(i))).collect();
+        let jobs = chunk
+            .iter()
+            .map(|i| NewJob::from_json("q", json!(i)))
+            .collect();
         all.extend(store.put_many(jobs).await.unwrap());
     }
     let tasks: Vec<_> = (0..CLAIMERS)
         .map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
-                let claim = Claim::new(["q"]).limit(1 + 7 * u32::try_from(i).unwrap()).lease(LONG_LEASE);
+                let claim = Claim::new(["q"])
+                    .limit(1 + 7 * u32::try_from(i).unwrap())
+                    .lease(LONG_LEASE);
                 let mut mine = Vec::new();
                 loop {
                     let got = store.claim(&claim).await.unwrap();
@@ -77,12 +82,21 @@ pub async fn concurrent_puts_all_land(store: Arc<dyn QueueStore>) {
 /// When a lease expires, of many racing claimers exactly one gets the job.
 pub async fn racing_reclaimers_of_an_expired_lease_get_it_once(store: Arc<dyn QueueStore>) {
     store.put("q", &json!(1)).await.unwrap();
-    store.claim(&Claim::new(["q"]).lease(SHORT_LEASE)).await.unwrap();
+    store
+        .claim(&Claim::new(["q"]).lease(SHORT_LEASE))
+        .await
+        .unwrap();
     let_short_lease_expire().await;
     let tasks: Vec<_> = (0..CLAIMERS)
         .map(|_| {
             let store = store.clone();
-            tokio::spawn(async move { store.claim(&Claim::new(["q"]).lease(LONG_LEASE)).await.unwrap().len() })
+            tokio::spawn(async move {
+                store
+                    .claim(&Claim::new(["q"]).lease(LONG_LEASE))
+                    .await
+                    .unwrap()
+                    .len()
+            })
         })
         .collect();
     let mut total = 0;

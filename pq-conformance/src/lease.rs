@@ -4,7 +4,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use pq_api::{Claim, ClaimedJob, Error, Failure, JobState, Lease, NewJob, QueueStore, QueueStoreExt};
+use pq_api::{
+    Claim, ClaimedJob, Error, Failure, JobState, Lease, NewJob, QueueStore, QueueStoreExt,
+};
 use serde_json::json;
 
 use crate::{let_short_lease_expire, HOUR, LONG_LEASE, SHORT_LEASE};
@@ -29,7 +31,10 @@ pub async fn complete_removes_the_job(store: Arc<dyn QueueStore>) {
 pub async fn complete_many_completes_only_held_leases(store: Arc<dyn QueueStore>) {
     let jobs = (0..3).map(|i| NewJob::from_json("q", json!(i))).collect();
     let ids = store.put_many(jobs).await.unwrap();
-    let got = store.claim(&Claim::new(["q"]).limit(3).lease(LONG_LEASE)).await.unwrap();
+    let got = store
+        .claim(&Claim::new(["q"]).limit(3).lease(LONG_LEASE))
+        .await
+        .unwrap();
     let forged = Lease {
         job_id: got[2].id(),
         token: got[2].lease.token.wrapping_add(1),
@@ -40,7 +45,10 @@ pub async fn complete_many_completes_only_held_leases(store: Arc<dyn QueueStore>
         .unwrap();
     assert_eq!(done, vec![ids[0], ids[1]]);
     assert_eq!(store.job(ids[2]).await.unwrap().state, JobState::Running);
-    assert_eq!(store.complete_many(&[got[2].lease]).await.unwrap(), vec![ids[2]]);
+    assert_eq!(
+        store.complete_many(&[got[2].lease]).await.unwrap(),
+        vec![ids[2]]
+    );
 }
 
 /// A lease fenced off by a newer claim can neither complete, fail, extend nor release the job.
@@ -51,11 +59,19 @@ pub async fn stale_lease_changes_nothing(store: Arc<dyn QueueStore>) {
     let fresh = claim_one(&*store, LONG_LEASE).await;
     let lost = |r: Result<(), Error>| matches!(r, Err(Error::LeaseLost(x)) if x == id);
     assert!(lost(store.complete(&stale.lease).await));
-    assert!(lost(store.fail(&stale.lease, Failure::new("late")).await.map(|_| ())));
+    assert!(lost(
+        store
+            .fail(&stale.lease, Failure::new("late"))
+            .await
+            .map(|_| ())
+    ));
     assert!(lost(store.extend(&stale.lease, HOUR).await.map(|_| ())));
     assert!(lost(store.release(&stale.lease).await));
     let job = store.job(id).await.unwrap();
-    assert_eq!((job.state, job.attempts, job.last_error), (JobState::Running, 2, None));
+    assert_eq!(
+        (job.state, job.attempts, job.last_error),
+        (JobState::Running, 2, None)
+    );
     assert_eq!(job.run_at, fresh.lease_expires_at());
     store.complete(&fresh.lease).await.unwrap();
 }
@@ -67,7 +83,10 @@ pub async fn extend_moves_the_lease_expiry(store: Arc<dyn QueueStore>) {
     let before = Utc::now();
     let until = store.extend(&job.lease, HOUR).await.unwrap();
     let ahead = until - before;
-    assert!(ahead > TimeDelta::minutes(59) && ahead < TimeDelta::minutes(61), "{ahead}");
+    assert!(
+        ahead > TimeDelta::minutes(59) && ahead < TimeDelta::minutes(61),
+        "{ahead}"
+    );
     assert_eq!(store.job(id).await.unwrap().run_at, until);
     tokio::time::sleep(Duration::from_millis(1100)).await;
     assert!(store.claim(&Claim::new(["q"])).await.unwrap().is_empty());
@@ -100,7 +119,10 @@ pub async fn fail_with_attempts_left_schedules_a_retry(store: Arc<dyn QueueStore
         .await
         .unwrap();
     let job = claim_one(&*store, LONG_LEASE).await;
-    assert_eq!(store.fail(&job.lease, Failure::new("again")).await.unwrap(), JobState::Ready);
+    assert_eq!(
+        store.fail(&job.lease, Failure::new("again")).await.unwrap(),
+        JobState::Ready
+    );
     let again = claim_one(&*store, LONG_LEASE).await;
     assert_eq!((again.id(), again.job.attempts), (id, 2));
     assert_eq!(again.job.last_error.as_deref(), Some("again"));
@@ -113,7 +135,10 @@ pub async fn fail_without_attempts_left_leaves_the_job_failed(store: Arc<dyn Que
         .await
         .unwrap();
     let job = claim_one(&*store, LONG_LEASE).await;
-    assert_eq!(store.fail(&job.lease, Failure::new("one")).await.unwrap(), JobState::Ready);
+    assert_eq!(
+        store.fail(&job.lease, Failure::new("one")).await.unwrap(),
+        JobState::Ready
+    );
     let job = claim_one(&*store, LONG_LEASE).await;
     let state = store
         .fail(&job.lease, Failure::new("two").retry_at(Duration::ZERO))
@@ -134,10 +159,28 @@ pub async fn retry_restarts_only_failed_jobs(store: Arc<dyn QueueStore>) {
         .await
         .unwrap();
     let err = store.retry(id).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidState { state: JobState::Ready, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidState {
+                state: JobState::Ready,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let job = claim_one(&*store, LONG_LEASE).await;
     let err = store.retry(id).await.unwrap_err();
-    assert!(matches!(err, Error::InvalidState { state: JobState::Running, .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidState {
+                state: JobState::Running,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     store.fail(&job.lease, Failure::new("no")).await.unwrap();
     store.retry(id).await.unwrap();
     let seen = store.job(id).await.unwrap();
@@ -156,7 +199,10 @@ pub async fn release_hands_the_job_back_without_counting_the_attempt(store: Arc<
     assert_eq!((seen.state, seen.attempts), (JobState::Ready, 0));
     let again = claim_one(&*store, LONG_LEASE).await;
     assert_eq!((again.id(), again.job.attempts), (id, 1));
-    assert!(matches!(store.release(&job.lease).await, Err(Error::LeaseLost(_))));
+    assert!(matches!(
+        store.release(&job.lease).await,
+        Err(Error::LeaseLost(_))
+    ));
 }
 
 /// A job whose lease expired on its last attempt is failed, not claimed again.

@@ -15,7 +15,7 @@
 //! pq_conformance::suite!(new_store);
 //! ```
 //!
-//! The `postgres` feature adds [`postgres`], a harness that finds a PostgreSQL server
+//! The `postgres` feature adds the `postgres` module, a harness that finds a PostgreSQL server
 //! (`PQ_TEST_DATABASE_URL`, or one started through testcontainers) and names a fresh schema
 //! per case.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is this crate's verdict

@@ -50,8 +50,12 @@ async fn start_container() -> String {
         // Both the official image and ours say this on stdout after initdb, then the real
         // server logs readiness on stderr (the official image's first "ready" line is a
         // temporary server's, hence the pair).
-        .with_wait_for(WaitFor::message_on_stdout("PostgreSQL init process complete"))
-        .with_wait_for(WaitFor::message_on_stderr("database system is ready to accept connections"))
+        .with_wait_for(WaitFor::message_on_stdout(
+            "PostgreSQL init process complete",
+        ))
+        .with_wait_for(WaitFor::message_on_stderr(
+            "database system is ready to accept connections",
+        ))
         .with_env_var("POSTGRES_PASSWORD", "postgres")
         .with_cmd([
             "postgres",
@@ -74,7 +78,10 @@ async fn start_container() -> String {
             )
         });
     let host = container.get_host().await.expect("container host");
-    let port = container.get_host_port_ipv4(5432).await.expect("container port");
+    let port = container
+        .get_host_port_ipv4(5432)
+        .await
+        .expect("container port");
     remove_on_exit(container.id());
     // The container must outlive this runtime and every test in the binary; its removal is
     // left to the watcher started above, not to Drop (which needs this runtime).

@@ -53,7 +53,16 @@ pub async fn put_rejects_bad_queue_names(store: Arc<dyn QueueStore>) {
     let long = "x".repeat(MAX_QUEUE_NAME_LEN + 1);
     for name in ["", long.as_str(), "a\nb"] {
         let err = store.put(name, &json!(1)).await.unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { what: "queue name", .. }), "{err:?}");
+        assert!(
+            matches!(
+                err,
+                Error::InvalidArgument {
+                    what: "queue name",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
         assert_eq!(store.stats(name).await.unwrap().total(), 0);
     }
     let longest = "y".repeat(MAX_QUEUE_NAME_LEN);
@@ -67,7 +76,16 @@ pub async fn put_rejects_zero_max_attempts(store: Arc<dyn QueueStore>) {
         .put_job(NewJob::from_json("q", json!(1)).max_attempts(0))
         .await
         .unwrap_err();
-    assert!(matches!(err, Error::InvalidArgument { what: "max_attempts", .. }), "{err:?}");
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                what: "max_attempts",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert_eq!(store.stats("q").await.unwrap().total(), 0);
 }
 
@@ -78,7 +96,11 @@ pub async fn scheduled_job_is_not_claimable_before_its_time(store: Arc<dyn Queue
         .await
         .unwrap();
     assert_eq!(store.job(ahead).await.unwrap().state, JobState::Scheduled);
-    assert!(store.claim(&Claim::new(["q"]).limit(10)).await.unwrap().is_empty());
+    assert!(store
+        .claim(&Claim::new(["q"]).limit(10))
+        .await
+        .unwrap()
+        .is_empty());
 
     let past = Utc::now() - TimeDelta::hours(1);
     let behind = store
@@ -103,11 +125,20 @@ pub async fn delay_strings_schedule_jobs(store: Arc<dyn QueueStore>) {
     let job = store.job(id).await.unwrap();
     assert_eq!(job.state, JobState::Scheduled);
     let offset = job.run_at - before;
-    assert!(offset > TimeDelta::minutes(89) && offset < TimeDelta::minutes(91), "{offset}");
+    assert!(
+        offset > TimeDelta::minutes(89) && offset < TimeDelta::minutes(91),
+        "{offset}"
+    );
 
     let at = "2999-01-02T03:04:05Z".parse::<When>().unwrap();
-    let id = store.put_job(NewJob::from_json("q", json!(2)).run_at(at)).await.unwrap();
-    assert_eq!(store.job(id).await.unwrap().run_at.to_rfc3339(), "2999-01-02T03:04:05+00:00");
+    let id = store
+        .put_job(NewJob::from_json("q", json!(2)).run_at(at))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.job(id).await.unwrap().run_at.to_rfc3339(),
+        "2999-01-02T03:04:05+00:00"
+    );
     assert!(NewJob::from_json("q", json!(3)).delay("soon").is_err());
 }
 

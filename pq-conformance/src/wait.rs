@@ -33,7 +33,10 @@ pub async fn wait_wakes_when_a_job_is_put(store: Arc<dyn QueueStore>) {
         let store = store.clone();
         tokio::spawn(async move {
             let start = Instant::now();
-            (store.wait(&queues(), LONG_WAIT).await.unwrap(), start.elapsed())
+            (
+                store.wait(&queues(), LONG_WAIT).await.unwrap(),
+                start.elapsed(),
+            )
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -50,7 +53,10 @@ pub async fn wait_times_out_with_false_when_nothing_arrives(store: Arc<dyn Queue
         .await
         .unwrap();
     let start = Instant::now();
-    assert!(!store.wait(&queues(), Duration::from_millis(300)).await.unwrap());
+    assert!(!store
+        .wait(&queues(), Duration::from_millis(300))
+        .await
+        .unwrap());
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
 
@@ -67,22 +73,35 @@ pub async fn wait_wakes_when_a_scheduled_job_comes_due(store: Arc<dyn QueueStore
         claimed = store.claim(&Claim::new(["q"])).await.unwrap();
     }
     assert_eq!(claimed.len(), 1);
-    assert!(start.elapsed() >= Duration::from_millis(400), "claimed early");
+    assert!(
+        start.elapsed() >= Duration::from_millis(400),
+        "claimed early"
+    );
 }
 
 /// wait wakes when a failed attempt is put back for a retry.
 pub async fn wait_wakes_when_a_failed_attempt_is_retried(store: Arc<dyn QueueStore>) {
     store.put("q", &json!(1)).await.unwrap();
-    let job = store.claim(&Claim::new(["q"]).lease(LONG_LEASE)).await.unwrap().remove(0);
+    let job = store
+        .claim(&Claim::new(["q"]).lease(LONG_LEASE))
+        .await
+        .unwrap()
+        .remove(0);
     let waiter = {
         let store = store.clone();
         tokio::spawn(async move {
             let start = Instant::now();
-            (store.wait(&queues(), LONG_WAIT).await.unwrap(), start.elapsed())
+            (
+                store.wait(&queues(), LONG_WAIT).await.unwrap(),
+                start.elapsed(),
+            )
         })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
-    store.fail(&job.lease, Failure::new("retry me")).await.unwrap();
+    store
+        .fail(&job.lease, Failure::new("retry me"))
+        .await
+        .unwrap();
     let (woken, took) = waiter.await.unwrap();
     assert!(woken && took < PROMPT, "woke {woken} after {took:?}");
 }
@@ -90,7 +109,11 @@ pub async fn wait_wakes_when_a_failed_attempt_is_retried(store: Arc<dyn QueueSto
 /// The blocking get returns None after its timeout, and a job as soon as one is put.
 pub async fn blocking_get_returns_a_job_or_none(store: Arc<dyn QueueStore>) {
     let claim = Claim::new(["q"]).lease(LONG_LEASE);
-    assert!(store.get(&claim, Duration::from_millis(200)).await.unwrap().is_none());
+    assert!(store
+        .get(&claim, Duration::from_millis(200))
+        .await
+        .unwrap()
+        .is_none());
     let putter = {
         let store = store.clone();
         tokio::spawn(async move {

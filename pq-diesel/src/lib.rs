@@ -68,7 +68,9 @@ struct Inner {
 
 impl std::fmt::Debug for DieselStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DieselStore").field("table", &self.inner.table).finish_non_exhaustive()
+        f.debug_struct("DieselStore")
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
     }
 }
 
@@ -78,7 +80,9 @@ pub fn map_err(e: diesel::result::Error) -> Error {
     let code = match &e {
         D::DatabaseError(kind, _) => match kind {
             DatabaseErrorKind::SerializationFailure => Some("40001"),
-            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => Some("08006"),
+            DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand => {
+                Some("08006")
+            }
             DatabaseErrorKind::UniqueViolation
             | DatabaseErrorKind::ForeignKeyViolation
             | DatabaseErrorKind::NotNullViolation
@@ -237,27 +241,25 @@ impl DieselStore {
         let mut conn = self.conn().await?;
         let table = self.inner.table.clone();
         conn.transaction::<_, diesel::result::Error, _>(async |c| {
-            {
-                let m = MigrationStatements::new(&table);
-                diesel::sql_query(m.lock.as_str())
-                    .bind::<BigInt, _>(table.lock_key())
+            let m = MigrationStatements::new(&table);
+            diesel::sql_query(m.lock.as_str())
+                .bind::<BigInt, _>(table.lock_key())
+                .execute(c)
+                .await?;
+            c.batch_execute(&m.prepare).await?;
+            let applied: Vec<VersionRow> = diesel::sql_query(m.applied.as_str()).load(c).await?;
+            for step in sql::migrations(&table) {
+                if applied.iter().any(|v| v.version == step.version) {
+                    continue;
+                }
+                c.batch_execute(&step.sql).await?;
+                diesel::sql_query(m.record.as_str())
+                    .bind::<Integer, _>(step.version)
+                    .bind::<Text, _>(step.description)
                     .execute(c)
                     .await?;
-                c.batch_execute(&m.prepare).await?;
-                let applied: Vec<VersionRow> = diesel::sql_query(m.applied.as_str()).load(c).await?;
-                for step in sql::migrations(&table) {
-                    if applied.iter().any(|v| v.version == step.version) {
-                        continue;
-                    }
-                    c.batch_execute(&step.sql).await?;
-                    diesel::sql_query(m.record.as_str())
-                        .bind::<Integer, _>(step.version)
-                        .bind::<Text, _>(step.description)
-                        .execute(c)
-                        .await?;
-                }
-                Ok(())
             }
+            Ok(())
         })
         .await
         .map_err(map_err)
@@ -265,7 +267,11 @@ impl DieselStore {
 
     /// [`QueueStore::put_many`] on your connection (inside your transaction): roll it back and
     /// the jobs never existed; commit it and they are visible and wake workers.
-    pub async fn put_many_in(&self, conn: &mut AsyncPgConnection, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    pub async fn put_many_in(
+        &self,
+        conn: &mut AsyncPgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
         let a = InsertArrays::new(&jobs)?;
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -290,7 +296,11 @@ impl DieselStore {
 
     /// [`QueueStore::claim`] on your connection. Inside a transaction the claim is undone with
     /// it: the jobs are claimable again at once, their attempt not counted.
-    pub async fn claim_in(&self, conn: &mut AsyncPgConnection, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+    pub async fn claim_in(
+        &self,
+        conn: &mut AsyncPgConnection,
+        claim: &Claim,
+    ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let limit = i32::try_from(claim.limit).map_err(|_| Error::invalid("limit", "too large"))?;
         let rows: Vec<Row> = diesel::sql_query(&*self.inner.sql.claim)
@@ -301,12 +311,18 @@ impl DieselStore {
             .load(conn)
             .await
             .map_err(map_err)?;
-        rows.into_iter().map(|r| JobRow::from(r).into_claimed()).collect()
+        rows.into_iter()
+            .map(|r| JobRow::from(r).into_claimed())
+            .collect()
     }
 
     /// [`QueueStore::complete_many`] on your connection: the jobs are removed when your
     /// transaction commits, together with the handler's writes.
-    pub async fn complete_many_in(&self, conn: &mut AsyncPgConnection, leases: &[Lease]) -> Result<Vec<JobId>> {
+    pub async fn complete_many_in(
+        &self,
+        conn: &mut AsyncPgConnection,
+        leases: &[Lease],
+    ) -> Result<Vec<JobId>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -433,7 +449,10 @@ impl QueueStore for DieselStore {
             .load(&mut conn)
             .await
             .map_err(map_err)?;
-        rows.into_iter().next().map(|r| r.run_at).ok_or(Error::LeaseLost(lease.job_id))
+        rows.into_iter()
+            .next()
+            .map(|r| r.run_at)
+            .ok_or(Error::LeaseLost(lease.job_id))
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
@@ -459,7 +478,10 @@ impl QueueStore for DieselStore {
             .await
             .map_err(map_err)?;
         match one_state(rows, Error::NotFound(id))? {
-            JobState::Running => Err(Error::InvalidState { id, state: JobState::Running }),
+            JobState::Running => Err(Error::InvalidState {
+                id,
+                state: JobState::Running,
+            }),
             _ => Ok(()),
         }
     }
@@ -527,6 +549,9 @@ impl QueueStore for DieselStore {
                 .ok_or_else(|| Error::Backend("next_run returned no row".into()))?;
             Ok((row.next_at, row.now))
         };
-        self.inner.wakeups.wait(queues, timeout, FALLBACK_POLL, next_run).await
+        self.inner
+            .wakeups
+            .wait(queues, timeout, FALLBACK_POLL, next_run)
+            .await
     }
 }

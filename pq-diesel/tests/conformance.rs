@@ -1,5 +1,6 @@
 //! The whole conformance suite on `DieselStore`, against real PostgreSQL: each case in a fresh
 //! schema of its own, with a custom table name.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
 
 use std::sync::Arc;
 

@@ -75,7 +75,9 @@ impl Entry {
     }
 
     fn claimable(&self, now: DateTime<Utc>) -> bool {
-        self.stored != Stored::Failed && self.job.run_at <= now && self.job.attempts < self.job.max_attempts
+        self.stored != Stored::Failed
+            && self.job.run_at <= now
+            && self.job.attempts < self.job.max_attempts
     }
 
     fn holds(&self, lease: &Lease) -> bool {
@@ -100,7 +102,10 @@ struct Inner {
 impl Inner {
     fn index(&mut self, entry: &Entry) {
         if entry.stored != Stored::Failed {
-            self.order.entry(entry.job.queue.clone()).or_default().insert(entry.key());
+            self.order
+                .entry(entry.job.queue.clone())
+                .or_default()
+                .insert(entry.key());
         }
     }
 
@@ -212,7 +217,9 @@ impl QueueStore for MemoryStore {
         let mut inner = self.lock();
         let mut picked: Vec<OrderKey> = Vec::new();
         for q in claim.distinct_queues() {
-            let Some(set) = inner.order.get(&q) else { continue };
+            let Some(set) = inner.order.get(&q) else {
+                continue;
+            };
             picked.extend(
                 set.iter()
                     .filter(|k| inner.jobs.get(&k.3).is_some_and(|e| e.claimable(now)))
@@ -231,7 +238,10 @@ impl QueueStore for MemoryStore {
                 e.token = Some(token);
                 e.job.attempts += 1;
                 e.job.run_at = expires;
-                let lease = Lease { job_id: e.job.id, token };
+                let lease = Lease {
+                    job_id: e.job.id,
+                    token,
+                };
                 ClaimedJob::new(e.view(now), lease)
             });
             out.extend(claimed);
@@ -262,7 +272,9 @@ impl QueueStore for MemoryStore {
                 e.job.last_error = Some(failure.error);
                 if e.job.attempts < e.job.max_attempts {
                     e.stored = Stored::Queued;
-                    e.job.run_at = failure.retry_at.map_or(now, |w| w.resolve(now).trunc_subsecs(6));
+                    e.job.run_at = failure
+                        .retry_at
+                        .map_or(now, |w| w.resolve(now).trunc_subsecs(6));
                 } else {
                     e.stored = Stored::Failed;
                     e.job.run_at = now;
@@ -334,7 +346,11 @@ impl QueueStore for MemoryStore {
     async fn job(&self, id: JobId) -> Result<Job> {
         let now = now();
         let inner = self.lock();
-        inner.jobs.get(&id.0).map(|e| e.view(now)).ok_or(Error::NotFound(id))
+        inner
+            .jobs
+            .get(&id.0)
+            .map(|e| e.view(now))
+            .ok_or(Error::NotFound(id))
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
@@ -349,7 +365,12 @@ impl QueueStore for MemoryStore {
 
     async fn purge(&self, queue: &str) -> Result<u64> {
         let mut inner = self.lock();
-        let ids: Vec<i64> = inner.jobs.values().filter(|e| e.job.queue == queue).map(|e| e.job.id.0).collect();
+        let ids: Vec<i64> = inner
+            .jobs
+            .values()
+            .filter(|e| e.job.queue == queue)
+            .map(|e| e.job.id.0)
+            .collect();
         for id in &ids {
             inner.remove(*id);
         }

@@ -1,4 +1,5 @@
 //! The whole conformance suite on the memory store.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
 
 use std::sync::Arc;
 

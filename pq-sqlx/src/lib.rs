@@ -153,7 +153,10 @@ impl SqlxStore {
             .execute(&mut *tx)
             .await
             .map_err(map_err)?;
-        sqlx::raw_sql(AssertSqlSafe(m.prepare)).execute(&mut *tx).await.map_err(map_err)?;
+        sqlx::raw_sql(AssertSqlSafe(m.prepare))
+            .execute(&mut *tx)
+            .await
+            .map_err(map_err)?;
         let applied: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(m.applied))
             .fetch_all(&mut *tx)
             .await
@@ -162,7 +165,10 @@ impl SqlxStore {
             if applied.contains(&step.version) {
                 continue;
             }
-            sqlx::raw_sql(AssertSqlSafe(step.sql)).execute(&mut *tx).await.map_err(map_err)?;
+            sqlx::raw_sql(AssertSqlSafe(step.sql))
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
             sqlx::query(AssertSqlSafe(m.record.clone()))
                 .bind(step.version)
                 .bind(step.description)
@@ -175,23 +181,39 @@ impl SqlxStore {
 
     /// [`QueueStore::put_many`] on your connection or transaction: roll it back and the jobs
     /// never existed; commit it and they are visible and wake workers.
-    pub async fn put_many_in(&self, conn: &mut PgConnection, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    pub async fn put_many_in(
+        &self,
+        conn: &mut PgConnection,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
         self.put_on(conn, jobs).await
     }
 
     /// [`QueueStore::claim`] on your connection or transaction. Inside a transaction the claim
     /// is undone with it: the jobs are claimable again at once, their attempt not counted.
-    pub async fn claim_in(&self, conn: &mut PgConnection, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+    pub async fn claim_in(
+        &self,
+        conn: &mut PgConnection,
+        claim: &Claim,
+    ) -> Result<Vec<ClaimedJob>> {
         self.claim_on(conn, claim).await
     }
 
     /// [`QueueStore::complete_many`] on your connection or transaction: the jobs are removed
     /// when it commits, together with the handler's writes.
-    pub async fn complete_many_in(&self, conn: &mut PgConnection, leases: &[Lease]) -> Result<Vec<JobId>> {
+    pub async fn complete_many_in(
+        &self,
+        conn: &mut PgConnection,
+        leases: &[Lease],
+    ) -> Result<Vec<JobId>> {
         self.complete_on(conn, leases).await
     }
 
-    async fn put_on<'e, E: Executor<'e, Database = Postgres>>(&self, e: E, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    async fn put_on<'e, E: Executor<'e, Database = Postgres>>(
+        &self,
+        e: E,
+        jobs: Vec<NewJob>,
+    ) -> Result<Vec<JobId>> {
         let a = InsertArrays::new(&jobs)?;
         if jobs.is_empty() {
             return Ok(Vec::new());
@@ -213,7 +235,11 @@ impl SqlxStore {
         Ok(ids.into_iter().map(JobId).collect())
     }
 
-    async fn claim_on<'e, E: Executor<'e, Database = Postgres>>(&self, e: E, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+    async fn claim_on<'e, E: Executor<'e, Database = Postgres>>(
+        &self,
+        e: E,
+        claim: &Claim,
+    ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let limit = i32::try_from(claim.limit).map_err(|_| Error::invalid("limit", "too large"))?;
         let rows = sqlx::query(q(&self.inner.sql.claim))
@@ -227,7 +253,11 @@ impl SqlxStore {
         rows.iter().map(|r| job_row(r)?.into_claimed()).collect()
     }
 
-    async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(&self, e: E, leases: &[Lease]) -> Result<Vec<JobId>> {
+    async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(
+        &self,
+        e: E,
+        leases: &[Lease],
+    ) -> Result<Vec<JobId>> {
         if leases.is_empty() {
             return Ok(Vec::new());
         }
@@ -240,7 +270,11 @@ impl SqlxStore {
             .await
             .map_err(map_err)?;
         // Report in the order asked.
-        Ok(ids.into_iter().filter(|id| done.contains(id)).map(JobId).collect())
+        Ok(ids
+            .into_iter()
+            .filter(|id| done.contains(id))
+            .map(JobId)
+            .collect())
     }
 
     /// Starts the listener task on first use.
@@ -361,7 +395,10 @@ impl QueueStore for SqlxStore {
             .await
             .map_err(map_err)?;
         match one_state(state, id)? {
-            JobState::Running => Err(Error::InvalidState { id, state: JobState::Running }),
+            JobState::Running => Err(Error::InvalidState {
+                id,
+                state: JobState::Running,
+            }),
             _ => Ok(()),
         }
     }
@@ -419,6 +456,9 @@ impl QueueStore for SqlxStore {
                 .await
                 .map_err(map_err)
         };
-        self.inner.wakeups.wait(queues, timeout, FALLBACK_POLL, next_run).await
+        self.inner
+            .wakeups
+            .wait(queues, timeout, FALLBACK_POLL, next_run)
+            .await
     }
 }

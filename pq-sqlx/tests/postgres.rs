@@ -1,5 +1,6 @@
 //! What only a PostgreSQL store can promise: transactions, plain SQL enqueues, hostile names,
 //! and the same SQL text from both drivers.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -28,10 +29,12 @@ async fn store() -> SqlxStore {
 
 async fn business_table(store: &SqlxStore) -> String {
     let name = format!("\"{}\".orders", store.table().schema());
-    sqlx::query(AssertSqlSafe(format!("CREATE TABLE {name} (id int PRIMARY KEY, mailed bool NOT NULL DEFAULT false)")))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {name} (id int PRIMARY KEY, mailed bool NOT NULL DEFAULT false)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
     name
 }
 
@@ -40,11 +43,16 @@ async fn a_job_enqueued_in_a_rolled_back_transaction_never_existed() {
     let store = store().await;
     let orders = business_table(&store).await;
     let mut tx = store.pool().begin().await.unwrap();
-    sqlx::query(AssertSqlSafe(format!("INSERT INTO {orders} (id) VALUES (1)")))
-        .execute(&mut *tx)
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {orders} (id) VALUES (1)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let ids = store
+        .put_many_in(&mut tx, vec![NewJob::from_json("mail", json!(1))])
         .await
         .unwrap();
-    let ids = store.put_many_in(&mut tx, vec![NewJob::from_json("mail", json!(1))]).await.unwrap();
     tx.rollback().await.unwrap();
     assert!(matches!(store.job(ids[0]).await, Err(Error::NotFound(_))));
     assert_eq!(store.stats("mail").await.unwrap().total(), 0);
@@ -56,19 +64,32 @@ async fn a_job_enqueued_in_a_committed_transaction_is_visible_and_wakes_waiters(
     let orders = business_table(&store).await;
     let waiter = {
         let store = store.clone();
-        tokio::spawn(async move { store.wait(&["mail".to_string()], Duration::from_secs(30)).await })
+        tokio::spawn(async move {
+            store
+                .wait(&["mail".to_string()], Duration::from_secs(30))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut tx = store.pool().begin().await.unwrap();
-    sqlx::query(AssertSqlSafe(format!("INSERT INTO {orders} (id) VALUES (1)")))
-        .execute(&mut *tx)
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {orders} (id) VALUES (1)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    store
+        .put_many_in(&mut tx, vec![NewJob::from_json("mail", json!(1))])
         .await
         .unwrap();
-    store.put_many_in(&mut tx, vec![NewJob::from_json("mail", json!(1))]).await.unwrap();
     // Not visible to others before commit.
     assert_eq!(store.stats("mail").await.unwrap().total(), 0);
     tx.commit().await.unwrap();
-    let woke = tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap().unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
     assert!(woke);
     assert_eq!(store.stats("mail").await.unwrap().ready, 1);
 }
@@ -77,43 +98,67 @@ async fn a_job_enqueued_in_a_committed_transaction_is_visible_and_wakes_waiters(
 async fn transactional_processing_commits_the_removal_with_the_handlers_writes() {
     let store = store().await;
     let orders = business_table(&store).await;
-    sqlx::query(AssertSqlSafe(format!("INSERT INTO {orders} (id) VALUES (7)")))
-        .execute(store.pool())
-        .await
-        .unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {orders} (id) VALUES (7)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
     let id = store.put("mail", &json!({"order": 7})).await.unwrap();
 
     // The handler fails: everything rolls back and the job is claimable again at once.
     let mut tx = store.pool().begin().await.unwrap();
-    let job = store.claim_in(&mut tx, &Claim::new(["mail"])).await.unwrap().remove(0);
-    sqlx::query(AssertSqlSafe(format!("UPDATE {orders} SET mailed = true WHERE id = 7")))
-        .execute(&mut *tx)
+    let job = store
+        .claim_in(&mut tx, &Claim::new(["mail"]))
         .await
-        .unwrap();
+        .unwrap()
+        .remove(0);
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {orders} SET mailed = true WHERE id = 7"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
     drop(tx); // rolls back, as a crashed handler's connection would
     let seen = store.job(id).await.unwrap();
     assert_eq!((seen.state, seen.attempts), (JobState::Ready, 0));
-    let mailed: bool = sqlx::query_scalar(AssertSqlSafe(format!("SELECT mailed FROM {orders} WHERE id = 7")))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let mailed: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT mailed FROM {orders} WHERE id = 7"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
     assert!(!mailed);
 
     // The handler succeeds: its write and the job's removal commit together.
     let mut tx = store.pool().begin().await.unwrap();
-    let again = store.claim_in(&mut tx, &Claim::new(["mail"])).await.unwrap().remove(0);
-    assert_eq!(again.id(), job.id());
-    sqlx::query(AssertSqlSafe(format!("UPDATE {orders} SET mailed = true WHERE id = 7")))
-        .execute(&mut *tx)
+    let again = store
+        .claim_in(&mut tx, &Claim::new(["mail"]))
         .await
-        .unwrap();
-    assert_eq!(store.complete_many_in(&mut tx, &[again.lease]).await.unwrap(), vec![id]);
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.id(), job.id());
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {orders} SET mailed = true WHERE id = 7"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .complete_many_in(&mut tx, &[again.lease])
+            .await
+            .unwrap(),
+        vec![id]
+    );
     tx.commit().await.unwrap();
     assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
-    let mailed: bool = sqlx::query_scalar(AssertSqlSafe(format!("SELECT mailed FROM {orders} WHERE id = 7")))
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let mailed: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT mailed FROM {orders} WHERE id = 7"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
     assert!(mailed);
 }
 
@@ -122,15 +167,32 @@ async fn a_plain_sql_insert_is_a_valid_enqueue_and_wakes_waiters() {
     let store = store().await;
     let waiter = {
         let store = store.clone();
-        tokio::spawn(async move { store.wait(&["raw".to_string()], Duration::from_secs(30)).await })
+        tokio::spawn(async move {
+            store
+                .wait(&["raw".to_string()], Duration::from_secs(30))
+                .await
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let sql = format!("INSERT INTO {} (queue, payload) VALUES ('raw', '{{\"from\": \"psql\"}}')", store.table().qualified());
-    sqlx::raw_sql(AssertSqlSafe(sql)).execute(store.pool()).await.unwrap();
-    assert!(tokio::time::timeout(Duration::from_secs(10), waiter).await.unwrap().unwrap().unwrap());
+    let sql = format!(
+        "INSERT INTO {} (queue, payload) VALUES ('raw', '{{\"from\": \"psql\"}}')",
+        store.table().qualified()
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap());
     let job = store.claim(&Claim::new(["raw"])).await.unwrap().remove(0);
     assert_eq!(job.job.payload, json!({"from": "psql"}));
-    assert_eq!((job.job.priority, job.job.attempts, job.job.max_attempts), (0, 1, pq_api::DEFAULT_MAX_ATTEMPTS));
+    assert_eq!(
+        (job.job.priority, job.job.attempts, job.job.max_attempts),
+        (0, 1, pq_api::DEFAULT_MAX_ATTEMPTS)
+    );
 }
 
 #[tokio::test]
@@ -144,7 +206,10 @@ async fn hostile_schema_and_table_names_are_rejected_before_any_sql() {
         ("public", &"t".repeat(49)),
     ] {
         let err = QueueTable::new(schema, table).unwrap_err();
-        assert!(matches!(err, Error::InvalidArgument { .. }), "{schema}.{table}: {err:?}");
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{schema}.{table}: {err:?}"
+        );
     }
 }
 
@@ -161,7 +226,9 @@ async fn migrating_is_idempotent_and_safe_when_concurrent() {
     for t in tasks {
         t.await.unwrap().unwrap();
     }
-    let store = SqlxStore::with_table(pool.clone(), table.clone()).await.unwrap();
+    let store = SqlxStore::with_table(pool.clone(), table.clone())
+        .await
+        .unwrap();
     store.migrate().await.unwrap();
     let versions: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT version FROM \"{}\".jobs_migrations",
@@ -192,17 +259,29 @@ async fn a_missing_table_is_a_schema_error_and_a_closed_pool_is_retryable() {
 /// Runs the same scenario through a store: every statement kind once.
 async fn scenario(store: &dyn QueueStore) {
     store.put("s", &json!(1)).await.unwrap();
-    store.put_many(vec![NewJob::from_json("s", json!(2)).max_attempts(1)]).await.unwrap();
+    store
+        .put_many(vec![NewJob::from_json("s", json!(2)).max_attempts(1)])
+        .await
+        .unwrap();
     let jobs = store.claim(&Claim::new(["s"]).limit(2)).await.unwrap();
-    store.extend(&jobs[0].lease, Duration::from_secs(60)).await.unwrap();
-    store.fail(&jobs[1].lease, pq_api::Failure::new("x")).await.unwrap();
+    store
+        .extend(&jobs[0].lease, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .fail(&jobs[1].lease, pq_api::Failure::new("x"))
+        .await
+        .unwrap();
     store.retry(jobs[1].id()).await.unwrap();
     store.complete(&jobs[0].lease).await.unwrap();
     let job = store.claim(&Claim::new(["s"])).await.unwrap().remove(0);
     store.release(&job.lease).await.unwrap();
     store.job(job.id()).await.unwrap();
     store.stats("s").await.unwrap();
-    store.wait(&["s".to_string()], Duration::from_millis(10)).await.unwrap();
+    store
+        .wait(&["s".to_string()], Duration::from_millis(10))
+        .await
+        .unwrap();
     store.cancel(job.id()).await.unwrap();
     store.purge("s").await.unwrap();
 }
@@ -210,39 +289,60 @@ async fn scenario(store: &dyn QueueStore) {
 /// The statements recorded for `table`, with its schema and channel names masked.
 async fn statements_of(pool: &PgPool, table: &QueueTable) -> BTreeSet<String> {
     let schema = table.schema();
-    let texts: Vec<String> = sqlx::query_scalar("SELECT query FROM pg_stat_statements WHERE query LIKE '%' || $1 || '%'")
-        .bind(schema)
-        .fetch_all(pool)
-        .await
-        .unwrap();
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT query FROM pg_stat_statements WHERE query LIKE '%' || $1 || '%'",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
     texts
         .into_iter()
-        .map(|t| t.replace(schema, "<schema>").replace(&table.channel(), "<channel>"))
+        .map(|t| {
+            t.replace(schema, "<schema>")
+                .replace(&table.channel(), "<channel>")
+        })
         .collect()
 }
 
 #[tokio::test]
 async fn both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statement() {
     let pool = pool().await;
-    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements").execute(&pool).await.unwrap();
+    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&pool)
+        .await
+        .unwrap();
 
     let sqlx_table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
-    let sqlx_store = SqlxStore::with_table(pool.clone(), sqlx_table.clone()).await.unwrap();
+    let sqlx_store = SqlxStore::with_table(pool.clone(), sqlx_table.clone())
+        .await
+        .unwrap();
     scenario(&sqlx_store).await;
 
     let diesel_table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
     let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
-    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone()).await.unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
+        .await
+        .unwrap();
     scenario(&diesel_store).await;
 
     let from_sqlx = statements_of(&pool, &sqlx_table).await;
     let from_diesel = statements_of(&pool, &diesel_table).await;
-    assert!(from_sqlx.len() >= 13, "too few statements recorded: {from_sqlx:#?}");
+    assert!(
+        from_sqlx.len() >= 13,
+        "too few statements recorded: {from_sqlx:#?}"
+    );
     assert_eq!(from_sqlx, from_diesel);
 
-    let claims: Vec<&String> = from_sqlx.iter().filter(|q| q.contains("SKIP LOCKED")).collect();
+    let claims: Vec<&String> = from_sqlx
+        .iter()
+        .filter(|q| q.contains("SKIP LOCKED"))
+        .collect();
     assert_eq!(claims.len(), 1, "{claims:#?}");
     let claim = claims[0];
     assert!(claim.starts_with("WITH picked AS") && claim.contains("FOR UPDATE SKIP LOCKED"));
-    assert!(!claim.trim_end().trim_end_matches(';').contains(';'), "one statement");
+    assert!(
+        !claim.trim_end().trim_end_matches(';').contains(';'),
+        "one statement"
+    );
 }
