@@ -10,10 +10,10 @@
 //!
 //! ```no_run
 //! use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-//! //! use pq_api::NewJob;
+//! use pq_api::NewJob;
 //! use pq_diesel::DieselStore;
 //!
-//! # async fn demo(store: DieselStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error>> {
+//! # async fn demo(store: DieselStore, conn: &mut AsyncPgConnection) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
 //! conn.transaction::<_, Box<dyn std::error::Error + Send + Sync>, _>(async |conn| {
 //!     diesel::sql_query("INSERT INTO orders (id) VALUES (42)").execute(conn).await?;
 //!     let job = NewJob::new("emails", &serde_json::json!({"order": 42}))?;

@@ -346,3 +346,114 @@ async fn both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statem
         "one statement"
     );
 }
+
+/// Kills the store's LISTEN connection, puts a job from elsewhere, and expects `wait` to be
+/// woken all the same once the listener has reconnected.
+async fn wait_survives_a_killed_listener(
+    store: &dyn QueueStore,
+    pool: &PgPool,
+    table: &QueueTable,
+) {
+    // Start the listener and let it connect.
+    assert!(!store
+        .wait(&["k".to_string()], Duration::from_millis(200))
+        .await
+        .unwrap());
+    let listen = format!("LISTEN \"{}\"", table.channel());
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query = $1 AND pid <> pg_backend_pid()",
+    )
+    .bind(&listen)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        killed,
+        vec![true],
+        "exactly one listener connection was killed"
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sql = format!(
+        "INSERT INTO {} (queue, payload) VALUES ('k', '1')",
+        table.qualified()
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+    let start = tokio::time::Instant::now();
+    let mut woke = false;
+    while !woke && start.elapsed() < Duration::from_secs(10) {
+        woke = store
+            .wait(&["k".to_string()], Duration::from_secs(10))
+            .await
+            .unwrap();
+    }
+    assert!(woke, "wait was never woken after the listener died");
+    assert_eq!(store.claim(&Claim::new(["k"])).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn sqlx_listener_is_reestablished_after_its_connection_dies() {
+    let store = store().await;
+    let table = store.table().clone();
+    wait_survives_a_killed_listener(&store, store.pool(), &table).await;
+}
+
+#[tokio::test]
+async fn diesel_listener_is_reestablished_after_its_connection_dies() {
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
+    let store = DieselStore::with_table(diesel_pool, table.clone())
+        .await
+        .unwrap();
+    wait_survives_a_killed_listener(&store, &pool().await, &table).await;
+}
+
+#[tokio::test]
+async fn claim_is_served_by_the_claim_index_not_a_scan() {
+    let store = store().await;
+    let t = store.table().qualified();
+    let fill = format!(
+        "INSERT INTO {t} (queue, payload) SELECT 'big', '{{}}'::jsonb FROM generate_series(1, 20000); ANALYZE {t};"
+    );
+    sqlx::raw_sql(AssertSqlSafe(fill))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let sql = pq_api::sql::Statements::new(store.table()).claim;
+    let mut tx = store.pool().begin().await.unwrap();
+    let plan: Vec<String> =
+        sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")))
+            .bind(vec!["big".to_string()])
+            .bind(10_i32)
+            .bind(60_000_000_i64)
+            .bind(1_i64)
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+    tx.rollback().await.unwrap();
+    let plan = plan.join("\n");
+    assert!(plan.contains("Index Scan using pq_jobs_claim"), "{plan}");
+    assert!(!plan.contains("Seq Scan"), "{plan}");
+}
+
+#[tokio::test]
+async fn diesel_maps_a_missing_table_to_a_schema_error_and_a_dead_server_to_unavailable() {
+    let table = QueueTable::new(&fresh_schema(), "never_migrated").unwrap();
+    let store =
+        DieselStore::without_migrating(DieselStore::pool(&database_url().await, 2).unwrap(), table);
+    let err = store.put("q", &json!(1)).await.unwrap_err();
+    assert!(matches!(err, Error::Schema(_)), "{err:?}");
+
+    // Nothing listens on port 1: the pool cannot connect.
+    let store = DieselStore::without_migrating(
+        DieselStore::pool("postgres://postgres:postgres@127.0.0.1:1/postgres", 1).unwrap(),
+        QueueTable::default(),
+    );
+    let err = store.put("q", &json!(1)).await.unwrap_err();
+    assert!(
+        matches!(err, Error::Unavailable(_)) && err.is_retryable(),
+        "{err:?}"
+    );
+}
