@@ -483,6 +483,17 @@ impl InsertArrays {
     }
 }
 
+/// The ids of [`Statements::complete`]'s result, in the order the leases were given (the
+/// statement returns them in no particular order). Linear in the batch size.
+pub fn completed_in_order(leases: &[Lease], done: impl IntoIterator<Item = i64>) -> Vec<JobId> {
+    let done: std::collections::HashSet<i64> = done.into_iter().collect();
+    leases
+        .iter()
+        .map(|l| l.job_id)
+        .filter(|id| done.contains(&id.0))
+        .collect()
+}
+
 /// Splits a [`crate::Failure`]'s retry time into the `$3`/`$4` parameters of [`Statements::fail`].
 pub fn retry_params(failure: &crate::Failure) -> (Option<DateTime<Utc>>, i64) {
     match failure.retry_at {

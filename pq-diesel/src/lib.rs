@@ -329,16 +329,15 @@ impl DieselStore {
         let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
         let done: Vec<IdRow> = diesel::sql_query(&*self.inner.sql.complete)
-            .bind::<Array<BigInt>, _>(&ids)
+            .bind::<Array<BigInt>, _>(ids)
             .bind::<Array<BigInt>, _>(tokens)
             .load(conn)
             .await
             .map_err(map_err)?;
-        Ok(ids
-            .into_iter()
-            .filter(|id| done.iter().any(|d| d.id == *id))
-            .map(JobId)
-            .collect())
+        Ok(sql::completed_in_order(
+            leases,
+            done.into_iter().map(|d| d.id),
+        ))
     }
 
     fn ensure_listener(&self) {
@@ -413,7 +412,6 @@ impl QueueStore for DieselStore {
     }
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
-        claim.validate()?;
         let mut conn = self.conn().await?;
         self.claim_in(&mut conn, claim).await
     }

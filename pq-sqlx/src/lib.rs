@@ -264,17 +264,12 @@ impl SqlxStore {
         let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
         let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
         let done: Vec<i64> = sqlx::query_scalar(q(&self.inner.sql.complete))
-            .bind(&ids)
+            .bind(ids)
             .bind(tokens)
             .fetch_all(e)
             .await
             .map_err(map_err)?;
-        // Report in the order asked.
-        Ok(ids
-            .into_iter()
-            .filter(|id| done.contains(id))
-            .map(JobId)
-            .collect())
+        Ok(sql::completed_in_order(leases, done))
     }
 
     /// Starts the listener task on first use.
