@@ -10,6 +10,7 @@ use tokio::time::Instant;
 use crate::error::{Error, Result};
 use crate::job::{Claim, ClaimedJob, JobId, Lease, NewJob};
 use crate::store::QueueStore;
+use crate::task::Task;
 
 /// How long one [`QueueStore::wait`] of a job stream lasts before it looks again.
 const STREAM_WAIT: Duration = Duration::from_secs(30);
@@ -44,6 +45,12 @@ pub trait QueueStoreExt: QueueStore {
         ids.into_iter()
             .next()
             .ok_or_else(|| Error::Backend("put_many returned no id for one job".into()))
+    }
+
+    /// Enqueues a typed task with its defaults; for per-call options, put
+    /// [`Task::to_job`](crate::Task::to_job) with them applied.
+    async fn enqueue<T: Task + Sync>(&self, task: &T) -> Result<JobId> {
+        self.put_job(task.to_job()?).await
     }
 
     /// Completes one job, or reports [`Error::LeaseLost`].

@@ -460,6 +460,9 @@ pub struct Failure {
     pub error: String,
     /// When to try again if attempts are left (`None`: at once).
     pub retry_at: Option<When>,
+    /// Give up now: the job becomes [`JobState::Failed`] even with attempts left (a payload
+    /// that can never decode, an error the handler marks as permanent).
+    pub give_up: bool,
 }
 
 impl Failure {
@@ -468,7 +471,15 @@ impl Failure {
         Failure {
             error: error.into(),
             retry_at: None,
+            give_up: false,
         }
+    }
+
+    /// Fails the job for good, whatever attempts are left; [`QueueStore::retry`](crate::QueueStore::retry)
+    /// still restarts it.
+    pub fn give_up(mut self) -> Self {
+        self.give_up = true;
+        self
     }
 
     /// Retries at `when` if attempts are left.

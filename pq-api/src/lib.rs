@@ -7,6 +7,7 @@
 //!   a job stream;
 //! - the job types ([`NewJob`], [`Claim`], [`ClaimedJob`], [`Lease`], [`Job`], …) and the one
 //!   [`Error`];
+//! - typed tasks ([`Task`], [`RunTask`], [`Registry`]) and the [`Worker`] that runs them;
 //! - [`sql`], the PostgreSQL statements both SQL stores (`pq-sqlx`, `pq-diesel`) run.
 //!
 //! ```
@@ -34,7 +35,9 @@ mod ext;
 mod job;
 pub mod sql;
 mod store;
+pub mod task;
 pub mod wake;
+mod worker;
 
 pub use error::{BoxError, Error, Result};
 pub use ext::{jobs_stream, QueueStoreExt};
@@ -44,3 +47,8 @@ pub use job::{
     MAX_DURATION, MAX_QUEUE_NAME_LEN,
 };
 pub use store::QueueStore;
+pub use task::{
+    Backoff, Cancelled, Completion, JobHandler, Registry, RunTask, Task, TaskContext, TaskDefaults,
+    TaskError,
+};
+pub use worker::{StopMode, Worker, WorkerHandle, WorkerState, WorkerStatus};

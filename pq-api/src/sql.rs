@@ -154,7 +154,7 @@ pub struct Statements {
     /// `$1 int8[]` ids, `$2 int8[]` tokens → `id` of each completed job.
     pub complete: Arc<str>,
     /// `$1 int8` id, `$2 int8` token, `$3 timestamptz` retry_at, `$4 int8` retry_in µs,
-    /// `$5 text` error → `state`.
+    /// `$5 text` error, `$6 bool` retry (false: give up) → `state`.
     pub fail: Arc<str>,
     /// `$1 int8` id, `$2 int8` token, `$3 int8` lease µs → `run_at`.
     pub extend: Arc<str>,
@@ -220,8 +220,8 @@ impl Statements {
             )),
             fail: s(format!(
                 "UPDATE {t} SET \
-                 state = CASE WHEN attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
-                 run_at = CASE WHEN attempts < max_attempts THEN COALESCE($3::timestamptz, \
+                 state = CASE WHEN $6::bool AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
+                 run_at = CASE WHEN $6::bool AND attempts < max_attempts THEN COALESCE($3::timestamptz, \
                  statement_timestamp() + $4::int8 * interval '1 microsecond') \
                  ELSE statement_timestamp() END, \
                  lease_token = NULL, last_error = $5::text \

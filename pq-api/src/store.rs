@@ -64,11 +64,13 @@ pub trait QueueStore: Send + Sync + Debug {
     /// Records a failed attempt.
     ///
     /// # Contract
-    /// - With attempts left (`attempts < max_attempts`) the job waits for a retry at
+    /// - With attempts left (`attempts < max_attempts`) and `failure.give_up` unset, the job
+    ///   waits for a retry at
     ///   `failure.retry_at` (at once if `None`) and the new state is returned
     ///   ([`JobState::Scheduled`] or [`JobState::Ready`]).
-    /// - Otherwise it becomes [`JobState::Failed`], stays for inspection, and is never
-    ///   claimed again until [`QueueStore::retry`].
+    /// - Otherwise (out of attempts, or giving up: `failing_with_give_up_fails_the_job_at_once`)
+    ///   it becomes [`JobState::Failed`], stays for inspection, and is never claimed again
+    ///   until [`QueueStore::retry`].
     /// - Either way `last_error` records `failure.error`.
     /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState>;

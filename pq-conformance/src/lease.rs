@@ -152,6 +152,26 @@ pub async fn fail_without_attempts_left_leaves_the_job_failed(store: Arc<dyn Que
     assert_eq!(store.stats("q").await.unwrap().failed, 1);
 }
 
+/// A failure that gives up fails the job at once, attempts left or not; retry restarts it.
+pub async fn failing_with_give_up_fails_the_job_at_once(store: Arc<dyn QueueStore>) {
+    let id = store
+        .put_job(NewJob::from_json("q", json!(1)).max_attempts(5))
+        .await
+        .unwrap();
+    let job = claim_one(&*store, LONG_LEASE).await;
+    let failure = Failure::new("cannot decode").retry_at(HOUR).give_up();
+    assert_eq!(
+        store.fail(&job.lease, failure).await.unwrap(),
+        JobState::Failed
+    );
+    assert!(store.claim(&Claim::new(["q"])).await.unwrap().is_empty());
+    let seen = store.job(id).await.unwrap();
+    assert_eq!((seen.state, seen.attempts), (JobState::Failed, 1));
+    assert_eq!(seen.last_error.as_deref(), Some("cannot decode"));
+    store.retry(id).await.unwrap();
+    assert_eq!(claim_one(&*store, LONG_LEASE).await.id(), id);
+}
+
 /// Only a failed job can be retried; it restarts ready with zero attempts.
 pub async fn retry_restarts_only_failed_jobs(store: Arc<dyn QueueStore>) {
     let id = store

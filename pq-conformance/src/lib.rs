@@ -2,7 +2,8 @@
 //!
 //! Each case is a public `async fn(Arc<dyn QueueStore>)` that checks one clause of the
 //! [`QueueStore`] contract; its doc sentence states the clause. Cases are grouped by area:
-//! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`].
+//! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`], and [`worker`]: the
+//! worker and typed tasks running on the store.
 //!
 //! The suite never builds stores itself: it gets a fresh, isolated store per case from your
 //! factory, so cases run in parallel. Run all of it against your own store with one line in
@@ -28,6 +29,7 @@ pub mod lease;
 pub mod postgres;
 pub mod put;
 pub mod wait;
+pub mod worker;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -89,6 +91,7 @@ macro_rules! suite {
             lease::extend_moves_the_lease_expiry,
             lease::fail_with_attempts_left_schedules_a_retry,
             lease::fail_without_attempts_left_leaves_the_job_failed,
+            lease::failing_with_give_up_fails_the_job_at_once,
             lease::retry_restarts_only_failed_jobs,
             lease::release_hands_the_job_back_without_counting_the_attempt,
             lease::expired_lease_without_attempts_left_is_failed,
@@ -107,6 +110,18 @@ macro_rules! suite {
             concurrency::racing_claimers_claim_every_job_exactly_once,
             concurrency::concurrent_puts_all_land,
             concurrency::racing_reclaimers_of_an_expired_lease_get_it_once,
+            worker::worker_runs_each_job_once_and_completes_it,
+            worker::failing_handler_is_retried_until_max_attempts,
+            worker::failed_attempt_is_scheduled_by_the_backoff,
+            worker::panicking_handler_is_a_failed_attempt,
+            worker::undecodable_or_unknown_jobs_fail_with_a_clear_error,
+            worker::lost_lease_cancels_the_handler_and_drops_its_outcome,
+            worker::drain_stops_when_no_job_is_ready,
+            worker::finish_lets_running_jobs_end_and_claims_no_more,
+            worker::abort_hands_running_jobs_back_at_once,
+            worker::two_workers_share_a_queue_running_each_job_once,
+            worker::job_of_a_dead_worker_runs_again_after_its_lease,
+            worker::invalid_worker_configuration_is_rejected,
         );
     };
 }

@@ -431,6 +431,7 @@ impl QueueStore for DieselStore {
             .bind::<Nullable<Timestamptz>, _>(at)
             .bind::<BigInt, _>(within)
             .bind::<Text, _>(failure.error)
+            .bind::<diesel::sql_types::Bool, _>(!failure.give_up)
             .load(&mut conn)
             .await
             .map_err(map_err)?;

@@ -270,7 +270,7 @@ impl QueueStore for MemoryStore {
             inner.update(lease.job_id.0, |e| {
                 e.token = None;
                 e.job.last_error = Some(failure.error);
-                if e.job.attempts < e.job.max_attempts {
+                if !failure.give_up && e.job.attempts < e.job.max_attempts {
                     e.stored = Stored::Queued;
                     e.job.run_at = failure
                         .retry_at

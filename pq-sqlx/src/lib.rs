@@ -355,6 +355,7 @@ impl QueueStore for SqlxStore {
             .bind(at)
             .bind(within)
             .bind(failure.error)
+            .bind(!failure.give_up)
             .fetch_optional(&self.inner.pool)
             .await
             .map_err(map_err)?;

@@ -1,0 +1,595 @@
+//! Typed tasks: serde types with a name, a queue and a handler, registered in a [`Registry`]
+//! that a [`Worker`](crate::Worker) runs.
+//!
+//! A task's job carries the envelope `{"task": NAME, "args": <the task, serialized>}`, so
+//! jobs put from SQL (`INSERT … VALUES ('emails', '{"task": "send_email", "args": {…}}')`)
+//! run too.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use serde_json::Value;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::job::{validate_queue_name, Job, JobId, Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS};
+use crate::store::QueueStore;
+
+/// The envelope field naming the task.
+pub const TASK_FIELD: &str = "task";
+/// The envelope field holding the task's arguments.
+pub const ARGS_FIELD: &str = "args";
+
+/// What a task is: its name, its queue, its defaults, and how it serializes.
+///
+/// Implement [`RunTask`] too for a handler run by the worker, or a backend's transactional
+/// variant (`pq_sqlx::SqlxTask`, `pq_diesel::DieselTask`) for one that runs inside the job's
+/// transaction.
+///
+/// ```
+/// use pq_api::{Backoff, Task, TaskDefaults};
+/// use std::time::Duration;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct SendEmail { to: String }
+///
+/// impl Task for SendEmail {
+///     const NAME: &'static str = "send_email";
+///     const QUEUE: &'static str = "emails";
+///     fn defaults() -> TaskDefaults {
+///         TaskDefaults::new().max_retries(3).retry_in(Duration::from_secs(30))
+///     }
+/// }
+///
+/// // malthe/pq's `eat('Cox', _expected_at='2m', _schedule_at='1m')`:
+/// let job = SendEmail { to: "ada@example.com".into() }
+///     .to_job()?
+///     .delay("1m")?
+///     .expected_at(Duration::from_secs(120));
+/// assert_eq!(job.queue, "emails");
+/// assert_eq!(job.max_attempts, 4);
+/// assert_eq!(job.payload["task"], "send_email");
+/// # Ok::<(), pq_api::Error>(())
+/// ```
+pub trait Task: Serialize + DeserializeOwned + Send + 'static {
+    /// The name the worker routes on; unique within a [`Registry`].
+    const NAME: &'static str;
+    /// The queue the task's jobs go to.
+    const QUEUE: &'static str = "default";
+
+    /// Options every job of this task starts with; override per call on the [`NewJob`]
+    /// that [`Task::to_job`] returns.
+    fn defaults() -> TaskDefaults {
+        TaskDefaults::new()
+    }
+
+    /// The job that runs this task, with the task's defaults applied.
+    fn to_job(&self) -> Result<NewJob> {
+        let defaults = Self::defaults();
+        let mut envelope = serde_json::Map::with_capacity(2);
+        envelope.insert(TASK_FIELD.into(), Value::from(Self::NAME));
+        envelope.insert(ARGS_FIELD.into(), serde_json::to_value(self)?);
+        let mut job = NewJob::from_json(Self::QUEUE, Value::Object(envelope))
+            .priority(defaults.priority)
+            .max_attempts(defaults.max_attempts);
+        if let Some(at) = defaults.schedule_at {
+            job = job.run_at(at);
+        }
+        if let Some(at) = defaults.expected_at {
+            job = job.expected_at(at);
+        }
+        Ok(job)
+    }
+}
+
+/// A task's handler, run by the [`Worker`](crate::Worker).
+///
+/// Return `Ok(())` to complete the job, an error to fail the attempt (retried by the task's
+/// [`Backoff`] while attempts are left). A panic counts as a failed attempt.
+///
+/// ```
+/// use pq_api::{RunTask, Task, TaskContext, TaskError};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Resize { image: String }
+/// impl Task for Resize { const NAME: &'static str = "resize"; }
+///
+/// impl RunTask for Resize {
+///     async fn run(self, cx: TaskContext) -> Result<(), TaskError> {
+///         if self.image.is_empty() {
+///             return Err(TaskError::new("no image").give_up());
+///         }
+///         tokio::select! {
+///             _ = cx.cancelled() => Err(TaskError::new("cancelled")),
+///             _ = tokio::time::sleep(std::time::Duration::from_millis(1)) => Ok(()),
+///         }
+///     }
+/// }
+/// ```
+pub trait RunTask: Task {
+    /// Runs the task. Watch [`TaskContext::cancelled`] in long handlers: once it fires the
+    /// outcome is no longer recorded.
+    fn run(self, cx: TaskContext) -> impl Future<Output = Result<(), TaskError>> + Send;
+}
+
+/// Defaults a [`Task`] declares for its jobs (malthe/pq's `schedule_at`, `max_retries`,
+/// `retry_in`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct TaskDefaults {
+    /// When jobs run (`None`: at once).
+    pub schedule_at: Option<When>,
+    /// When jobs are expected to be done (claimed sooner than jobs expected later).
+    pub expected_at: Option<When>,
+    /// Priority (higher first).
+    pub priority: i32,
+    /// Attempts before a job is left failed.
+    pub max_attempts: u32,
+    /// Delay before each retry.
+    pub backoff: Backoff,
+}
+
+impl Default for TaskDefaults {
+    fn default() -> Self {
+        TaskDefaults {
+            schedule_at: None,
+            expected_at: None,
+            priority: 0,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+impl TaskDefaults {
+    /// Run at once, priority 0, [`DEFAULT_MAX_ATTEMPTS`] attempts, [`Backoff::default`].
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Jobs run at `when` (a [`std::time::Duration`] from enqueueing, or an instant).
+    pub fn schedule_at(mut self, when: impl Into<When>) -> Self {
+        self.schedule_at = Some(when.into());
+        self
+    }
+
+    /// Jobs are expected done by `when`.
+    pub fn expected_at(mut self, when: impl Into<When>) -> Self {
+        self.expected_at = Some(when.into());
+        self
+    }
+
+    /// Priority of the task's jobs.
+    pub fn priority(mut self, priority: i32) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Retries after the first attempt (`max_attempts = retries + 1`).
+    pub fn max_retries(mut self, retries: u32) -> Self {
+        self.max_attempts = retries.saturating_add(1);
+        self
+    }
+
+    /// Attempts in all, the first included.
+    pub fn max_attempts(mut self, attempts: u32) -> Self {
+        self.max_attempts = attempts;
+        self
+    }
+
+    /// Retry after a fixed delay (malthe/pq's `retry_in`).
+    pub fn retry_in(self, delay: Duration) -> Self {
+        self.backoff(Backoff::Fixed(delay))
+    }
+
+    /// Retry by this policy.
+    pub fn backoff(mut self, backoff: Backoff) -> Self {
+        self.backoff = backoff;
+        self
+    }
+}
+
+/// How long to wait before retrying a failed attempt.
+///
+/// ```
+/// use pq_api::Backoff;
+/// use std::time::Duration;
+/// let b = Backoff::exponential(Duration::from_secs(1), Duration::from_secs(60)).jitter(false);
+/// assert_eq!(b.delay(1), Duration::from_secs(1));
+/// assert_eq!(b.delay(3), Duration::from_secs(4));
+/// assert_eq!(b.delay(30), Duration::from_secs(60));
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Backoff {
+    /// The same delay every time.
+    Fixed(Duration),
+    /// `first`, doubled after each failed attempt, at most `max`; with `jitter`, each delay
+    /// is drawn uniformly from its upper half, so failures of many jobs spread out.
+    Exponential {
+        /// Delay after the first failed attempt.
+        first: Duration,
+        /// The cap.
+        max: Duration,
+        /// Randomise each delay within `[d/2, d]`.
+        jitter: bool,
+    },
+}
+
+impl Default for Backoff {
+    /// Exponential from 1 s up to 1 h, with jitter.
+    fn default() -> Self {
+        Backoff::exponential(Duration::from_secs(1), Duration::from_secs(3600))
+    }
+}
+
+impl Backoff {
+    /// Exponential backoff with jitter.
+    pub fn exponential(first: Duration, max: Duration) -> Self {
+        Backoff::Exponential {
+            first,
+            max,
+            jitter: true,
+        }
+    }
+
+    /// Turns jitter on or off (exponential only).
+    pub fn jitter(self, on: bool) -> Self {
+        match self {
+            Backoff::Exponential { first, max, .. } => Backoff::Exponential {
+                first,
+                max,
+                jitter: on,
+            },
+            fixed => fixed,
+        }
+    }
+
+    /// The delay after failed attempt number `attempt` (1 for the first).
+    pub fn delay(&self, attempt: u32) -> Duration {
+        match *self {
+            Backoff::Fixed(d) => d,
+            Backoff::Exponential { first, max, jitter } => {
+                let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
+                let d = first.saturating_mul(factor).min(max);
+                if jitter {
+                    let half = d / 2;
+                    let span = u64::try_from(half.as_nanos()).unwrap_or(u64::MAX);
+                    half + Duration::from_nanos(fastrand::u64(0..=span))
+                } else {
+                    d
+                }
+            }
+        }
+    }
+}
+
+/// Why a handler was cancelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Cancelled {
+    /// The job's lease was lost (reclaimed after expiring, cancelled, purged): another
+    /// holder may run it, and this handler's outcome is not recorded.
+    LeaseLost,
+    /// The worker is stopping in [`StopMode::Abort`](crate::StopMode::Abort); the job is handed
+    /// back.
+    Abort,
+}
+
+/// What a handler gets besides its task: the job, its lease, the store, and a cancellation
+/// signal. Cheap to clone.
+#[derive(Clone)]
+pub struct TaskContext {
+    inner: Arc<ContextInner>,
+}
+
+struct ContextInner {
+    job: Job,
+    lease: Lease,
+    store: Arc<dyn QueueStore>,
+    cancel: watch::Receiver<Option<Cancelled>>,
+}
+
+impl fmt::Debug for TaskContext {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TaskContext")
+            .field("job", &self.inner.job.id)
+            .field("attempt", &self.inner.job.attempts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TaskContext {
+    /// A context for `job` held under `lease`, and the sender that cancels it. The worker
+    /// builds these; call it to drive a handler by hand (in a test, or a custom runner).
+    pub fn new(
+        job: Job,
+        lease: Lease,
+        store: Arc<dyn QueueStore>,
+    ) -> (Self, watch::Sender<Option<Cancelled>>) {
+        let (tx, cancel) = watch::channel(None);
+        let inner = ContextInner {
+            job,
+            lease,
+            store,
+            cancel,
+        };
+        (
+            TaskContext {
+                inner: Arc::new(inner),
+            },
+            tx,
+        )
+    }
+
+    /// The job as claimed (its payload's `args` were handed to the handler and read null here).
+    pub fn job(&self) -> &Job {
+        &self.inner.job
+    }
+
+    /// The job's id.
+    pub fn id(&self) -> JobId {
+        self.inner.job.id
+    }
+
+    /// Which attempt this is, 1 for the first.
+    pub fn attempt(&self) -> u32 {
+        self.inner.job.attempts
+    }
+
+    /// Whether a failure now would leave the job failed.
+    pub fn is_last_attempt(&self) -> bool {
+        self.inner.job.attempts >= self.inner.job.max_attempts
+    }
+
+    /// The lease the job is held under (a transactional handler completes with it).
+    pub fn lease(&self) -> &Lease {
+        &self.inner.lease
+    }
+
+    /// The store the job came from, to enqueue follow-up jobs.
+    pub fn store(&self) -> &Arc<dyn QueueStore> {
+        &self.inner.store
+    }
+
+    /// Why the handler was cancelled, if it was.
+    pub fn cancelled_because(&self) -> Option<Cancelled> {
+        *self.inner.cancel.borrow()
+    }
+
+    /// Whether the handler was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancelled_because().is_some()
+    }
+
+    /// Resolves once the handler is cancelled (never, if it is not).
+    pub async fn cancelled(&self) -> Cancelled {
+        let mut rx = self.inner.cancel.clone();
+        loop {
+            if let Some(why) = *rx.borrow_and_update() {
+                return why;
+            }
+            if rx.changed().await.is_err() {
+                return std::future::pending().await;
+            }
+        }
+    }
+}
+
+/// A failed attempt, as a handler reports it.
+///
+/// Any [`std::error::Error`] converts with `?`; [`TaskError::new`] takes anything printable.
+/// The message, with the error's sources, becomes the job's `last_error`.
+#[derive(Debug)]
+pub struct TaskError {
+    message: String,
+    give_up: bool,
+    retry_in: Option<Duration>,
+}
+
+impl TaskError {
+    /// A failure with this message, retried by the task's [`Backoff`].
+    pub fn new(message: impl fmt::Display) -> Self {
+        TaskError {
+            message: message.to_string(),
+            give_up: false,
+            retry_in: None,
+        }
+    }
+
+    /// Do not retry: the job is left failed now (it can still be retried by id).
+    pub fn give_up(mut self) -> Self {
+        self.give_up = true;
+        self
+    }
+
+    /// Retry after `delay` instead of the task's backoff.
+    pub fn retry_in(mut self, delay: Duration) -> Self {
+        self.retry_in = Some(delay);
+        self
+    }
+
+    /// The message recorded on the job.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether the job is to be left failed at once.
+    pub fn gives_up(&self) -> bool {
+        self.give_up
+    }
+
+    /// The retry delay asked for, overriding the backoff.
+    pub fn retry_delay(&self) -> Option<Duration> {
+        self.retry_in
+    }
+}
+
+impl fmt::Display for TaskError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
+    fn from(err: E) -> Self {
+        let mut message = err.to_string();
+        let mut source = err.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        TaskError::new(message)
+    }
+}
+
+/// Decodes a task from its job's `args`; a payload that cannot decode gives up (retrying
+/// would not help).
+pub fn decode_args<T: Task>(args: Value) -> Result<T, TaskError> {
+    serde_json::from_value(args).map_err(|e| {
+        TaskError::new(format!("cannot decode the args of task {:?}: {e}", T::NAME)).give_up()
+    })
+}
+
+/// How a handler's success was recorded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Completion {
+    /// Not yet: the worker completes the job (batched with others).
+    Pending,
+    /// The handler completed the job itself, in the transaction that holds its writes.
+    Committed,
+}
+
+/// A type-erased handler, what the [`Registry`] holds. [`RunTask`] types get one through
+/// [`Registry::register`]; backends implement it for their transactional variants.
+#[async_trait]
+pub trait JobHandler: Send + Sync + 'static {
+    /// Runs the job whose envelope carried `args`.
+    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError>;
+}
+
+struct Typed<T>(std::marker::PhantomData<fn() -> T>);
+
+#[async_trait]
+impl<T: RunTask> JobHandler for Typed<T> {
+    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+        decode_args::<T>(args)?.run(cx).await?;
+        Ok(Completion::Pending)
+    }
+}
+
+#[derive(Clone)]
+pub(crate) struct Registered {
+    pub(crate) queue: String,
+    pub(crate) handler: Arc<dyn JobHandler>,
+    pub(crate) backoff: Backoff,
+}
+
+/// The tasks a worker knows, by name.
+///
+/// ```
+/// # use pq_api::{RunTask, Task, TaskContext, TaskError};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct A;
+/// # impl Task for A { const NAME: &'static str = "a"; const QUEUE: &'static str = "q1"; }
+/// # impl RunTask for A { async fn run(self, _: TaskContext) -> Result<(), TaskError> { Ok(()) } }
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct B;
+/// # impl Task for B { const NAME: &'static str = "b"; const QUEUE: &'static str = "q2"; }
+/// # impl RunTask for B { async fn run(self, _: TaskContext) -> Result<(), TaskError> { Ok(()) } }
+/// use pq_api::Registry;
+/// let registry = Registry::new().register::<A>()?.register::<B>()?;
+/// assert_eq!(registry.queues(), ["q1", "q2"]);
+/// assert!(Registry::new().register::<A>()?.register::<A>().is_err());
+/// # Ok::<(), pq_api::Error>(())
+/// ```
+#[derive(Clone, Default)]
+pub struct Registry {
+    tasks: HashMap<String, Registered>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let names: BTreeSet<&str> = self.tasks.keys().map(String::as_str).collect();
+        f.debug_struct("Registry").field("tasks", &names).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `T`, run by its [`RunTask::run`]. A name registered twice, or an invalid
+    /// queue name, is rejected.
+    pub fn register<T: RunTask>(self) -> Result<Self> {
+        self.register_with::<T>(Typed::<T>(std::marker::PhantomData))
+    }
+
+    /// Registers `T`, run by `handler` (a backend's transactional handler, say).
+    pub fn register_with<T: Task>(mut self, handler: impl JobHandler) -> Result<Self> {
+        validate_queue_name(T::QUEUE)?;
+        if self.tasks.contains_key(T::NAME) {
+            return Err(Error::invalid(
+                "task name",
+                format!("{:?} is registered twice", T::NAME),
+            ));
+        }
+        let entry = Registered {
+            queue: T::QUEUE.to_owned(),
+            handler: Arc::new(handler),
+            backoff: T::defaults().backoff,
+        };
+        self.tasks.insert(T::NAME.to_owned(), entry);
+        Ok(self)
+    }
+
+    /// The queues of the registered tasks, sorted, each once: what a worker claims from.
+    pub fn queues(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.tasks.values().map(|r| &r.queue).collect();
+        set.into_iter().cloned().collect()
+    }
+
+    /// The registered task names, sorted.
+    pub fn names(&self) -> Vec<&str> {
+        let set: BTreeSet<&str> = self.tasks.keys().map(String::as_str).collect();
+        set.into_iter().collect()
+    }
+
+    /// Finds the handler for a job's payload, taking its `args` out; a payload that is not a
+    /// task envelope, or names an unknown task, is an error that gives up.
+    pub(crate) fn route(&self, payload: &mut Value) -> Result<(&Registered, Value), TaskError> {
+        let Some(obj) = payload.as_object_mut() else {
+            return Err(not_a_task());
+        };
+        let Some(name) = obj.get(TASK_FIELD).and_then(Value::as_str) else {
+            return Err(not_a_task());
+        };
+        let Some(entry) = self.tasks.get(name) else {
+            return Err(TaskError::new(format!(
+                "no handler for task {name:?} on this worker (it knows {:?})",
+                self.names()
+            ))
+            .give_up());
+        };
+        let args = obj
+            .get_mut(ARGS_FIELD)
+            .map(Value::take)
+            .unwrap_or(Value::Null);
+        Ok((entry, args))
+    }
+}
+
+fn not_a_task() -> TaskError {
+    TaskError::new(format!(
+        "payload is not a task: expected {{\"{TASK_FIELD}\": name, \"{ARGS_FIELD}\": …}}"
+    ))
+    .give_up()
+}

@@ -1,0 +1,607 @@
+//! The worker: claims jobs of the registered tasks, runs their handlers concurrently, and
+//! records each outcome.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::error::{Error, Result};
+use crate::job::{validate_lease, Claim, ClaimedJob, Failure, JobState, Lease, MAX_CLAIM_LIMIT};
+use crate::store::QueueStore;
+use crate::task::{Cancelled, Completion, Registered, Registry, TaskContext, TaskError};
+
+/// How a worker stops (PyPGQueue's stop modes). A later, stronger request overrides a weaker
+/// one: `Drain` < `Finish` < `Abort`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum StopMode {
+    /// Keep working until no job is ready, then stop.
+    Drain,
+    /// Stop claiming; finish the running jobs, recording their outcomes, then stop.
+    Finish,
+    /// Cancel running handlers now and hand their jobs back (claimable at once, the attempt
+    /// not counted), then stop.
+    Abort,
+}
+
+/// What a worker is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum WorkerState {
+    /// Claiming and running jobs.
+    Running,
+    /// Stopping in this mode.
+    Stopping(StopMode),
+    /// Stopped: [`Worker::run`] has returned or is about to.
+    Stopped,
+}
+
+/// A worker's counts (PyPGQueue's status query), from [`WorkerHandle::status`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerStatus {
+    /// What the worker is doing.
+    pub state: WorkerState,
+    /// Handlers running now.
+    pub running: u64,
+    /// Jobs completed.
+    pub processed: u64,
+    /// Failed attempts that will be retried.
+    pub retried: u64,
+    /// Jobs left failed (out of attempts, or given up).
+    pub failed: u64,
+    /// Jobs whose lease was lost while they ran; their outcome was not recorded.
+    pub lost: u64,
+    /// Jobs handed back by an abort.
+    pub released: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    running: AtomicU64,
+    processed: AtomicU64,
+    retried: AtomicU64,
+    failed: AtomicU64,
+    lost: AtomicU64,
+    released: AtomicU64,
+}
+
+impl Counters {
+    fn bump(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+#[derive(Debug)]
+struct Shared {
+    stop: watch::Sender<Option<StopMode>>,
+    stopped: watch::Sender<bool>,
+    counts: Counters,
+}
+
+/// Controls a running worker from anywhere: any thread, a signal handler task, another
+/// worker. Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct WorkerHandle {
+    shared: Arc<Shared>,
+}
+
+impl WorkerHandle {
+    /// Asks the worker to stop in `mode` (psycopg2_mq's graceful shutdown). Returns at once;
+    /// await [`WorkerHandle::stopped`] to know when it has. A weaker mode than one already
+    /// asked for changes nothing.
+    pub fn stop(&self, mode: StopMode) {
+        self.shared.stop.send_if_modified(|current| {
+            if current.is_some_and(|c| c >= mode) {
+                false
+            } else {
+                *current = Some(mode);
+                true
+            }
+        });
+    }
+
+    /// The worker's state and counts now.
+    pub fn status(&self) -> WorkerStatus {
+        let c = &self.shared.counts;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let state = if *self.shared.stopped.borrow() {
+            WorkerState::Stopped
+        } else {
+            match *self.shared.stop.borrow() {
+                None => WorkerState::Running,
+                Some(mode) => WorkerState::Stopping(mode),
+            }
+        };
+        WorkerStatus {
+            state,
+            running: get(&c.running),
+            processed: get(&c.processed),
+            retried: get(&c.retried),
+            failed: get(&c.failed),
+            lost: get(&c.lost),
+            released: get(&c.released),
+        }
+    }
+
+    /// Resolves once the worker has stopped.
+    pub async fn stopped(&self) {
+        let mut rx = self.shared.stopped.subscribe();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+}
+
+/// Runs the tasks of a [`Registry`] from any [`QueueStore`].
+///
+/// Runs up to `concurrency` handlers at once, claiming in batches sized to its free
+/// capacity, and idles on [`QueueStore::wait`] (woken by LISTEN/NOTIFY on the SQL stores)
+/// when nothing is claimable. While a handler runs, its lease is extended every `heartbeat`;
+/// if the lease is lost the handler is told through [`TaskContext::cancelled`] and its
+/// outcome is not recorded. Successes are completed in batches; a failure or a panic is a
+/// failed attempt, retried by the task's [`Backoff`](crate::Backoff) until `max_attempts`.
+/// Run as many workers as you like, in one process or many, on one database.
+///
+/// ```
+/// use pq_api::{QueueStoreExt, Registry, RunTask, Task, TaskContext, TaskError, Worker};
+/// use std::sync::Arc;
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct Greet { name: String }
+/// impl Task for Greet { const NAME: &'static str = "greet"; }
+/// impl RunTask for Greet {
+///     async fn run(self, _cx: TaskContext) -> Result<(), TaskError> {
+///         println!("hello, {}", self.name);
+///         Ok(())
+///     }
+/// }
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let store = Arc::new(pq_memory::MemoryStore::new());
+/// store.put_job(Greet { name: "Ada".into() }.to_job()?).await?;
+///
+/// let worker = Worker::new(store, Registry::new().register::<Greet>()?).concurrency(4);
+/// let status = worker.run_until_drained().await?;
+/// assert_eq!(status.processed, 1);
+/// # Ok::<(), pq_api::Error>(())
+/// # }).unwrap();
+/// ```
+#[derive(Debug)]
+pub struct Worker {
+    store: Arc<dyn QueueStore>,
+    registry: Arc<Registry>,
+    concurrency: u32,
+    batch_size: u32,
+    lease: Duration,
+    heartbeat: Option<Duration>,
+    idle_wait: Duration,
+    error_pause: Duration,
+    shared: Arc<Shared>,
+}
+
+/// What a job's task reports back to the worker loop.
+enum Outcome {
+    /// Succeeded; the worker completes it.
+    Succeeded(Lease),
+    /// Everything already recorded.
+    Settled,
+}
+
+impl Worker {
+    /// A worker for `registry`'s tasks on `store`: concurrency 8, batches up to the free
+    /// capacity, leases of [`DEFAULT_LEASE`](crate::DEFAULT_LEASE) extended every third of it.
+    pub fn new(store: Arc<dyn QueueStore>, registry: Registry) -> Self {
+        Worker {
+            store,
+            registry: Arc::new(registry),
+            concurrency: 8,
+            batch_size: MAX_CLAIM_LIMIT,
+            lease: crate::DEFAULT_LEASE,
+            heartbeat: None,
+            idle_wait: Duration::from_secs(30),
+            error_pause: Duration::from_secs(1),
+            shared: Arc::new(Shared {
+                stop: watch::channel(None).0,
+                stopped: watch::channel(false).0,
+                counts: Counters::default(),
+            }),
+        }
+    }
+
+    /// Handlers run at once, at most (at least 1).
+    pub fn concurrency(mut self, n: u32) -> Self {
+        self.concurrency = n;
+        self
+    }
+
+    /// Jobs claimed per statement, at most; a claim never asks for more than the free
+    /// capacity.
+    pub fn batch_size(mut self, n: u32) -> Self {
+        self.batch_size = n;
+        self
+    }
+
+    /// The lease each job is claimed, and extended, for.
+    pub fn lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// How often a running job's lease is extended (default: a third of the lease); must
+    /// be shorter than the lease.
+    pub fn heartbeat(mut self, every: Duration) -> Self {
+        self.heartbeat = Some(every);
+        self
+    }
+
+    /// The longest single idle [`QueueStore::wait`] before claiming again anyway.
+    pub fn idle_wait(mut self, wait: Duration) -> Self {
+        self.idle_wait = wait;
+        self
+    }
+
+    /// A handle to stop the worker and read its status, from anywhere.
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs until no job is ready, then stops ([`StopMode::Drain`] from the start).
+    pub async fn run_until_drained(self) -> Result<WorkerStatus> {
+        self.handle().stop(StopMode::Drain);
+        self.run().await
+    }
+
+    fn validate(&self) -> Result<Duration> {
+        if self.concurrency == 0 {
+            return Err(Error::invalid("concurrency", "must be at least 1"));
+        }
+        if self.batch_size == 0 || self.batch_size > MAX_CLAIM_LIMIT {
+            return Err(Error::invalid(
+                "batch size",
+                format!("must be between 1 and {MAX_CLAIM_LIMIT}"),
+            ));
+        }
+        validate_lease(self.lease)?;
+        let heartbeat = self.heartbeat.unwrap_or(self.lease / 3);
+        if heartbeat.is_zero() || heartbeat >= self.lease {
+            return Err(Error::invalid(
+                "heartbeat",
+                format!("must be above zero and below the lease ({:?})", self.lease),
+            ));
+        }
+        if self.registry.names().is_empty() {
+            return Err(Error::invalid("registry", "no task is registered"));
+        }
+        Ok(heartbeat)
+    }
+
+    /// Runs until stopped through a [`WorkerHandle`], and returns the final status.
+    ///
+    /// Store errors do not end the run: they are logged, and the worker pauses and tries
+    /// again. Only an invalid configuration is returned as an error, before any job is
+    /// claimed.
+    pub async fn run(self) -> Result<WorkerStatus> {
+        let heartbeat = self.validate()?;
+        let queues = self.registry.queues();
+        let handle = self.handle();
+        let span = tracing::info_span!("pq.worker", queues = ?queues);
+        let result = self.run_loop(queues, heartbeat).instrument(span).await;
+        self.shared.stopped.send_replace(true);
+        result?;
+        Ok(handle.status())
+    }
+
+    async fn run_loop(&self, queues: Vec<String>, heartbeat: Duration) -> Result<()> {
+        let mut stop_rx = self.shared.stop.subscribe();
+        let (abort_tx, _) = watch::channel(false);
+        let mut running: JoinSet<Outcome> = JoinSet::new();
+        let mut done: Vec<Lease> = Vec::new();
+        let claim_base = Claim::new(queues.iter().cloned()).lease(self.lease);
+        tracing::info!(concurrency = self.concurrency, "worker started");
+        loop {
+            let stop = *stop_rx.borrow_and_update();
+            if stop == Some(StopMode::Abort) {
+                abort_tx.send_replace(true);
+                while let Some(r) = running.join_next().await {
+                    self.reap(r, &mut done);
+                }
+                self.flush(&mut done).await;
+                break;
+            }
+            while let Some(r) = running.try_join_next() {
+                self.reap(r, &mut done);
+            }
+            self.flush(&mut done).await;
+            self.set_running(&running);
+
+            let free = self.concurrency.saturating_sub(len_u32(&running));
+            if stop == Some(StopMode::Finish) || free == 0 {
+                if running.is_empty() {
+                    break;
+                }
+                tokio::select! {
+                    r = running.join_next() => if let Some(r) = r { self.reap(r, &mut done) },
+                    _ = stop_rx.changed() => {}
+                }
+                continue;
+            }
+
+            let claim = claim_base.clone().limit(free.min(self.batch_size));
+            match self.store.claim(&claim).await {
+                Ok(jobs) if !jobs.is_empty() => {
+                    for job in jobs {
+                        self.spawn(&mut running, job, heartbeat, &abort_tx);
+                    }
+                    self.set_running(&running);
+                    continue;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "claim failed; pausing before trying again");
+                    self.pause(self.error_pause, &mut running, &mut done, &mut stop_rx)
+                        .await;
+                    continue;
+                }
+            }
+            if stop == Some(StopMode::Drain) && running.is_empty() {
+                break;
+            }
+            tokio::select! {
+                r = running.join_next(), if !running.is_empty() => {
+                    if let Some(r) = r { self.reap(r, &mut done) }
+                }
+                woke = self.store.wait(&queues, self.idle_wait) => if let Err(e) = woke {
+                    tracing::warn!(error = %e, "wait failed; pausing before trying again");
+                    self.pause(self.error_pause, &mut running, &mut done, &mut stop_rx).await;
+                },
+                _ = stop_rx.changed() => {}
+            }
+        }
+        self.set_running(&running);
+        tracing::info!(status = ?self.handle().status(), "worker stopped");
+        Ok(())
+    }
+
+    /// Sleeps `d` after a store error, still reaping finished jobs and heeding stop requests.
+    async fn pause(
+        &self,
+        d: Duration,
+        running: &mut JoinSet<Outcome>,
+        done: &mut Vec<Lease>,
+        stop_rx: &mut watch::Receiver<Option<StopMode>>,
+    ) {
+        let until = Instant::now() + d;
+        loop {
+            tokio::select! {
+                r = running.join_next(), if !running.is_empty() => {
+                    if let Some(r) = r { self.reap(r, done) }
+                }
+                _ = stop_rx.changed() => return,
+                () = tokio::time::sleep_until(until) => return,
+            }
+        }
+    }
+
+    fn set_running(&self, running: &JoinSet<Outcome>) {
+        let n = u64::try_from(running.len()).unwrap_or(u64::MAX);
+        self.shared.counts.running.store(n, Ordering::Relaxed);
+    }
+
+    fn reap(&self, joined: std::result::Result<Outcome, JoinError>, done: &mut Vec<Lease>) {
+        match joined {
+            Ok(Outcome::Succeeded(lease)) => done.push(lease),
+            Ok(Outcome::Settled) => {}
+            // Job tasks catch their handlers' panics; this is a bug in the worker itself.
+            Err(e) => tracing::error!(error = %e, "job task ended abnormally"),
+        }
+    }
+
+    /// Completes every succeeded job in one statement.
+    async fn flush(&self, done: &mut Vec<Lease>) {
+        if done.is_empty() {
+            return;
+        }
+        match self.store.complete_many(done).await {
+            Ok(ids) => {
+                let counts = &self.shared.counts;
+                let lost = done.len() - ids.len();
+                Counters::bump(&counts.processed, u64::try_from(ids.len()).unwrap_or(0));
+                if lost > 0 {
+                    Counters::bump(&counts.lost, u64::try_from(lost).unwrap_or(0));
+                    tracing::warn!(
+                        lost,
+                        "jobs succeeded after their leases were lost; not recorded"
+                    );
+                }
+                tracing::debug!(completed = ids.len(), "jobs completed");
+                done.clear();
+            }
+            Err(e) if e.is_retryable() => {
+                tracing::warn!(error = %e, jobs = done.len(), "completing failed; will try again");
+            }
+            Err(e) => {
+                // Not retryable: the jobs run again once their leases expire.
+                tracing::error!(error = %e, jobs = done.len(), "completing failed");
+                done.clear();
+            }
+        }
+    }
+
+    fn spawn(
+        &self,
+        running: &mut JoinSet<Outcome>,
+        mut claimed: ClaimedJob,
+        heartbeat: Duration,
+        abort: &watch::Sender<bool>,
+    ) {
+        let routed = self
+            .registry
+            .route(&mut claimed.job.payload)
+            .map(|(entry, args)| (entry.clone(), args));
+        let task = claimed.job.payload.get(crate::task::TASK_FIELD).cloned();
+        let span = tracing::info_span!(
+            "pq.job",
+            job.id = claimed.job.id.0,
+            queue = %claimed.job.queue,
+            task = task.as_ref().and_then(|t| t.as_str()).unwrap_or("?"),
+            attempt = claimed.job.attempts,
+        );
+        let run = JobRun {
+            store: self.store.clone(),
+            shared: self.shared.clone(),
+            lease_for: self.lease,
+            heartbeat,
+            abort: abort.subscribe(),
+        };
+        running.spawn(run.run(claimed, routed).instrument(span));
+    }
+}
+
+fn len_u32(set: &JoinSet<Outcome>) -> u32 {
+    u32::try_from(set.len()).unwrap_or(u32::MAX)
+}
+
+/// One job's run: handler, heartbeats, and failure recording.
+struct JobRun {
+    store: Arc<dyn QueueStore>,
+    shared: Arc<Shared>,
+    lease_for: Duration,
+    heartbeat: Duration,
+    abort: watch::Receiver<bool>,
+}
+
+impl JobRun {
+    async fn run(
+        mut self,
+        claimed: ClaimedJob,
+        routed: std::result::Result<(Registered, serde_json::Value), TaskError>,
+    ) -> Outcome {
+        let lease = claimed.lease;
+        let (attempt, max_attempts) = (claimed.job.attempts, claimed.job.max_attempts);
+        let (entry, args) = match routed {
+            Ok(r) => r,
+            Err(e) => return self.record_failure(&lease, attempt, None, e).await,
+        };
+        let (cx, cancel) = TaskContext::new(claimed.job, lease, self.store.clone());
+        tracing::debug!("handler started");
+        let handler = entry.handler.clone();
+        let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
+        let mut beat = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let result = loop {
+            tokio::select! {
+                r = &mut fut => break Ok(r),
+                _ = beat.tick() => match self.store.extend(&lease, self.lease_for).await {
+                    Ok(_) => {}
+                    Err(Error::LeaseLost(_) | Error::NotFound(_)) => {
+                        cancel.send_replace(Some(Cancelled::LeaseLost));
+                        tracing::warn!("lease lost while the handler ran; its outcome will not be recorded");
+                        // Give the handler the rest of what would have been its lease to
+                        // notice, then drop it.
+                        let _ = tokio::time::timeout(self.lease_for, &mut fut).await;
+                        Counters::bump(&self.shared.counts.lost, 1);
+                        return Outcome::Settled;
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
+                },
+                () = aborted(&mut self.abort) => break Err(()),
+            }
+        };
+        let Ok(result) = result else {
+            cancel.send_replace(Some(Cancelled::Abort));
+            return self.release(&lease).await;
+        };
+        let max = (attempt < max_attempts).then_some(entry);
+        match result {
+            Ok(Ok(Completion::Pending)) => Outcome::Succeeded(lease),
+            Ok(Ok(Completion::Committed)) => {
+                Counters::bump(&self.shared.counts.processed, 1);
+                tracing::debug!("completed in the handler's transaction");
+                Outcome::Settled
+            }
+            Ok(Err(e)) => self.record_failure(&lease, attempt, max, e).await,
+            Err(panic) => {
+                let e = TaskError::new(format!("handler panicked: {}", panic_message(&*panic)));
+                self.record_failure(&lease, attempt, max, e).await
+            }
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Outcome {
+        match self.store.release(lease).await {
+            Ok(()) => {
+                Counters::bump(&self.shared.counts.released, 1);
+                tracing::info!("job handed back (abort)");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not hand the job back; it runs again once its lease expires")
+            }
+        }
+        Outcome::Settled
+    }
+
+    /// Records a failed attempt; `retry` is the task's entry when attempts are left.
+    async fn record_failure(
+        &self,
+        lease: &Lease,
+        attempt: u32,
+        retry: Option<Registered>,
+        e: TaskError,
+    ) -> Outcome {
+        let mut failure = Failure::new(e.message());
+        match retry {
+            Some(entry) if !e.gives_up() => {
+                let delay = e
+                    .retry_delay()
+                    .unwrap_or_else(|| entry.backoff.delay(attempt));
+                failure = failure.retry_at(delay);
+            }
+            _ => failure = failure.give_up(),
+        }
+        let counts = &self.shared.counts;
+        match self.store.fail(lease, failure).await {
+            Ok(JobState::Failed) => {
+                Counters::bump(&counts.failed, 1);
+                tracing::error!(error = %e, "job failed for good");
+            }
+            Ok(_) => {
+                Counters::bump(&counts.retried, 1);
+                tracing::warn!(error = %e, "attempt failed; will retry");
+            }
+            Err(Error::LeaseLost(_)) => {
+                Counters::bump(&counts.lost, 1);
+                tracing::warn!(error = %e, "attempt failed after its lease was lost; not recorded");
+            }
+            Err(store_err) => tracing::error!(
+                error = %e, store_error = %store_err,
+                "could not record the failure; the job runs again once its lease expires"
+            ),
+        }
+        Outcome::Settled
+    }
+}
+
+/// Resolves once the worker aborts.
+async fn aborted(abort: &mut watch::Receiver<bool>) {
+    if abort.wait_for(|a| *a).await.is_err() {
+        // The worker loop is gone, and with it this task's JoinSet: nothing to do.
+        std::future::pending::<()>().await;
+    }
+}
+
+fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "(no message)".to_owned()
+    }
+}

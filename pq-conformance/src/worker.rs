@@ -1,0 +1,563 @@
+//! The worker on this store: tasks run once, retries, panics, lease loss, stop modes.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{TimeDelta, Utc};
+use pq_api::{
+    Backoff, Cancelled, Claim, Completion, Failure, JobHandler, JobId, JobState, NewJob,
+    QueueStore, QueueStoreExt, Registry, RunTask, StopMode, Task, TaskContext, TaskDefaults,
+    TaskError, Worker, WorkerHandle,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, Semaphore};
+
+use crate::{HOUR, LONG_LEASE};
+
+/// A task whose behaviour each case scripts through [`Script`].
+#[derive(Debug, Serialize, Deserialize)]
+struct Work {
+    n: u32,
+}
+
+impl Task for Work {
+    const NAME: &'static str = "work";
+    const QUEUE: &'static str = "work";
+    fn defaults() -> TaskDefaults {
+        TaskDefaults::new().max_attempts(3).retry_in(Duration::ZERO)
+    }
+}
+
+/// Like [`Work`], retried an hour later.
+#[derive(Debug, Serialize, Deserialize)]
+struct Slow {
+    n: u32,
+}
+
+impl Task for Slow {
+    const NAME: &'static str = "slow";
+    const QUEUE: &'static str = "work";
+    fn defaults() -> TaskDefaults {
+        TaskDefaults::new().max_retries(4).retry_in(HOUR)
+    }
+}
+
+/// Like [`Work`], with exponential backoff from an hour, without jitter.
+#[derive(Debug, Serialize, Deserialize)]
+struct Backing {
+    n: u32,
+}
+
+impl Task for Backing {
+    const NAME: &'static str = "backing";
+    const QUEUE: &'static str = "work";
+    fn defaults() -> TaskDefaults {
+        TaskDefaults::new()
+            .max_attempts(10)
+            .backoff(Backoff::exponential(HOUR, 100 * HOUR).jitter(false))
+    }
+}
+
+/// A typed task run through [`RunTask`]; it records its runs in [`GREETED`], keyed by a
+/// random tag so that parallel cases do not see each other's runs.
+#[derive(Debug, Serialize, Deserialize)]
+struct Greet {
+    tag: u64,
+    name: String,
+}
+
+impl Task for Greet {
+    const NAME: &'static str = "greet";
+    const QUEUE: &'static str = "greetings";
+}
+
+static GREETED: Mutex<Vec<(u64, String, JobId)>> = Mutex::new(Vec::new());
+
+impl RunTask for Greet {
+    async fn run(self, cx: TaskContext) -> Result<(), TaskError> {
+        GREETED.lock().unwrap().push((self.tag, self.name, cx.id()));
+        Ok(())
+    }
+}
+
+/// A handler from a closure: gets the decoded `n` and the context.
+struct Script<F>(F);
+
+#[async_trait]
+impl<F, Fut> JobHandler for Script<F>
+where
+    F: Fn(u32, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), TaskError>> + Send,
+{
+    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+        let n = args["n"]
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| TaskError::new("cannot decode n").give_up())?;
+        (self.0)(n, cx).await?;
+        Ok(Completion::Pending)
+    }
+}
+
+fn registry<T: Task, F, Fut>(f: F) -> Registry
+where
+    F: Fn(u32, TaskContext) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), TaskError>> + Send,
+{
+    Registry::new().register_with::<T>(Script(f)).unwrap()
+}
+
+async fn put_work<T: Task + Sync>(store: &dyn QueueStore, tasks: &[T]) -> Vec<JobId> {
+    let jobs = tasks.iter().map(|t| t.to_job().unwrap()).collect();
+    store.put_many(jobs).await.unwrap()
+}
+
+fn works(n: u32) -> Vec<Work> {
+    (0..n).map(|n| Work { n }).collect()
+}
+
+/// Runs `worker` in the background; returns its handle and the task to join.
+fn start(
+    worker: Worker,
+) -> (
+    WorkerHandle,
+    tokio::task::JoinHandle<pq_api::Result<pq_api::WorkerStatus>>,
+) {
+    let handle = worker.handle();
+    (handle, tokio::spawn(worker.run()))
+}
+
+/// A worker runs every task's job exactly once, completes it, and stops when drained.
+pub async fn worker_runs_each_job_once_and_completes_it(store: Arc<dyn QueueStore>) {
+    let tag = fastrand::u64(..);
+    let names = ["Ada", "Grace", "Edsger"];
+    let mut ids = Vec::new();
+    for name in names {
+        let task = Greet {
+            tag,
+            name: name.into(),
+        };
+        ids.push(store.enqueue(&task).await.unwrap());
+    }
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let seen2 = seen.clone();
+    let registry = Registry::new()
+        .register::<Greet>()
+        .unwrap()
+        .register_with::<Work>(Script(move |n, _cx| {
+            let seen = seen2.clone();
+            async move {
+                seen.lock().unwrap().push(n);
+                Ok(())
+            }
+        }))
+        .unwrap();
+    put_work(&*store, &works(20)).await;
+
+    let status = Worker::new(store.clone(), registry)
+        .concurrency(4)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(status.processed, 23);
+    assert_eq!((status.retried, status.failed, status.lost), (0, 0, 0));
+    assert_eq!(status.running, 0);
+
+    let mut greeted: Vec<(String, JobId)> = GREETED
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|g| g.0 == tag)
+        .map(|g| (g.1.clone(), g.2))
+        .collect();
+    greeted.sort();
+    let mut expected: Vec<(String, JobId)> = names.iter().map(|n| n.to_string()).zip(ids).collect();
+    expected.sort();
+    assert_eq!(greeted, expected);
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    for q in ["work", "greetings"] {
+        assert_eq!(
+            store.stats(q).await.unwrap().total(),
+            0,
+            "queue {q} is empty"
+        );
+    }
+}
+
+/// A handler that fails is retried until `max_attempts`, then the job is left failed with
+/// its last error; one that fails twice then succeeds is completed.
+pub async fn failing_handler_is_retried_until_max_attempts(store: Arc<dyn QueueStore>) {
+    let runs: Arc<Mutex<HashMap<u32, Vec<u32>>>> = Arc::default();
+    let runs2 = runs.clone();
+    let reg = registry::<Work, _, _>(move |n, cx| {
+        let runs = runs2.clone();
+        async move {
+            runs.lock()
+                .unwrap()
+                .entry(n)
+                .or_default()
+                .push(cx.attempt());
+            match n {
+                // Always fails.
+                0 => Err(TaskError::new(format!("attempt {} failed", cx.attempt()))),
+                // Fails twice, then succeeds.
+                _ if cx.attempt() <= 2 => Err(std::io::Error::other("flaky").into()),
+                _ => Ok(()),
+            }
+        }
+    });
+    let ids = put_work(&*store, &works(2)).await;
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.retried, status.failed), (1, 4, 1));
+    let runs = runs.lock().unwrap().clone();
+    assert_eq!(runs[&0], vec![1, 2, 3]);
+    assert_eq!(runs[&1], vec![1, 2, 3]);
+    let failed = store.job(ids[0]).await.unwrap();
+    assert_eq!((failed.state, failed.attempts), (JobState::Failed, 3));
+    assert_eq!(failed.last_error.as_deref(), Some("attempt 3 failed"));
+    assert!(
+        store.job(ids[1]).await.is_err(),
+        "the flaky job was completed"
+    );
+}
+
+/// A failed attempt is scheduled by the task's backoff: a fixed `retry_in`, or exponential
+/// from the attempt count; a handler's own `retry_in` overrides both.
+pub async fn failed_attempt_is_scheduled_by_the_backoff(store: Arc<dyn QueueStore>) {
+    let reg = Registry::new()
+        .register_with::<Slow>(Script(|n, _cx| async move {
+            match n {
+                0 => Err(TaskError::new("fixed")),
+                _ => Err(TaskError::new("own delay").retry_in(2 * HOUR)),
+            }
+        }))
+        .unwrap()
+        .register_with::<Backing>(Script(|_n, _cx| async { Err(TaskError::new("expo")) }))
+        .unwrap();
+    // Two attempts of `expo` have already failed: its third waits first * 2^2.
+    let expo = store.enqueue(&Backing { n: 0 }).await.unwrap();
+    for _ in 0..2 {
+        let got = store
+            .claim(&Claim::new(["work"]).lease(LONG_LEASE))
+            .await
+            .unwrap();
+        store
+            .fail(&got[0].lease, Failure::new("earlier"))
+            .await
+            .unwrap();
+    }
+    let fixed = store.enqueue(&Slow { n: 0 }).await.unwrap();
+    let own = store.enqueue(&Slow { n: 1 }).await.unwrap();
+
+    let before = Utc::now();
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    let after = Utc::now();
+    assert_eq!((status.retried, status.failed), (3, 0));
+    let due = |id: JobId, delay: Duration| {
+        let store = store.clone();
+        async move {
+            let job = store.job(id).await.unwrap();
+            assert_eq!(
+                job.state,
+                JobState::Scheduled,
+                "job {id} waits for its retry"
+            );
+            let d = TimeDelta::from_std(delay).unwrap();
+            let slack = TimeDelta::seconds(5);
+            assert!(
+                job.run_at >= before + d - slack && job.run_at <= after + d + slack,
+                "job {id} retries at {} ({delay:?} after {before})",
+                job.run_at
+            );
+            job
+        }
+    };
+    assert_eq!(due(fixed, HOUR).await.attempts, 1);
+    assert_eq!(due(own, 2 * HOUR).await.attempts, 1);
+    let job = due(expo, 4 * HOUR).await;
+    assert_eq!(job.attempts, 3);
+    assert_eq!(job.last_error.as_deref(), Some("expo"));
+}
+
+/// A panicking handler is a failed attempt recording the panic message; the worker goes on.
+pub async fn panicking_handler_is_a_failed_attempt(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|n, cx| async move {
+        if n == 0 && cx.attempt() == 1 {
+            panic!("boom on {n}");
+        }
+        Ok(())
+    });
+    let ids = put_work(&*store, &works(3)).await;
+    let status = Worker::new(store.clone(), reg)
+        .concurrency(1)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.retried), (3, 1));
+    assert!(store.job(ids[0]).await.is_err(), "retried and completed");
+
+    let reg = registry::<Work, _, _>(|_n, _cx| async move { panic!("always") });
+    let id = store
+        .put_job(Work { n: 7 }.to_job().unwrap().max_attempts(1))
+        .await
+        .unwrap();
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(status.failed, 1);
+    let job = store.job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.last_error.as_deref(), Some("handler panicked: always"));
+}
+
+/// A payload that does not decode, or names a task the worker does not know, fails the job
+/// at once with a clear error; nothing is lost and the worker goes on.
+pub async fn undecodable_or_unknown_jobs_fail_with_a_clear_error(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|_n, _cx| async { Ok(()) });
+    let bad = [
+        json!({"task": "work", "args": {"n": "not a number"}}),
+        json!({"task": "unheard_of", "args": {}}),
+        json!(42),
+        json!({"args": {"n": 1}}),
+    ];
+    let mut ids = Vec::new();
+    for payload in &bad {
+        ids.push(
+            store
+                .put_job(NewJob::from_json("work", payload.clone()))
+                .await
+                .unwrap(),
+        );
+    }
+    put_work(&*store, &works(2)).await;
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.failed, status.retried), (2, 4, 0));
+    let expect = [
+        "cannot decode",
+        "no handler for task \"unheard_of\"",
+        "not a task",
+        "not a task",
+    ];
+    for (id, needle) in ids.iter().zip(expect) {
+        let job = store.job(*id).await.unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Failed, 1));
+        let error = job.last_error.unwrap_or_default();
+        assert!(error.contains(needle), "{error:?} mentions {needle:?}");
+    }
+}
+
+/// When a running job's lease is lost, its handler is told through the context and its
+/// outcome is not recorded.
+pub async fn lost_lease_cancels_the_handler_and_drops_its_outcome(store: Arc<dyn QueueStore>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reg = registry::<Work, _, _>(move |_n, cx| {
+        let tx = tx.clone();
+        async move {
+            tx.send(None).unwrap();
+            let why = cx.cancelled().await;
+            tx.send(Some(why)).unwrap();
+            // Succeeding now must not complete anything.
+            Ok(())
+        }
+    });
+    let ids = put_work(&*store, &works(1)).await;
+    let (handle, run) = start(
+        Worker::new(store.clone(), reg)
+            .lease(Duration::from_secs(10))
+            .heartbeat(Duration::from_millis(50)),
+    );
+    assert_eq!(rx.recv().await.unwrap(), None, "the handler started");
+    // The job is taken away while it runs.
+    assert_eq!(store.purge("work").await.unwrap(), 1);
+    assert_eq!(rx.recv().await.unwrap(), Some(Cancelled::LeaseLost));
+    handle.stop(StopMode::Finish);
+    let status = run.await.unwrap().unwrap();
+    assert_eq!((status.processed, status.lost), (0, 1));
+    assert!(store.job(ids[0]).await.is_err());
+}
+
+/// Drain stops once no job is ready: scheduled jobs stay for later.
+pub async fn drain_stops_when_no_job_is_ready(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|_n, _cx| async { Ok(()) });
+    put_work(&*store, &works(5)).await;
+    let later = store
+        .put_job(Work { n: 9 }.to_job().unwrap().run_at(HOUR))
+        .await
+        .unwrap();
+    let status = Worker::new(store.clone(), reg)
+        .concurrency(2)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(status.processed, 5);
+    assert_eq!(status.state, pq_api::WorkerState::Stopped);
+    assert_eq!(store.job(later).await.unwrap().state, JobState::Scheduled);
+}
+
+/// Finish stops claiming and lets running jobs end, recording their outcomes; jobs not
+/// yet claimed stay ready.
+pub async fn finish_lets_running_jobs_end_and_claims_no_more(store: Arc<dyn QueueStore>) {
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let gate2 = gate.clone();
+    let reg = registry::<Work, _, _>(move |n, _cx| {
+        let (gate, tx) = (gate2.clone(), tx.clone());
+        async move {
+            tx.send(n).unwrap();
+            gate.acquire().await.unwrap().forget();
+            Ok(())
+        }
+    });
+    put_work(&*store, &works(5)).await;
+    let (handle, run) = start(Worker::new(store.clone(), reg).concurrency(2));
+    rx.recv().await.unwrap();
+    rx.recv().await.unwrap();
+    assert_eq!(handle.status().running, 2);
+    handle.stop(StopMode::Finish);
+    assert_eq!(
+        handle.status().state,
+        pq_api::WorkerState::Stopping(StopMode::Finish)
+    );
+    gate.add_permits(2);
+    let status = run.await.unwrap().unwrap();
+    assert_eq!(status.processed, 2);
+    assert!(rx.try_recv().is_err(), "nothing else was started");
+    let stats = store.stats("work").await.unwrap();
+    assert_eq!((stats.ready, stats.running), (3, 0));
+}
+
+/// Abort cancels running handlers at once and hands their jobs back: claimable at once,
+/// the attempt not counted.
+pub async fn abort_hands_running_jobs_back_at_once(store: Arc<dyn QueueStore>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reg = registry::<Work, _, _>(move |n, _cx| {
+        let tx = tx.clone();
+        async move {
+            tx.send(n).unwrap();
+            // Stuck, and deaf to cancellation.
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    });
+    let ids = put_work(&*store, &works(2)).await;
+    let (handle, run) = start(Worker::new(store.clone(), reg).lease(LONG_LEASE));
+    rx.recv().await.unwrap();
+    rx.recv().await.unwrap();
+    handle.stop(StopMode::Abort);
+    let status = run.await.unwrap().unwrap();
+    assert_eq!(
+        (status.released, status.processed, status.running),
+        (2, 0, 0)
+    );
+    for id in ids {
+        let job = store.job(id).await.unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Ready, 0));
+    }
+    let again = store.claim(&Claim::new(["work"]).limit(5)).await.unwrap();
+    assert_eq!(again.len(), 2);
+}
+
+/// Two workers on one queue run every job exactly once, and leave nothing behind.
+pub async fn two_workers_share_a_queue_running_each_job_once(store: Arc<dyn QueueStore>) {
+    let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
+    let make = |runs: Arc<Mutex<HashMap<u32, u32>>>| {
+        registry::<Work, _, _>(move |n, _cx| {
+            let runs = runs.clone();
+            async move {
+                *runs.lock().unwrap().entry(n).or_default() += 1;
+                tokio::task::yield_now().await;
+                Ok(())
+            }
+        })
+    };
+    put_work(&*store, &works(300)).await;
+    let a = Worker::new(store.clone(), make(runs.clone()))
+        .concurrency(4)
+        .batch_size(3);
+    let b = Worker::new(store.clone(), make(runs.clone())).concurrency(5);
+    let (a, b) = tokio::join!(a.run_until_drained(), b.run_until_drained());
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.processed + b.processed, 300);
+    let runs = runs.lock().unwrap();
+    assert_eq!(runs.len(), 300);
+    assert!(runs.values().all(|&c| c == 1), "every job ran once");
+    assert_eq!(store.stats("work").await.unwrap().total(), 0);
+}
+
+/// A worker that dies mid-job (dropped without stopping) loses nothing: its job runs again
+/// once the lease expires.
+pub async fn job_of_a_dead_worker_runs_again_after_its_lease(store: Arc<dyn QueueStore>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reg = |tx: mpsc::UnboundedSender<u32>| {
+        registry::<Work, _, _>(move |_n, cx| {
+            let tx = tx.clone();
+            async move {
+                tx.send(cx.attempt()).unwrap();
+                if cx.attempt() == 1 {
+                    std::future::pending::<()>().await;
+                }
+                Ok(())
+            }
+        })
+    };
+    let ids = put_work(&*store, &works(1)).await;
+    let lease = Duration::from_millis(600);
+    let (_, dying) = start(Worker::new(store.clone(), reg(tx.clone())).lease(lease));
+    assert_eq!(rx.recv().await.unwrap(), 1);
+    dying.abort(); // no stop, no release: as if the process was killed
+    let _ = dying.await;
+    assert_eq!(store.job(ids[0]).await.unwrap().state, JobState::Running);
+
+    let (handle, run) = start(Worker::new(store.clone(), reg(tx)).lease(lease));
+    assert_eq!(
+        rx.recv().await.unwrap(),
+        2,
+        "run again after the lease expired"
+    );
+    while store.job(ids[0]).await.is_ok() {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.stop(StopMode::Finish);
+    assert_eq!(run.await.unwrap().unwrap().processed, 1);
+}
+
+/// A worker with nothing to run, a zero concurrency or a heartbeat not below its lease is
+/// rejected before it claims anything.
+pub async fn invalid_worker_configuration_is_rejected(store: Arc<dyn QueueStore>) {
+    let reg = || registry::<Work, _, _>(|_n, _cx| async { Ok(()) });
+    let invalid = |r: pq_api::Result<pq_api::WorkerStatus>| {
+        matches!(r, Err(pq_api::Error::InvalidArgument { .. }))
+    };
+    assert!(invalid(
+        Worker::new(store.clone(), Registry::new()).run().await
+    ));
+    assert!(invalid(
+        Worker::new(store.clone(), reg()).concurrency(0).run().await
+    ));
+    assert!(invalid(
+        Worker::new(store.clone(), reg()).batch_size(0).run().await
+    ));
+    assert!(invalid(
+        Worker::new(store.clone(), reg())
+            .lease(Duration::from_secs(1))
+            .heartbeat(Duration::from_secs(1))
+            .run()
+            .await
+    ));
+}
