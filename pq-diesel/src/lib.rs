@@ -23,6 +23,9 @@
 //! .await?;
 //! # Ok(()) }
 //! ```
+//!
+//! For the worker, a [`DieselTask`] runs inside a transaction that also removes its job:
+//! register it with [`DieselStore::transactional`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -37,10 +40,11 @@ use diesel_async::pooled_connection::AsyncDieselConnectionManager;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use pq_api::sql::{self, InsertArrays, JobRow, MigrationStatements, Statements};
+use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
 use pq_api::{
-    micros, Claim, ClaimedJob, Error, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats,
-    QueueStore, Result,
+    micros, Claim, ClaimedJob, Completion, Error, Failure, Job, JobHandler, JobId, JobState, Lease,
+    NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
 };
 use tokio::sync::oneshot;
 
@@ -224,6 +228,37 @@ impl DieselStore {
                 wakeups: Arc::new(Wakeups::default()),
                 stop_listener: Mutex::new(None),
             }),
+        }
+    }
+
+    /// A worker handler for `T` that runs it inside a transaction which also completes its
+    /// job: the handler's writes and the job's removal commit together, or neither does.
+    ///
+    /// ```no_run
+    /// # use pq_api::{Registry, Task, TaskContext, TaskError};
+    /// # use pq_diesel::{DieselStore, DieselTask};
+    /// use diesel_async::{AsyncPgConnection, RunQueryDsl};
+    ///
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Ship { order: i64 }
+    /// impl Task for Ship { const NAME: &'static str = "ship"; }
+    /// impl DieselTask for Ship {
+    ///     async fn run(self, _cx: TaskContext, conn: &mut AsyncPgConnection) -> Result<(), TaskError> {
+    ///         diesel::sql_query("UPDATE orders SET shipped = true WHERE id = $1")
+    ///             .bind::<diesel::sql_types::BigInt, _>(self.order)
+    ///             .execute(conn)
+    ///             .await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn demo(store: DieselStore) -> pq_api::Result<Registry> {
+    /// let registry = Registry::new().register_with::<Ship>(store.transactional::<Ship>())?;
+    /// # Ok(registry) }
+    /// ```
+    pub fn transactional<T: DieselTask>(&self) -> Transactional<T> {
+        Transactional {
+            store: self.clone(),
+            task: std::marker::PhantomData,
         }
     }
 
@@ -552,5 +587,72 @@ impl QueueStore for DieselStore {
             .wakeups
             .wait(queues, timeout, FALLBACK_POLL, next_run)
             .await
+    }
+}
+
+/// A task whose handler runs inside the transaction that completes its job (pgtq's and
+/// malthe/pq's transactional processing). Register it with [`DieselStore::transactional`].
+pub trait DieselTask: Task {
+    /// Runs the task on `conn`, inside an open transaction. `Ok` commits the handler's writes
+    /// with the job's removal; an error, a panic or a lost lease rolls both back and counts as
+    /// a failed attempt (or, for a lost lease, as nothing).
+    fn run(
+        self,
+        cx: TaskContext,
+        conn: &mut AsyncPgConnection,
+    ) -> impl std::future::Future<Output = std::result::Result<(), TaskError>> + Send;
+}
+
+/// The worker handler of a [`DieselTask`], from [`DieselStore::transactional`].
+pub struct Transactional<T> {
+    store: DieselStore,
+    task: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T: Task> std::fmt::Debug for Transactional<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Transactional")
+            .field("task", &T::NAME)
+            .finish()
+    }
+}
+
+#[async_trait]
+impl<T: DieselTask> JobHandler for Transactional<T> {
+    async fn handle(
+        &self,
+        cx: TaskContext,
+        args: serde_json::Value,
+    ) -> std::result::Result<Completion, TaskError> {
+        use diesel_async::{AnsiTransactionManager, TransactionManager};
+
+        let task = decode_args::<T>(args)?;
+        let lease = *cx.lease();
+        let mut conn = self.store.conn().await?;
+        AnsiTransactionManager::begin_transaction(&mut *conn)
+            .await
+            .map_err(map_err)?;
+        let outcome = async {
+            task.run(cx, &mut conn).await?;
+            let done = self.store.complete_many_in(&mut conn, &[lease]).await?;
+            if done.is_empty() {
+                return Err(Error::LeaseLost(lease.job_id).into());
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                AnsiTransactionManager::commit_transaction(&mut *conn)
+                    .await
+                    .map_err(map_err)?;
+                Ok(Completion::Committed)
+            }
+            Err(e) => {
+                // A failed rollback leaves the connection broken; the pool discards it.
+                let _ = AnsiTransactionManager::rollback_transaction(&mut *conn).await;
+                Err(e)
+            }
+        }
     }
 }

@@ -31,6 +31,9 @@
 //! tx.commit().await?; // roll back instead and the job is claimable again at once
 //! # Ok(()) }
 //! ```
+//!
+//! For the worker, a [`SqlxTask`] runs inside a transaction that also removes its job:
+//! register it with [`SqlxStore::transactional`].
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -38,10 +41,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use pq_api::sql::{self, InsertArrays, JobRow, MigrationStatements, Statements};
+use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
 use pq_api::{
-    micros, Claim, ClaimedJob, Error, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats,
-    QueueStore, Result,
+    micros, Claim, ClaimedJob, Completion, Error, Failure, Job, JobHandler, JobId, JobState, Lease,
+    NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
 };
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
@@ -207,6 +211,35 @@ impl SqlxStore {
         leases: &[Lease],
     ) -> Result<Vec<JobId>> {
         self.complete_on(conn, leases).await
+    }
+
+    /// A worker handler for `T` that runs it inside a transaction which also completes its
+    /// job: the handler's writes and the job's removal commit together, or neither does.
+    ///
+    /// ```no_run
+    /// # use pq_api::{Registry, Task, TaskContext, TaskError};
+    /// # use pq_sqlx::{SqlxStore, SqlxTask};
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Ship { order: i64 }
+    /// impl Task for Ship { const NAME: &'static str = "ship"; }
+    /// impl SqlxTask for Ship {
+    ///     async fn run(self, _cx: TaskContext, tx: &mut sqlx::PgConnection) -> Result<(), TaskError> {
+    ///         sqlx::query("UPDATE orders SET shipped = true WHERE id = $1")
+    ///             .bind(self.order)
+    ///             .execute(tx)
+    ///             .await?;
+    ///         Ok(())
+    ///     }
+    /// }
+    /// # fn demo(store: SqlxStore) -> pq_api::Result<Registry> {
+    /// let registry = Registry::new().register_with::<Ship>(store.transactional::<Ship>())?;
+    /// # Ok(registry) }
+    /// ```
+    pub fn transactional<T: SqlxTask>(&self) -> Transactional<T> {
+        Transactional {
+            store: self.clone(),
+            task: std::marker::PhantomData,
+        }
     }
 
     async fn put_on<'e, E: Executor<'e, Database = Postgres>>(
@@ -456,5 +489,46 @@ impl QueueStore for SqlxStore {
             .wakeups
             .wait(queues, timeout, FALLBACK_POLL, next_run)
             .await
+    }
+}
+
+/// A task whose handler runs inside the transaction that completes its job (pgtq's and
+/// malthe/pq's transactional processing). Register it with [`SqlxStore::transactional`].
+pub trait SqlxTask: Task {
+    /// Runs the task on `tx`, an open transaction. `Ok` commits the handler's writes with the
+    /// job's removal; an error, a panic or a lost lease rolls both back and counts as a failed
+    /// attempt (or, for a lost lease, as nothing).
+    fn run(
+        self,
+        cx: TaskContext,
+        tx: &mut PgConnection,
+    ) -> impl std::future::Future<Output = std::result::Result<(), TaskError>> + Send;
+}
+
+/// The worker handler of a [`SqlxTask`], from [`SqlxStore::transactional`].
+#[derive(Debug)]
+pub struct Transactional<T> {
+    store: SqlxStore,
+    task: std::marker::PhantomData<fn() -> T>,
+}
+
+#[async_trait]
+impl<T: SqlxTask> JobHandler for Transactional<T> {
+    async fn handle(
+        &self,
+        cx: TaskContext,
+        args: serde_json::Value,
+    ) -> std::result::Result<Completion, TaskError> {
+        let task = decode_args::<T>(args)?;
+        let lease = *cx.lease();
+        let mut tx = self.store.pool().begin().await.map_err(map_err)?;
+        task.run(cx, &mut tx).await?;
+        let done = self.store.complete_many_in(&mut tx, &[lease]).await?;
+        if done.is_empty() {
+            // Dropping the transaction rolls the handler's writes back.
+            return Err(Error::LeaseLost(lease.job_id).into());
+        }
+        tx.commit().await.map_err(map_err)?;
+        Ok(Completion::Committed)
     }
 }

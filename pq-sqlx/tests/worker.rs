@@ -1,0 +1,254 @@
+//! The worker on PostgreSQL: transactional handlers on both stores, and a worker process
+//! killed mid-job.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
+
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use diesel_async::{AsyncPgConnection, RunQueryDsl};
+use pq_api::sql::QueueTable;
+use pq_api::{
+    JobState, QueueStore, QueueStoreExt, Registry, RunTask, StopMode, Task, TaskContext,
+    TaskDefaults, TaskError, Worker,
+};
+use pq_conformance::postgres::{database_url, fresh_schema};
+use pq_diesel::{DieselStore, DieselTask};
+use pq_sqlx::{SqlxStore, SqlxTask};
+use serde::{Deserialize, Serialize};
+use sqlx::{AssertSqlSafe, PgPool};
+use tokio::time::Instant;
+
+/// Marks an order shipped; fails after writing when asked to; with `linger`, waits to be
+/// cancelled before succeeding.
+#[derive(Debug, Serialize, Deserialize)]
+struct Ship {
+    orders: String,
+    order: i32,
+    fail: bool,
+    linger: bool,
+}
+
+impl Task for Ship {
+    const NAME: &'static str = "ship";
+    const QUEUE: &'static str = "ship";
+    fn defaults() -> TaskDefaults {
+        TaskDefaults::new().max_attempts(1)
+    }
+}
+
+impl Ship {
+    fn update(&self) -> String {
+        format!(
+            "UPDATE {} SET shipped = true WHERE id = {}",
+            self.orders, self.order
+        )
+    }
+
+    async fn finish(self, cx: TaskContext) -> Result<(), TaskError> {
+        if self.fail {
+            return Err(TaskError::new("carrier refused the parcel"));
+        }
+        if self.linger {
+            cx.cancelled().await;
+        }
+        Ok(())
+    }
+}
+
+impl SqlxTask for Ship {
+    async fn run(self, cx: TaskContext, tx: &mut sqlx::PgConnection) -> Result<(), TaskError> {
+        sqlx::query(AssertSqlSafe(self.update()))
+            .execute(&mut *tx)
+            .await?;
+        self.finish(cx).await
+    }
+}
+
+impl DieselTask for Ship {
+    async fn run(self, cx: TaskContext, conn: &mut AsyncPgConnection) -> Result<(), TaskError> {
+        diesel::sql_query(self.update()).execute(conn).await?;
+        self.finish(cx).await
+    }
+}
+
+async fn pool() -> PgPool {
+    PgPool::connect(&database_url().await).await.unwrap()
+}
+
+/// Ships orders 1 (succeeds), 2 (fails after writing) and 3 (loses its lease after writing)
+/// through a worker on `store` with `registry`, then checks what committed.
+async fn transactional_handlers_commit_only_with_the_jobs_removal(
+    store: Arc<dyn QueueStore>,
+    registry: Registry,
+    pool: PgPool,
+    schema: &str,
+) {
+    let orders = format!("\"{schema}\".orders");
+    sqlx::raw_sql(AssertSqlSafe(format!(
+        "CREATE TABLE {orders} (id int PRIMARY KEY, shipped bool NOT NULL DEFAULT false);
+         INSERT INTO {orders} (id) VALUES (1), (2), (3)"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    let ship = |order, fail, linger| Ship {
+        orders: orders.clone(),
+        order,
+        fail,
+        linger,
+    };
+    let ok = store.enqueue(&ship(1, false, false)).await.unwrap();
+    let failing = store.enqueue(&ship(2, true, false)).await.unwrap();
+    let lingering = store.enqueue(&ship(3, false, true)).await.unwrap();
+
+    let worker = Worker::new(store.clone(), registry)
+        .lease(Duration::from_secs(5))
+        .heartbeat(Duration::from_millis(50));
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    // Orders 1 and 2 settle; order 3 lingers, then its job is taken away.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while handle.status().processed + handle.status().failed < 2 {
+        assert!(Instant::now() < deadline, "jobs 1 and 2 settle");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(store.job(lingering).await.unwrap().state, JobState::Running);
+    let failed = store.job(failing).await.unwrap();
+    assert_eq!(failed.state, JobState::Failed);
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("carrier refused the parcel")
+    );
+    store.purge("ship").await.unwrap();
+    handle.stop(StopMode::Finish);
+    let status = run.await.unwrap().unwrap();
+    assert_eq!((status.processed, status.failed, status.lost), (1, 1, 1));
+
+    let shipped: Vec<(i32, bool)> = sqlx::query_as(AssertSqlSafe(format!(
+        "SELECT id, shipped FROM {orders} ORDER BY id"
+    )))
+    .fetch_all(&pool)
+    .await
+    .unwrap();
+    assert_eq!(shipped, vec![(1, true), (2, false), (3, false)]);
+    assert!(store.job(ok).await.is_err(), "job 1 removed with its write");
+}
+
+#[tokio::test]
+async fn sqlx_transactional_handlers_commit_only_with_the_jobs_removal() {
+    let schema = fresh_schema();
+    let pool = pool().await;
+    let store = SqlxStore::with_table(pool.clone(), QueueTable::new(&schema, "jobs").unwrap())
+        .await
+        .unwrap();
+    let registry = Registry::new()
+        .register_with::<Ship>(store.transactional::<Ship>())
+        .unwrap();
+    transactional_handlers_commit_only_with_the_jobs_removal(
+        Arc::new(store),
+        registry,
+        pool,
+        &schema,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn diesel_transactional_handlers_commit_only_with_the_jobs_removal() {
+    let schema = fresh_schema();
+    let url = database_url().await;
+    let table = QueueTable::new(&schema, "jobs").unwrap();
+    let store = DieselStore::with_table(DieselStore::pool(&url, 4).unwrap(), table)
+        .await
+        .unwrap();
+    let registry = Registry::new()
+        .register_with::<Ship>(store.transactional::<Ship>())
+        .unwrap();
+    transactional_handlers_commit_only_with_the_jobs_removal(
+        Arc::new(store),
+        registry,
+        pool().await,
+        &schema,
+    )
+    .await;
+}
+
+/// Counts attempts; the first one hangs (the process running it gets killed).
+#[derive(Debug, Serialize, Deserialize)]
+struct Hang;
+
+impl Task for Hang {
+    const NAME: &'static str = "hang";
+    const QUEUE: &'static str = "hang";
+}
+
+impl RunTask for Hang {
+    async fn run(self, cx: TaskContext) -> Result<(), TaskError> {
+        if cx.attempt() == 1 {
+            std::future::pending::<()>().await;
+        }
+        Ok(())
+    }
+}
+
+const CHILD_SCHEMA: &str = "PQ_TEST_CHILD_SCHEMA";
+const CHILD_LEASE: Duration = Duration::from_secs(1);
+
+async fn hang_store(schema: &str) -> SqlxStore {
+    let table = QueueTable::new(schema, "jobs").unwrap();
+    SqlxStore::with_table(pool().await, table).await.unwrap()
+}
+
+/// Not a test on its own: the worker process that
+/// `a_worker_process_killed_mid_job_loses_nothing` starts and kills.
+#[tokio::test]
+#[ignore = "run as a child process by a_worker_process_killed_mid_job_loses_nothing"]
+async fn child_worker_process() {
+    let schema = std::env::var(CHILD_SCHEMA).expect("started by the parent test");
+    let store = hang_store(&schema).await;
+    let registry = Registry::new().register::<Hang>().unwrap();
+    Worker::new(Arc::new(store), registry)
+        .lease(CHILD_LEASE)
+        .run()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_worker_process_killed_mid_job_loses_nothing() {
+    let schema = fresh_schema();
+    let store = Arc::new(hang_store(&schema).await);
+    let id = store.enqueue(&Hang).await.unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", "child_worker_process", "--ignored", "--quiet"])
+        .env("PQ_TEST_DATABASE_URL", database_url().await)
+        .env(CHILD_SCHEMA, &schema)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while store.job(id).await.unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "the child claims the job");
+        assert!(child.try_wait().unwrap().is_none(), "the child is alive");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Let the child heartbeat at least once, then kill it without warning.
+    tokio::time::sleep(CHILD_LEASE).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let job = store.job(id).await.unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Running, 1));
+
+    let worker = Worker::new(store.clone(), Registry::new().register::<Hang>().unwrap());
+    let handle = worker.handle();
+    let run = tokio::spawn(worker.run());
+    while handle.status().processed < 1 {
+        assert!(Instant::now() < deadline, "the job runs again");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    handle.stop(StopMode::Finish);
+    let status = run.await.unwrap().unwrap();
+    assert_eq!((status.processed, status.failed, status.lost), (1, 0, 0));
+    assert_eq!(store.stats("hang").await.unwrap().total(), 0);
+}
