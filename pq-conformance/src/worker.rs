@@ -494,7 +494,7 @@ pub async fn two_workers_share_a_queue_running_each_job_once(store: Arc<dyn Queu
     let (a, b) = tokio::join!(a.run_until_drained(), b.run_until_drained());
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.processed + b.processed, 300);
-    let runs = runs.lock().unwrap();
+    let runs = runs.lock().unwrap().clone();
     assert_eq!(runs.len(), 300);
     assert!(runs.values().all(|&c| c == 1), "every job ran once");
     assert_eq!(store.stats("work").await.unwrap().total(), 0);
