@@ -532,3 +532,8 @@ impl<T: SqlxTask> JobHandler for Transactional<T> {
         Ok(Completion::Committed)
     }
 }
+
+/// The README's Rust examples, compiled as doctests so they stay true.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;
