@@ -1,0 +1,591 @@
+//! pq's benchmark: every store against the ceiling PostgreSQL sets for the same statements.
+//!
+//! ```text
+//! cargo run --release -p pq-examples --example bench -- --quick          # memory only, < 1 min
+//! DATABASE_URL=postgres://... cargo run --release -p pq-examples --example bench
+//! ```
+//!
+//! Flags: `--jobs N` (end-to-end jobs, default 100000), `--concurrency N` (worker, default 32),
+//! `--batch N` (worker claim batch, default: its free capacity), `--store memory|sqlx|diesel`
+//! (repeatable; default all three with `DATABASE_URL`, memory without), `--backlog N` (the large
+//! backlog, default 1000000), `--quick` (small counts), `--json` (the summary as JSON too).
+//!
+//! Every figure is checked: each job handled exactly once, the table empty afterwards.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use pq_api::sql::{QueueTable, Statements};
+use pq_api::{
+    Claim, Completion, JobHandler, Lease, NewJob, QueueStore, QueueStoreExt, Registry, StopMode,
+    Task, TaskContext, TaskError, Worker,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sqlx::{AssertSqlSafe, Connection, PgConnection, Row};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const QUEUE: &str = "bench";
+const PICKUPS: usize = 500;
+const PICKUP_GAP: Duration = Duration::from_millis(5);
+const PUT_TASKS: usize = 8;
+const PUT_MANY_BATCH: usize = 1000;
+const SMALL_BACKLOG: usize = 10_000;
+
+#[derive(Debug, Clone)]
+struct Args {
+    jobs: usize,
+    single_puts: usize,
+    concurrency: u32,
+    batch: Option<u32>,
+    backlog: usize,
+    backlog_sample: usize,
+    stores: Vec<String>,
+    json: bool,
+    url: Option<String>,
+}
+
+fn parse_args() -> Result<Args, BoxError> {
+    let url = std::env::var("DATABASE_URL").ok();
+    let mut args = Args {
+        jobs: 100_000,
+        single_puts: 20_000,
+        concurrency: 32,
+        batch: None,
+        backlog: 1_000_000,
+        backlog_sample: 10_000,
+        stores: Vec::new(),
+        json: false,
+        url,
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--jobs" => args.jobs = value()?.parse()?,
+            "--concurrency" => args.concurrency = value()?.parse()?,
+            "--batch" => args.batch = Some(value()?.parse()?),
+            "--backlog" => args.backlog = value()?.parse()?,
+            "--store" => args.stores.push(value()?),
+            "--json" => args.json = true,
+            "--quick" => {
+                args.jobs = 10_000;
+                args.single_puts = 2_000;
+                args.backlog = 100_000;
+                args.backlog_sample = 2_000;
+            }
+            "--help" | "-h" => {
+                println!(
+                    "{}",
+                    include_str!("bench.rs")
+                        .lines()
+                        .take(14)
+                        .collect::<Vec<_>>()
+                        .join("\n")
+                );
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown flag {other:?} (try --help)").into()),
+        }
+    }
+    if args.stores.is_empty() {
+        args.stores.push("memory".into());
+        if args.url.is_some() {
+            args.stores.extend(["sqlx".into(), "diesel".into()]);
+        }
+    }
+    for s in &args.stores {
+        if !matches!(s.as_str(), "memory" | "sqlx" | "diesel") {
+            return Err(format!("unknown store {s:?}: memory, sqlx or diesel").into());
+        }
+        if s != "memory" && args.url.is_none() {
+            return Err(format!("store {s} needs DATABASE_URL").into());
+        }
+    }
+    Ok(args)
+}
+
+/// One line of the summary.
+#[derive(Debug, Serialize)]
+struct Figure {
+    store: String,
+    metric: &'static str,
+    value: f64,
+    unit: &'static str,
+    ceiling: Option<f64>,
+    ratio: Option<f64>,
+}
+
+struct Report {
+    figures: Vec<Figure>,
+}
+
+impl Report {
+    fn add(&mut self, store: &str, metric: &'static str, value: f64, unit: &'static str) {
+        eprintln!("\r  {store:<7} {metric:<34} {value:>12.1} {unit}          ");
+        self.figures.push(Figure {
+            store: store.into(),
+            metric,
+            value,
+            unit,
+            ceiling: None,
+            ratio: None,
+        });
+    }
+
+    fn against(&mut self, ceiling: f64) {
+        if let Some(f) = self.figures.last_mut() {
+            f.ceiling = Some(ceiling);
+            f.ratio = Some(f.value / ceiling);
+        }
+    }
+}
+
+/// Prints `label: done/total` every half second until `done` reaches `total`.
+fn progress(label: String, done: Arc<AtomicU64>, total: u64) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let d = done.load(Ordering::Relaxed);
+            eprint!("\r  {label}: {d}/{total}   ");
+            let _ = std::io::stderr().flush();
+            if d >= total {
+                return;
+            }
+        }
+    })
+}
+
+fn rate(n: usize, took: Duration) -> f64 {
+    n as f64 / took.as_secs_f64()
+}
+
+/// The benchmark's no-op task: `{"task": "noop", "args": {"n": ..}}`.
+#[derive(Serialize, Deserialize)]
+struct Noop {
+    n: usize,
+}
+
+impl Task for Noop {
+    const NAME: &'static str = "noop";
+    const QUEUE: &'static str = QUEUE;
+}
+
+/// Counts each job's runs, and stamps when each started.
+struct Counting {
+    runs: Vec<AtomicU8>,
+    started: Option<Mutex<Vec<Option<Instant>>>>,
+    done: Arc<AtomicU64>,
+}
+
+#[async_trait]
+impl JobHandler for Counting {
+    async fn handle(&self, _cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+        let n = args["n"].as_u64().and_then(|n| usize::try_from(n).ok());
+        let n = n.ok_or_else(|| TaskError::new("no n").give_up())?;
+        let slot = self
+            .runs
+            .get(n)
+            .ok_or_else(|| TaskError::new("n out of range"))?;
+        slot.fetch_add(1, Ordering::Relaxed);
+        if let Some(started) = &self.started {
+            if let Ok(mut s) = started.lock() {
+                s[n] = Some(Instant::now());
+            }
+        }
+        self.done.fetch_add(1, Ordering::Relaxed);
+        Ok(Completion::Pending)
+    }
+}
+
+impl Counting {
+    fn new(n: usize, stamp: bool) -> Arc<Self> {
+        Arc::new(Counting {
+            runs: (0..n).map(|_| AtomicU8::new(0)).collect(),
+            started: stamp.then(|| Mutex::new(vec![None; n])),
+            done: Arc::new(AtomicU64::new(0)),
+        })
+    }
+
+    fn check_once(&self) -> Result<(), BoxError> {
+        let bad = self
+            .runs
+            .iter()
+            .filter(|r| r.load(Ordering::Relaxed) != 1)
+            .count();
+        if bad > 0 {
+            return Err(format!("{bad} jobs did not run exactly once").into());
+        }
+        Ok(())
+    }
+}
+
+struct Shared(Arc<Counting>);
+
+#[async_trait]
+impl JobHandler for Shared {
+    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+        self.0.handle(cx, args).await
+    }
+}
+
+fn jobs(range: std::ops::Range<usize>) -> Result<Vec<NewJob>, BoxError> {
+    range.map(|n| Ok(Noop { n }.to_job()?)).collect()
+}
+
+async fn put_many(store: &dyn QueueStore, n: usize, done: &AtomicU64) -> Result<(), BoxError> {
+    let mut start = 0;
+    while start < n {
+        let end = (start + PUT_MANY_BATCH).min(n);
+        store.put_many(jobs(start..end)?).await?;
+        done.fetch_add((end - start) as u64, Ordering::Relaxed);
+        start = end;
+    }
+    Ok(())
+}
+
+async fn expect_empty(store: &dyn QueueStore) -> Result<(), BoxError> {
+    let left = store.stats(QUEUE).await?.total();
+    if left != 0 {
+        return Err(format!("{left} jobs left in the queue").into());
+    }
+    Ok(())
+}
+
+fn worker(
+    store: Arc<dyn QueueStore>,
+    handler: Arc<Counting>,
+    args: &Args,
+) -> Result<Worker, BoxError> {
+    let registry = Registry::new().register_with::<Noop>(Shared(handler))?;
+    let mut w = Worker::new(store, registry).concurrency(args.concurrency);
+    if let Some(b) = args.batch {
+        w = w.batch_size(b);
+    }
+    Ok(w)
+}
+
+async fn enqueue(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    args: &Args,
+    r: &mut Report,
+) -> Result<(), BoxError> {
+    store.purge(QUEUE).await?;
+    let n = args.single_puts;
+    let done = Arc::new(AtomicU64::new(0));
+    let p = progress(format!("{name} put x{PUT_TASKS}"), done.clone(), n as u64);
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for k in 0..PUT_TASKS {
+        let (store, done) = (store.clone(), done.clone());
+        tasks.push(tokio::spawn(async move {
+            for n in (k..n).step_by(PUT_TASKS) {
+                store.put_job(Noop { n }.to_job()?).await?;
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+            Ok::<_, BoxError>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    r.add(
+        name,
+        "enqueue: put, 8 tasks",
+        rate(n, t.elapsed()),
+        "jobs/s",
+    );
+    p.abort();
+    if store.stats(QUEUE).await?.ready != n as u64 {
+        return Err("single puts did not all land".into());
+    }
+    store.purge(QUEUE).await?;
+
+    let n = args.jobs;
+    let done = Arc::new(AtomicU64::new(0));
+    let p = progress(format!("{name} put_many"), done.clone(), n as u64);
+    let t = Instant::now();
+    put_many(&**store, n, &done).await?;
+    r.add(
+        name,
+        "enqueue: put_many x1000",
+        rate(n, t.elapsed()),
+        "jobs/s",
+    );
+    p.abort();
+    if store.stats(QUEUE).await?.ready != n as u64 {
+        return Err("put_many did not land every job".into());
+    }
+    Ok(())
+}
+
+/// Works the `args.jobs` jobs `enqueue` left queued; returns jobs/s.
+async fn end_to_end(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    args: &Args,
+    r: &mut Report,
+) -> Result<f64, BoxError> {
+    let n = args.jobs;
+    let counting = Counting::new(n, false);
+    let p = progress(
+        format!("{name} end-to-end"),
+        counting.done.clone(),
+        n as u64,
+    );
+    let w = worker(store.clone(), counting.clone(), args)?;
+    let t = Instant::now();
+    let status = w.run_until_drained().await?;
+    let took = t.elapsed();
+    p.abort();
+    counting.check_once()?;
+    if status.processed != n as u64 {
+        return Err(format!("worker processed {} of {n}", status.processed).into());
+    }
+    expect_empty(&**store).await?;
+    let jps = rate(n, took);
+    r.add(name, "end-to-end: worker", jps, "jobs/s");
+    Ok(jps)
+}
+
+async fn pickup(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    args: &Args,
+    r: &mut Report,
+) -> Result<(), BoxError> {
+    let counting = Counting::new(PICKUPS, true);
+    let w = worker(store.clone(), counting.clone(), args)?;
+    let handle = w.handle();
+    let running = tokio::spawn(w.run());
+    // Let the worker go idle (and its store's listener connect).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut returned = Vec::with_capacity(PICKUPS);
+    let p = progress(
+        format!("{name} pickup"),
+        counting.done.clone(),
+        PICKUPS as u64,
+    );
+    for n in 0..PICKUPS {
+        store.put_job(Noop { n }.to_job()?).await?;
+        returned.push(Instant::now());
+        tokio::time::sleep(PICKUP_GAP).await;
+    }
+    while counting.done.load(Ordering::Relaxed) < PICKUPS as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    handle.stop(StopMode::Finish);
+    running.await??;
+    p.abort();
+    counting.check_once()?;
+    expect_empty(&**store).await?;
+    let started = counting
+        .started
+        .as_ref()
+        .ok_or("stamps")?
+        .lock()
+        .map_err(|_| "poisoned")?
+        .clone();
+    let mut lat: Vec<Duration> = started
+        .iter()
+        .zip(&returned)
+        .map(|(s, put)| s.map_or(Duration::MAX, |s| s.saturating_duration_since(*put)))
+        .collect();
+    lat.sort_unstable();
+    let pct = |p: usize| lat[(lat.len() * p / 100).min(lat.len() - 1)].as_secs_f64() * 1000.0;
+    r.add(name, "pickup latency p50", pct(50), "ms");
+    r.add(name, "pickup latency p99", pct(99), "ms");
+    Ok(())
+}
+
+/// Claim + complete in a bare store loop (batch = concurrency), `sample` jobs.
+async fn claim_complete(
+    store: &dyn QueueStore,
+    sample: usize,
+    batch: u32,
+) -> Result<f64, BoxError> {
+    let claim = Claim::new([QUEUE]).limit(batch);
+    let t = Instant::now();
+    let mut done = 0;
+    while done < sample {
+        let jobs = store.claim(&claim).await?;
+        if jobs.is_empty() {
+            return Err("backlog ran out".into());
+        }
+        let leases: Vec<Lease> = jobs.iter().map(|j| j.lease).collect();
+        done += store.complete_many(&leases).await?.len();
+    }
+    Ok(rate(done, t.elapsed()))
+}
+
+async fn backlog(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    args: &Args,
+    r: &mut Report,
+) -> Result<(), BoxError> {
+    store.purge(QUEUE).await?;
+    let done = Arc::new(AtomicU64::new(0));
+    put_many(&**store, SMALL_BACKLOG, &done).await?;
+    let small = claim_complete(
+        &**store,
+        args.backlog_sample.min(SMALL_BACKLOG / 2),
+        args.concurrency,
+    )
+    .await?;
+    store.purge(QUEUE).await?;
+    let p = progress(
+        format!("{name} backlog fill"),
+        done.clone(),
+        args.backlog as u64,
+    );
+    done.store(0, Ordering::Relaxed);
+    put_many(&**store, args.backlog, &done).await?;
+    p.abort();
+    let large = claim_complete(
+        &**store,
+        args.backlog_sample.min(args.backlog / 2),
+        args.concurrency,
+    )
+    .await?;
+    store.purge(QUEUE).await?;
+    r.add(name, "claim+complete, 10k queued", small, "jobs/s");
+    r.add(name, "claim+complete, large backlog", large, "jobs/s");
+    r.add(
+        name,
+        "backlog scaling (large / 10k)",
+        large / small,
+        "ratio",
+    );
+    Ok(())
+}
+
+/// The ceiling: the shared claim and complete statements in a bare loop on one plain
+/// connection, batch = concurrency, over `n` queued jobs.
+async fn ceiling(
+    store: &Arc<dyn QueueStore>,
+    table: &QueueTable,
+    url: &str,
+    args: &Args,
+) -> Result<f64, BoxError> {
+    store.purge(QUEUE).await?;
+    put_many(&**store, args.jobs, &AtomicU64::new(0)).await?;
+    let sql = Statements::new(table);
+    let mut conn = PgConnection::connect(url).await?;
+    let queues = vec![QUEUE.to_string()];
+    let limit = i32::try_from(args.concurrency)?;
+    let lease_us = i64::try_from(pq_api::DEFAULT_LEASE.as_micros())?;
+    let t = Instant::now();
+    let mut done = 0;
+    loop {
+        let rows = sqlx::query(AssertSqlSafe(&*sql.claim))
+            .bind(&queues)
+            .bind(limit)
+            .bind(lease_us)
+            .bind(fastrand::i64(..))
+            .fetch_all(&mut conn)
+            .await?;
+        if rows.is_empty() {
+            break;
+        }
+        let mut ids = Vec::with_capacity(rows.len());
+        let mut tokens = Vec::with_capacity(rows.len());
+        for row in &rows {
+            ids.push(row.try_get::<i64, _>("id")?);
+            tokens.push(row.try_get::<i64, _>("lease_token")?);
+        }
+        let completed: Vec<i64> = sqlx::query_scalar(AssertSqlSafe(&*sql.complete))
+            .bind(&ids)
+            .bind(&tokens)
+            .fetch_all(&mut conn)
+            .await?;
+        done += completed.len();
+    }
+    let took = t.elapsed();
+    if done != args.jobs {
+        return Err(format!("ceiling loop completed {done} of {}", args.jobs).into());
+    }
+    expect_empty(&**store).await?;
+    Ok(rate(done, took))
+}
+
+async fn open(
+    kind: &str,
+    args: &Args,
+) -> Result<(Arc<dyn QueueStore>, Option<QueueTable>), BoxError> {
+    let url = args.url.as_deref().unwrap_or_default();
+    let size = args.concurrency.max(8);
+    match kind {
+        "sqlx" => {
+            let table = QueueTable::new("pq_bench", "sqlx_jobs")?;
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(size)
+                .connect(url)
+                .await?;
+            let store = pq_sqlx::SqlxStore::with_table(pool, table.clone()).await?;
+            Ok((Arc::new(store), Some(table)))
+        }
+        "diesel" => {
+            let table = QueueTable::new("pq_bench", "diesel_jobs")?;
+            let store = pq_diesel::DieselStore::with_table(
+                pq_diesel::DieselStore::pool(url, usize::try_from(size)?)?,
+                table.clone(),
+            )
+            .await?;
+            Ok((Arc::new(store), Some(table)))
+        }
+        _ => Ok((Arc::new(pq_memory::MemoryStore::new()), None)),
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), BoxError> {
+    let args = parse_args()?;
+    eprintln!(
+        "pq bench: {} jobs end-to-end, worker concurrency {}, batch {}, stores {:?}",
+        args.jobs,
+        args.concurrency,
+        args.batch
+            .map_or("= free capacity".to_string(), |b| b.to_string()),
+        args.stores
+    );
+    let mut r = Report {
+        figures: Vec::new(),
+    };
+    for kind in args.stores.clone() {
+        let (store, table) = open(&kind, &args).await?;
+        enqueue(&store, &kind, &args, &mut r).await?;
+        end_to_end(&store, &kind, &args, &mut r).await?;
+        if let (Some(table), Some(url)) = (&table, &args.url) {
+            let top = ceiling(&store, table, url, &args).await?;
+            r.against(top);
+            r.add(&kind, "ceiling: bare claim+complete loop", top, "jobs/s");
+        }
+        pickup(&store, &kind, &args, &mut r).await?;
+        backlog(&store, &kind, &args, &mut r).await?;
+    }
+
+    println!("\n| store | metric | value | unit | ceiling | ratio |");
+    println!("|---|---|---:|---|---:|---:|");
+    for f in &r.figures {
+        let opt = |v: Option<f64>, d: usize| v.map_or(String::new(), |v| format!("{v:.d$}"));
+        println!(
+            "| {} | {} | {:.1} | {} | {} | {} |",
+            f.store,
+            f.metric,
+            f.value,
+            f.unit,
+            opt(f.ceiling, 0),
+            opt(f.ratio, 2)
+        );
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&r.figures)?);
+    }
+    Ok(())
+}
