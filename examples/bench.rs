@@ -248,6 +248,19 @@ async fn put_many(store: &dyn QueueStore, n: usize, done: &AtomicU64) -> Result<
     Ok(())
 }
 
+/// Refreshes the planner's statistics after a bulk load, as autovacuum would within its next
+/// round: with statistics taken while the table was empty, PostgreSQL may plan the claim as a
+/// bitmap scan and sort of the whole backlog instead of an ordered index scan.
+async fn analyze(table: Option<&QueueTable>, url: Option<&str>) -> Result<(), BoxError> {
+    if let (Some(table), Some(url)) = (table, url) {
+        let mut conn = PgConnection::connect(url).await?;
+        sqlx::query(AssertSqlSafe(format!("ANALYZE {}", table.qualified())))
+            .execute(&mut conn)
+            .await?;
+    }
+    Ok(())
+}
+
 async fn expect_empty(store: &dyn QueueStore) -> Result<(), BoxError> {
     let left = store.stats(QUEUE).await?.total();
     if left != 0 {
@@ -425,6 +438,7 @@ async fn claim_complete(
 
 async fn backlog(
     store: &Arc<dyn QueueStore>,
+    table: Option<&QueueTable>,
     name: &str,
     args: &Args,
     r: &mut Report,
@@ -432,6 +446,7 @@ async fn backlog(
     store.purge(QUEUE).await?;
     let done = Arc::new(AtomicU64::new(0));
     put_many(&**store, SMALL_BACKLOG, &done).await?;
+    analyze(table, args.url.as_deref()).await?;
     let small = claim_complete(
         &**store,
         args.backlog_sample.min(SMALL_BACKLOG / 2),
@@ -447,6 +462,7 @@ async fn backlog(
     done.store(0, Ordering::Relaxed);
     put_many(&**store, args.backlog, &done).await?;
     p.abort();
+    analyze(table, args.url.as_deref()).await?;
     let large = claim_complete(
         &**store,
         args.backlog_sample.min(args.backlog / 2),
@@ -475,6 +491,7 @@ async fn ceiling(
 ) -> Result<f64, BoxError> {
     store.purge(QUEUE).await?;
     put_many(&**store, args.jobs, &AtomicU64::new(0)).await?;
+    analyze(Some(table), Some(url)).await?;
     let sql = Statements::new(table);
     let mut conn = PgConnection::connect(url).await?;
     let queues = vec![QUEUE.to_string()];
@@ -525,6 +542,7 @@ async fn open(
             let table = QueueTable::new("pq_bench", "sqlx_jobs")?;
             let pool = sqlx::postgres::PgPoolOptions::new()
                 .max_connections(size)
+                .test_before_acquire(false)
                 .connect(url)
                 .await?;
             let store = pq_sqlx::SqlxStore::with_table(pool, table.clone()).await?;
@@ -560,6 +578,7 @@ async fn main() -> Result<(), BoxError> {
     for kind in args.stores.clone() {
         let (store, table) = open(&kind, &args).await?;
         enqueue(&store, &kind, &args, &mut r).await?;
+        analyze(table.as_ref(), args.url.as_deref()).await?;
         end_to_end(&store, &kind, &args, &mut r).await?;
         if let (Some(table), Some(url)) = (&table, &args.url) {
             let top = ceiling(&store, table, url, &args).await?;
@@ -567,7 +586,7 @@ async fn main() -> Result<(), BoxError> {
             r.add(&kind, "ceiling: bare claim+complete loop", top, "jobs/s");
         }
         pickup(&store, &kind, &args, &mut r).await?;
-        backlog(&store, &kind, &args, &mut r).await?;
+        backlog(&store, table.as_ref(), &kind, &args, &mut r).await?;
     }
 
     println!("\n| store | metric | value | unit | ceiling | ratio |");

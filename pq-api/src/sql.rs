@@ -259,9 +259,10 @@ impl Statements {
             )),
             purge: s(format!("DELETE FROM {t} WHERE queue = $1::text")),
             next_run: s(format!(
-                "SELECT (SELECT min(run_at) FROM {t} WHERE queue = ANY($1::text[]) \
-                 AND state <> 'failed' AND attempts < max_attempts) AS next_at, \
-                 statement_timestamp() AS now"
+                "SELECT (SELECT min(n.run_at) FROM unnest($1::text[]) AS q(name) \
+                 CROSS JOIN LATERAL (SELECT run_at FROM {t} WHERE queue = q.name \
+                 AND state <> 'failed' AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS n) \
+                 AS next_at, statement_timestamp() AS now"
             )),
             listen: s(format!("LISTEN \"{}\"", table.channel())),
         }

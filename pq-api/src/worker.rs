@@ -17,6 +17,9 @@ use crate::job::{validate_lease, Claim, ClaimedJob, Failure, JobState, Lease, MA
 use crate::store::QueueStore;
 use crate::task::{Cancelled, Completion, Registered, Registry, TaskContext, TaskError};
 
+/// How long a worker with few free slots waits for more to free up before it claims anyway.
+const CLAIM_LINGER: Duration = Duration::from_millis(2);
+
 /// How a worker stops (PyPGQueue's stop modes). A later, stronger request overrides a weaker
 /// one: `Drain` < `Finish` < `Abort`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -304,6 +307,8 @@ impl Worker {
         let mut running: JoinSet<Outcome> = JoinSet::new();
         let mut done: Vec<Lease> = Vec::new();
         let claim_base = Claim::new(queues.iter().cloned()).lease(self.lease);
+        let mut linger_until: Option<Instant> = None;
+        let mut maybe_claimable = true;
         tracing::info!(concurrency = self.concurrency, "worker started");
         loop {
             let stop = *stop_rx.borrow_and_update();
@@ -316,33 +321,64 @@ impl Worker {
                 break;
             }
             while let Some(r) = running.try_join_next() {
-                self.reap(r, &mut done);
+                maybe_claimable |= self.reap(r, &mut done);
             }
+            // Draining stops on an empty claim, so it must really claim.
+            maybe_claimable |= stop == Some(StopMode::Drain);
             self.flush(&mut done).await;
             self.set_running(&running);
 
             let free = self.concurrency.saturating_sub(len_u32(&running));
+            // With only a few slots free and others about to free up, wait a moment: one claim
+            // (and one completion) for many jobs costs far less than one for each.
+            let worth_claiming = (self.concurrency.min(self.batch_size) / 2).max(1);
+            if free > 0 && free < worth_claiming && stop != Some(StopMode::Finish) {
+                let until = *linger_until.get_or_insert_with(|| Instant::now() + CLAIM_LINGER);
+                if Instant::now() < until {
+                    tokio::select! {
+                        r = running.join_next() => if let Some(r) = r {
+                            maybe_claimable |= self.reap(r, &mut done);
+                        },
+                        () = tokio::time::sleep_until(until) => {}
+                        _ = stop_rx.changed() => {}
+                    }
+                    continue;
+                }
+            }
+            linger_until = None;
             if stop == Some(StopMode::Finish) || free == 0 {
                 if running.is_empty() {
                     break;
                 }
                 tokio::select! {
-                    r = running.join_next() => if let Some(r) = r { self.reap(r, &mut done) },
+                    r = running.join_next() => if let Some(r) = r {
+                        maybe_claimable |= self.reap(r, &mut done);
+                    },
                     _ = stop_rx.changed() => {}
                 }
                 continue;
             }
 
-            let claim = claim_base.clone().limit(free.min(self.batch_size));
-            match self.store.claim(&claim).await {
-                Ok(jobs) if !jobs.is_empty() => {
+            let limit = free.min(self.batch_size);
+            let claimed = if maybe_claimable {
+                self.store.claim(&claim_base.clone().limit(limit)).await
+            } else {
+                Ok(Vec::new())
+            };
+            match claimed {
+                Ok(jobs) => {
+                    // A short batch means nothing more was claimable: wait rather than claim
+                    // again (the wait returns at once if that has changed).
+                    let full = jobs.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
+                    maybe_claimable = full;
                     for job in jobs {
                         self.spawn(&mut running, job, heartbeat, &abort_tx);
                     }
                     self.set_running(&running);
-                    continue;
+                    if full {
+                        continue;
+                    }
                 }
-                Ok(_) => {}
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed; pausing before trying again");
                     self.pause(self.error_pause, &mut running, &mut done, &mut stop_rx)
@@ -355,13 +391,16 @@ impl Worker {
             }
             tokio::select! {
                 r = running.join_next(), if !running.is_empty() => {
-                    if let Some(r) = r { self.reap(r, &mut done) }
+                    if let Some(r) = r { maybe_claimable |= self.reap(r, &mut done) }
                 }
-                woke = self.store.wait(&queues, self.idle_wait) => if let Err(e) = woke {
-                    tracing::warn!(error = %e, "wait failed; pausing before trying again");
-                    self.pause(self.error_pause, &mut running, &mut done, &mut stop_rx).await;
-                },
-                _ = stop_rx.changed() => {}
+                woke = self.store.wait(&queues, self.idle_wait) => {
+                    maybe_claimable = true;
+                    if let Err(e) = woke {
+                        tracing::warn!(error = %e, "wait failed; pausing before trying again");
+                        self.pause(self.error_pause, &mut running, &mut done, &mut stop_rx).await;
+                    }
+                }
+                _ = stop_rx.changed() => maybe_claimable = true,
             }
         }
         self.set_running(&running);
@@ -381,7 +420,7 @@ impl Worker {
         loop {
             tokio::select! {
                 r = running.join_next(), if !running.is_empty() => {
-                    if let Some(r) = r { self.reap(r, done) }
+                    if let Some(r) = r { self.reap(r, done); }
                 }
                 _ = stop_rx.changed() => return,
                 () = tokio::time::sleep_until(until) => return,
@@ -394,12 +433,20 @@ impl Worker {
         self.shared.counts.running.store(n, Ordering::Relaxed);
     }
 
-    fn reap(&self, joined: std::result::Result<Outcome, JoinError>, done: &mut Vec<Lease>) {
+    /// Collects a finished job's outcome; true if it may have left a job claimable (a retry,
+    /// a release).
+    fn reap(&self, joined: std::result::Result<Outcome, JoinError>, done: &mut Vec<Lease>) -> bool {
         match joined {
-            Ok(Outcome::Succeeded(lease)) => done.push(lease),
-            Ok(Outcome::Settled) => {}
+            Ok(Outcome::Succeeded(lease)) => {
+                done.push(lease);
+                false
+            }
+            Ok(Outcome::Settled) => true,
             // Job tasks catch their handlers' panics; this is a bug in the worker itself.
-            Err(e) => tracing::error!(error = %e, "job task ended abnormally"),
+            Err(e) => {
+                tracing::error!(error = %e, "job task ended abnormally");
+                true
+            }
         }
     }
 

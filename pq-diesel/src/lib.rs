@@ -36,7 +36,9 @@ use diesel::result::DatabaseErrorKind;
 use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
-use diesel_async::pooled_connection::AsyncDieselConnectionManager;
+use diesel_async::pooled_connection::{
+    AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
+};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
 use pq_api::sql::{self, InsertArrays, JobRow, MigrationStatements, Statements};
@@ -199,7 +201,12 @@ struct VersionRow {
 impl DieselStore {
     /// A pool of `size` connections to `url`, as the store wants it.
     pub fn pool(url: &str, size: usize) -> Result<PgPool> {
-        let manager = AsyncDieselConnectionManager::<AsyncPgConnection>::new(url);
+        // No test query on every checkout: a dead connection fails its first statement, which
+        // maps to a retryable `Error::Unavailable`, and the pool drops it.
+        let mut config = ManagerConfig::default();
+        config.recycling_method = RecyclingMethod::Fast;
+        let manager =
+            AsyncDieselConnectionManager::<AsyncPgConnection>::new_with_config(url, config);
         Pool::builder(manager)
             .max_size(size)
             .build()
