@@ -325,13 +325,12 @@ impl Worker {
             }
             // Draining stops on an empty claim, so it must really claim.
             maybe_claimable |= stop == Some(StopMode::Drain);
-            self.flush(&mut done).await;
             self.set_running(&running);
 
             let free = self.concurrency.saturating_sub(len_u32(&running));
             // With only a few slots free and others about to free up, wait a moment: one claim
             // (and one completion) for many jobs costs far less than one for each.
-            let worth_claiming = (self.concurrency.min(self.batch_size) / 2).max(1);
+            let worth_claiming = self.concurrency.min(self.batch_size);
             if free > 0 && free < worth_claiming && stop != Some(StopMode::Finish) {
                 let until = *linger_until.get_or_insert_with(|| Instant::now() + CLAIM_LINGER);
                 if Instant::now() < until {
@@ -347,6 +346,7 @@ impl Worker {
             }
             linger_until = None;
             if stop == Some(StopMode::Finish) || free == 0 {
+                self.flush(&mut done).await;
                 if running.is_empty() {
                     break;
                 }
@@ -360,11 +360,17 @@ impl Worker {
             }
 
             let limit = free.min(self.batch_size);
-            let claimed = if maybe_claimable {
-                self.store.claim(&claim_base.clone().limit(limit)).await
-            } else {
-                Ok(Vec::new())
+            // Completing the finished jobs and claiming the next ones are independent: send
+            // both at once (two connections on the SQL stores).
+            let claim = claim_base.clone().limit(limit);
+            let claiming = async {
+                if maybe_claimable {
+                    self.store.claim(&claim).await
+                } else {
+                    Ok(Vec::new())
+                }
             };
+            let ((), claimed) = tokio::join!(self.flush(&mut done), claiming);
             match claimed {
                 Ok(jobs) => {
                     // A short batch means nothing more was claimable: wait rather than claim
@@ -403,6 +409,7 @@ impl Worker {
                 _ = stop_rx.changed() => maybe_claimable = true,
             }
         }
+        self.flush(&mut done).await;
         self.set_running(&running);
         tracing::info!(status = ?self.handle().status(), "worker stopped");
         Ok(())
