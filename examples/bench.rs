@@ -128,7 +128,7 @@ struct Report {
 
 impl Report {
     fn add(&mut self, store: &str, metric: &'static str, value: f64, unit: &'static str) {
-        eprintln!("\r  {store:<7} {metric:<34} {value:>12.1} {unit}          ");
+        eprintln!("\r  {store:<7} {metric:<38} {value:>12.2} {unit}          ");
         self.figures.push(Figure {
             store: store.into(),
             metric,
@@ -617,9 +617,13 @@ async fn main() -> Result<(), BoxError> {
     println!("\n| store | metric | value | unit | ceiling | ratio |");
     println!("|---|---|---:|---|---:|---:|");
     for f in &r.figures {
+        let digits = match f.unit {
+            "jobs/s" => 0,
+            _ => 2,
+        };
         let opt = |v: Option<f64>, d: usize| v.map_or(String::new(), |v| format!("{v:.d$}"));
         println!(
-            "| {} | {} | {:.1} | {} | {} | {} |",
+            "| {} | {} | {:.digits$} | {} | {} | {} |",
             f.store,
             f.metric,
             f.value,

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the benchmark (examples/bench.rs) on every store against a throwaway PostgreSQL server
+# started from the locally built image, with default durability settings (fsync and
+# synchronous_commit on) and shared_buffers=1GB. Extra arguments go to the program
+# (`--quick`, `--json`, `--jobs N`, ...). Set DATABASE_URL to use an existing server instead.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ -z "${DATABASE_URL:-}" ]; then
+  bash scripts/build-pg-image.sh
+  name="pq-bench-$$"
+  docker run -d --name "$name" -e POSTGRES_PASSWORD=bench "${PQ_TEST_PG_IMAGE:-pq-postgres:15}" \
+    postgres -c shared_buffers=1GB -c max_connections=200 >/dev/null
+  trap 'docker rm -fv "$name" >/dev/null' EXIT
+  ip=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$name")
+  # Straight to the container's address: the port proxy would add to every round trip.
+  export DATABASE_URL="postgres://postgres:bench@$ip:5432/postgres"
+  for _ in $(seq 1 120); do
+    if docker logs "$name" 2>&1 | grep -q "PostgreSQL init process complete" &&
+      docker exec "$name" pg_isready -q -h 127.0.0.1 2>/dev/null; then
+      break
+    fi
+    sleep 0.5
+  done
+fi
+cargo run --release -q -p pq-examples --example bench -- "$@"
