@@ -486,9 +486,11 @@ impl<T: RunTask> JobHandler for Typed<T> {
     }
 }
 
+/// A registered task; cloning it is one reference count.
 #[derive(Clone)]
 pub(crate) struct Registered {
-    pub(crate) queue: String,
+    pub(crate) name: &'static str,
+    pub(crate) queue: &'static str,
     pub(crate) handler: Arc<dyn JobHandler>,
     pub(crate) backoff: Backoff,
 }
@@ -511,12 +513,12 @@ pub(crate) struct Registered {
 /// ```
 #[derive(Clone, Default)]
 pub struct Registry {
-    tasks: HashMap<String, Registered>,
+    tasks: HashMap<&'static str, Registered>,
 }
 
 impl fmt::Debug for Registry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let names: BTreeSet<&str> = self.tasks.keys().map(String::as_str).collect();
+        let names: BTreeSet<&str> = self.tasks.keys().copied().collect();
         f.debug_struct("Registry").field("tasks", &names).finish()
     }
 }
@@ -543,23 +545,24 @@ impl Registry {
             ));
         }
         let entry = Registered {
-            queue: T::QUEUE.to_owned(),
+            name: T::NAME,
+            queue: T::QUEUE,
             handler: Arc::new(handler),
             backoff: T::defaults().backoff,
         };
-        self.tasks.insert(T::NAME.to_owned(), entry);
+        self.tasks.insert(T::NAME, entry);
         Ok(self)
     }
 
     /// The queues of the registered tasks, sorted, each once: what a worker claims from.
     pub fn queues(&self) -> Vec<String> {
-        let set: BTreeSet<&String> = self.tasks.values().map(|r| &r.queue).collect();
-        set.into_iter().cloned().collect()
+        let set: BTreeSet<&str> = self.tasks.values().map(|r| r.queue).collect();
+        set.into_iter().map(str::to_owned).collect()
     }
 
     /// The registered task names, sorted.
     pub fn names(&self) -> Vec<&str> {
-        let set: BTreeSet<&str> = self.tasks.keys().map(String::as_str).collect();
+        let set: BTreeSet<&str> = self.tasks.keys().copied().collect();
         set.into_iter().collect()
     }
 

@@ -295,18 +295,17 @@ impl Worker {
         let queues = self.registry.queues();
         let handle = self.handle();
         let span = tracing::info_span!("pq.worker", queues = ?queues);
-        let result = self.run_loop(queues, heartbeat).instrument(span).await;
+        self.run_loop(queues, heartbeat).instrument(span).await;
         self.shared.stopped.send_replace(true);
-        result?;
         Ok(handle.status())
     }
 
-    async fn run_loop(&self, queues: Vec<String>, heartbeat: Duration) -> Result<()> {
+    async fn run_loop(&self, queues: Vec<String>, heartbeat: Duration) {
         let mut stop_rx = self.shared.stop.subscribe();
         let (abort_tx, _) = watch::channel(false);
         let mut running: JoinSet<Outcome> = JoinSet::new();
         let mut done: Vec<Lease> = Vec::new();
-        let claim_base = Claim::new(queues.iter().cloned()).lease(self.lease);
+        let mut claim = Claim::new(queues.iter().cloned()).lease(self.lease);
         let mut linger_until: Option<Instant> = None;
         let mut maybe_claimable = true;
         tracing::info!(concurrency = self.concurrency, "worker started");
@@ -317,7 +316,6 @@ impl Worker {
                 while let Some(r) = running.join_next().await {
                     self.reap(r, &mut done);
                 }
-                self.flush(&mut done).await;
                 break;
             }
             while let Some(r) = running.try_join_next() {
@@ -362,7 +360,7 @@ impl Worker {
             let limit = free.min(self.batch_size);
             // Completing the finished jobs and claiming the next ones are independent: send
             // both at once (two connections on the SQL stores).
-            let claim = claim_base.clone().limit(limit);
+            claim.limit = limit;
             let claiming = async {
                 if maybe_claimable {
                     self.store.claim(&claim).await
@@ -412,7 +410,6 @@ impl Worker {
         self.flush(&mut done).await;
         self.set_running(&running);
         tracing::info!(status = ?self.handle().status(), "worker stopped");
-        Ok(())
     }
 
     /// Sleeps `d` after a store error, still reaping finished jobs and heeding stop requests.
@@ -499,12 +496,11 @@ impl Worker {
             .registry
             .route(&mut claimed.job.payload)
             .map(|(entry, args)| (entry.clone(), args));
-        let task = claimed.job.payload.get(crate::task::TASK_FIELD).cloned();
         let span = tracing::info_span!(
             "pq.job",
             job.id = claimed.job.id.0,
             queue = %claimed.job.queue,
-            task = task.as_ref().and_then(|t| t.as_str()).unwrap_or("?"),
+            task = routed.as_ref().map_or("?", |(entry, _)| entry.name),
             attempt = claimed.job.attempts,
         );
         let run = JobRun {
@@ -572,7 +568,7 @@ impl JobRun {
             cancel.send_replace(Some(Cancelled::Abort));
             return self.release(&lease).await;
         };
-        let max = (attempt < max_attempts).then_some(entry);
+        let retry = (attempt < max_attempts).then_some(entry);
         match result {
             Ok(Ok(Completion::Pending)) => Outcome::Succeeded(lease),
             Ok(Ok(Completion::Committed)) => {
@@ -580,10 +576,10 @@ impl JobRun {
                 tracing::debug!("completed in the handler's transaction");
                 Outcome::Settled
             }
-            Ok(Err(e)) => self.record_failure(&lease, attempt, max, e).await,
+            Ok(Err(e)) => self.record_failure(&lease, attempt, retry, e).await,
             Err(panic) => {
                 let e = TaskError::new(format!("handler panicked: {}", panic_message(&*panic)));
-                self.record_failure(&lease, attempt, max, e).await
+                self.record_failure(&lease, attempt, retry, e).await
             }
         }
     }
