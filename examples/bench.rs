@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pq_api::sql::{QueueTable, Statements};
 use pq_api::{
-    Claim, Completion, JobHandler, Lease, NewJob, QueueStore, QueueStoreExt, Registry, StopMode,
+    Claim, Completion, Done, JobHandler, NewJob, QueueStore, QueueStoreExt, Registry, StopMode,
     Task, TaskContext, TaskError, Worker,
 };
 use serde::{Deserialize, Serialize};
@@ -437,8 +437,8 @@ async fn claim_complete(
         if jobs.is_empty() {
             return Err("backlog ran out".into());
         }
-        let leases: Vec<Lease> = jobs.iter().map(|j| j.lease).collect();
-        done += store.complete_many(&leases).await?.len();
+        let finished: Vec<Done> = jobs.iter().map(|j| j.lease.into()).collect();
+        done += store.complete_many(&finished).await?.len();
     }
     Ok(rate(done, t.elapsed()))
 }
@@ -521,9 +521,13 @@ async fn ceiling(
             if finished.0.is_empty() {
                 return Ok(Vec::new());
             }
+            // No results and no key states to record: two arrays of nulls.
+            let nothing: Vec<Option<String>> = vec![None; finished.0.len()];
             sqlx::query_scalar::<_, i64>(AssertSqlSafe(&*sql.complete))
                 .bind(&finished.0)
                 .bind(&finished.1)
+                .bind(&nothing)
+                .bind(&nothing)
                 .fetch_all(&mut completer)
                 .await
         };

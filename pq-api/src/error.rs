@@ -43,6 +43,15 @@ pub enum Error {
     /// A payload could not be encoded to, or decoded from, JSON.
     #[error("payload codec error: {0}")]
     Codec(#[from] serde_json::Error),
+    /// A payload could not be encoded or decoded by a [`Codec`](crate::Codec) (or was written
+    /// by another one).
+    #[error("{codec} codec error: {reason}")]
+    Format {
+        /// The codec's name.
+        codec: &'static str,
+        /// What went wrong.
+        reason: String,
+    },
     /// The store cannot be reached now (connection lost, pool exhausted, server shutting down).
     /// Retryable.
     #[error("store unavailable")]

@@ -8,7 +8,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use crate::error::{Error, Result};
-use crate::job::{Claim, ClaimedJob, JobId, Lease, NewJob};
+use crate::job::{Claim, ClaimedJob, Done, JobId, Lease, NewJob};
 use crate::store::QueueStore;
 use crate::task::Task;
 
@@ -55,8 +55,14 @@ pub trait QueueStoreExt: QueueStore {
 
     /// Completes one job, or reports [`Error::LeaseLost`].
     async fn complete(&self, lease: &Lease) -> Result<()> {
-        let done = self.complete_many(std::slice::from_ref(lease)).await?;
-        if done.contains(&lease.job_id) {
+        self.complete_with(Done::new(*lease)).await
+    }
+
+    /// Completes one job with a result or a new key state, or reports [`Error::LeaseLost`].
+    async fn complete_with(&self, done: Done) -> Result<()> {
+        let lease = done.lease;
+        let ids = self.complete_many(std::slice::from_ref(&done)).await?;
+        if ids.contains(&lease.job_id) {
             Ok(())
         } else {
             Err(Error::LeaseLost(lease.job_id))

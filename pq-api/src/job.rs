@@ -22,6 +22,8 @@ pub const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 /// Lease of a [`Claim`] that does not set it.
 pub const DEFAULT_LEASE: Duration = Duration::from_secs(30);
+/// Longest serial or cursor key, in bytes.
+pub const MAX_KEY_LEN: usize = 255;
 
 /// The identity of a job, unique within one store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -136,6 +138,13 @@ pub struct NewJob {
     pub expected_at: Option<When>,
     /// How many attempts the job gets before it is left failed; at least 1.
     pub max_attempts: u32,
+    /// Jobs of one queue sharing a serial key run one at a time, in claim order.
+    pub serial_key: Option<String>,
+    /// A serial key that also keeps at most one pending job: see [`NewJob::cursor_key`].
+    pub cursor_key: Option<String>,
+    /// Keep a record of the job for this long once it completes (see
+    /// [`QueueStore::finished`](crate::QueueStore::finished)); `None`: no record.
+    pub keep_history: Option<Duration>,
 }
 
 impl NewJob {
@@ -153,6 +162,45 @@ impl NewJob {
             priority: 0,
             expected_at: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            serial_key: None,
+            cursor_key: None,
+            keep_history: None,
+        }
+    }
+
+    /// Runs the job one at a time with the queue's other jobs of this serial key
+    /// (PyPGQueue's serialization key): while one of them is running under a live lease, no
+    /// other is claimed, and they are claimed in claim order. Jobs without a key, and jobs of
+    /// other keys, are not held up. Replaces a cursor key set before.
+    pub fn serial_key(mut self, key: impl Into<String>) -> Self {
+        self.serial_key = Some(key.into());
+        self.cursor_key = None;
+        self
+    }
+
+    /// A serial key that also keeps at most one *pending* job (put and not yet started) per
+    /// key (psycopg2_mq's cursor key): putting a job while one with the key is pending adds
+    /// nothing and returns the pending job's id. The key also carries a persistent JSON state,
+    /// handed to each job when claimed and saved when it completes
+    /// ([`Done::key_state`]). Replaces a serial key set before.
+    pub fn cursor_key(mut self, key: impl Into<String>) -> Self {
+        self.cursor_key = Some(key.into());
+        self.serial_key = None;
+        self
+    }
+
+    /// Keeps a record of the job, with its result, for `retention` after it completes.
+    pub fn keep_history(mut self, retention: Duration) -> Self {
+        self.keep_history = Some(retention);
+        self
+    }
+
+    /// The job's key, serial or cursor, and whether it is a cursor key.
+    pub fn key(&self) -> Option<(&str, bool)> {
+        match (&self.serial_key, &self.cursor_key) {
+            (_, Some(k)) => Some((k, true)),
+            (Some(k), None) => Some((k, false)),
+            (None, None) => None,
         }
     }
 
@@ -200,8 +248,39 @@ impl NewJob {
         if let Some(w) = &self.expected_at {
             w.validate("expected_at")?;
         }
+        if self.serial_key.is_some() && self.cursor_key.is_some() {
+            return Err(Error::invalid(
+                "key",
+                "a job has a serial key or a cursor key, not both",
+            ));
+        }
+        if let Some((key, _)) = self.key() {
+            validate_key(key)?;
+        }
+        if let Some(d) = self.keep_history {
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(Error::invalid(
+                    "keep_history",
+                    "must be longer than zero and at most 100 years",
+                ));
+            }
+        }
         Ok(())
     }
+}
+
+/// Checks a serial or cursor key: 1 to [`MAX_KEY_LEN`] bytes, no control characters.
+pub fn validate_key(key: &str) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::invalid(
+            "key",
+            format!("must be 1 to {MAX_KEY_LEN} bytes, not {}", key.len()),
+        ));
+    }
+    if key.chars().any(char::is_control) {
+        return Err(Error::invalid("key", "must not contain control characters"));
+    }
+    Ok(())
 }
 
 /// Checks a queue name: 1 to [`MAX_QUEUE_NAME_LEN`] bytes, no control characters.
@@ -305,6 +384,12 @@ pub struct Job {
     pub last_error: Option<String>,
     /// When it was put.
     pub created_at: DateTime<Utc>,
+    /// Its serial key, if it has one.
+    pub serial_key: Option<String>,
+    /// Its cursor key, if it has one.
+    pub cursor_key: Option<String>,
+    /// How long a record of it is kept once it completes.
+    pub keep_history: Option<Duration>,
 }
 
 impl Job {
@@ -323,6 +408,18 @@ impl Job {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             last_error: None,
             created_at: at,
+            serial_key: None,
+            cursor_key: None,
+            keep_history: None,
+        }
+    }
+
+    /// The job's key, serial or cursor, and whether it is a cursor key.
+    pub fn key(&self) -> Option<(&str, bool)> {
+        match (&self.serial_key, &self.cursor_key) {
+            (_, Some(k)) => Some((k, true)),
+            (Some(k), None) => Some((k, false)),
+            (None, None) => None,
         }
     }
 
@@ -358,12 +455,25 @@ pub struct ClaimedJob {
     pub job: Job,
     /// The lease to complete, fail, extend or release it with.
     pub lease: Lease,
+    /// The state of the job's key when it was claimed (`Some(Value::Null)` if never set);
+    /// `None` for a job without a key.
+    pub key_state: Option<Value>,
 }
 
 impl ClaimedJob {
     /// Pairs a job with its lease.
     pub fn new(job: Job, lease: Lease) -> Self {
-        ClaimedJob { job, lease }
+        ClaimedJob {
+            job,
+            lease,
+            key_state: None,
+        }
+    }
+
+    /// Sets the key state handed out with the job.
+    pub fn with_key_state(mut self, state: Option<Value>) -> Self {
+        self.key_state = state;
+        self
     }
 
     /// The job's id.
@@ -493,6 +603,118 @@ impl Failure {
         match &self.retry_at {
             Some(w) => w.validate("retry_at"),
             None => Ok(()),
+        }
+    }
+}
+
+/// A job done: the parameters of [`QueueStore::complete_many`](crate::QueueStore::complete_many).
+///
+/// ```
+/// use pq_api::{Done, JobId, Lease};
+/// let lease = Lease { job_id: JobId(7), token: 42 };
+/// let done = Done::new(lease)
+///     .result(serde_json::json!({"sent": 3}))
+///     .key_state(serde_json::json!({"cursor": "2026-11-23"}));
+/// assert_eq!(done.lease, lease);
+/// let plain: Done = lease.into();
+/// assert!(plain.result.is_none());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Done {
+    /// The lease the job was claimed under.
+    pub lease: Lease,
+    /// What the job produced, kept in its history record (if it keeps one).
+    pub result: Option<Value>,
+    /// The new state of the job's key (serial or cursor), saved as the job completes; `None`
+    /// leaves the state as it was. Ignored for a job without a key.
+    pub key_state: Option<Value>,
+}
+
+impl Done {
+    /// The job held by `lease` is done; nothing else to record.
+    pub fn new(lease: Lease) -> Self {
+        Done {
+            lease,
+            result: None,
+            key_state: None,
+        }
+    }
+
+    /// Records `result` in the job's history record.
+    pub fn result(mut self, result: Value) -> Self {
+        self.result = Some(result);
+        self
+    }
+
+    /// Saves `state` as the new state of the job's key.
+    pub fn key_state(mut self, state: Value) -> Self {
+        self.key_state = Some(state);
+        self
+    }
+}
+
+impl From<Lease> for Done {
+    fn from(lease: Lease) -> Self {
+        Done::new(lease)
+    }
+}
+
+impl From<&Lease> for Done {
+    fn from(lease: &Lease) -> Self {
+        Done::new(*lease)
+    }
+}
+
+/// The record of a completed job that asked to be kept ([`NewJob::keep_history`]).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct FinishedJob {
+    /// Its id.
+    pub id: JobId,
+    /// Its queue.
+    pub queue: String,
+    /// Its payload.
+    pub payload: Value,
+    /// Its serial key, if it had one.
+    pub serial_key: Option<String>,
+    /// Its cursor key, if it had one.
+    pub cursor_key: Option<String>,
+    /// Its priority.
+    pub priority: i32,
+    /// The attempts it took, the successful one included.
+    pub attempts: u32,
+    /// What it produced ([`Done::result`]).
+    pub result: Option<Value>,
+    /// When it was put.
+    pub created_at: DateTime<Utc>,
+    /// When it completed.
+    pub finished_at: DateTime<Utc>,
+    /// When the record goes at the next [`QueueStore::cleanup_history`](crate::QueueStore::cleanup_history).
+    pub keep_until: DateTime<Utc>,
+}
+
+impl FinishedJob {
+    /// A record of `job`, done with `result` at `finished_at`, kept until `keep_until`: for
+    /// stores outside this crate (the struct is `#[non_exhaustive]`).
+    pub fn new(
+        job: Job,
+        result: Option<Value>,
+        finished_at: DateTime<Utc>,
+        keep_until: DateTime<Utc>,
+    ) -> Self {
+        FinishedJob {
+            id: job.id,
+            queue: job.queue,
+            payload: job.payload,
+            serial_key: job.serial_key,
+            cursor_key: job.cursor_key,
+            priority: job.priority,
+            attempts: job.attempts,
+            result,
+            created_at: job.created_at,
+            finished_at,
+            keep_until,
         }
     }
 }

@@ -30,6 +30,7 @@
 //! # }).unwrap();
 //! ```
 
+pub mod codec;
 mod error;
 mod ext;
 mod job;
@@ -39,12 +40,15 @@ pub mod task;
 pub mod wake;
 mod worker;
 
+#[cfg(feature = "msgpack")]
+pub use codec::MessagePack;
+pub use codec::{Codec, Json, Queue};
 pub use error::{BoxError, Error, Result};
 pub use ext::{jobs_stream, QueueStoreExt};
 pub use job::{
-    micros, validate_lease, validate_queue_name, Claim, ClaimedJob, Failure, Job, JobId, JobState,
-    Lease, NewJob, QueueStats, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT,
-    MAX_DURATION, MAX_QUEUE_NAME_LEN,
+    micros, validate_key, validate_lease, validate_queue_name, Claim, ClaimedJob, Done, Failure,
+    FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats, When, DEFAULT_LEASE,
+    DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT, MAX_DURATION, MAX_KEY_LEN, MAX_QUEUE_NAME_LEN,
 };
 pub use store::QueueStore;
 pub use task::{

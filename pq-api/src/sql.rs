@@ -4,13 +4,14 @@
 //! a validated [`QueueTable`] and are quoted here, in one place. `pq-sqlx` and `pq-diesel`
 //! send these exact strings, so the two stores run byte-identical SQL.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::job::{ClaimedJob, Job, JobId, JobState, Lease};
+use crate::job::{ClaimedJob, Done, FinishedJob, Job, JobId, JobState, Lease};
 
 /// Longest schema name (PostgreSQL's identifier limit).
 pub const MAX_SCHEMA_LEN: usize = 63;
@@ -136,7 +137,12 @@ const STATE_EXPR: &str = "CASE WHEN state = 'failed' THEN 'failed' \
 
 /// The columns of a job row, in the order [`JobRow`] is decoded.
 const JOB_COLUMNS: &str = "id, queue, payload::text AS payload, priority, expected_at, run_at, \
-     {state} AS state, attempts, max_attempts, last_error, created_at, lease_token";
+     {state} AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, \
+     keep_for";
+
+/// The columns of a history row, in the order [`FinishedRow`] is decoded.
+const FINISHED_COLUMNS: &str = "id, queue, payload::text AS payload, key, cursor, priority, \
+     attempts, result::text AS result, created_at, finished_at, keep_until";
 
 /// Every statement pq runs against one [`QueueTable`]. Cheap to clone.
 ///
@@ -147,11 +153,16 @@ const JOB_COLUMNS: &str = "id, queue, payload::text AS payload, priority, expect
 pub struct Statements {
     /// `$1 text[]` queue, `$2 text[]` payload, `$3 int4[]` priority, `$4 timestamptz[]` run_at,
     /// `$5 int8[]` run_in µs, `$6 timestamptz[]` expected_at, `$7 int8[]` expected_in µs,
-    /// `$8 int4[]` max_attempts → `id` per row.
+    /// `$8 int4[]` max_attempts, `$9 text[]` key, `$10 bool[]` cursor, `$11 int8[]` keep_for µs
+    /// → `id int8, cursor bool, queue text, key text` per row, in no promised order (see
+    /// [`InsertArrays::ids`]). A cursor-keyed row whose key has a pending job returns that
+    /// job's id instead of inserting.
     pub insert: Arc<str>,
-    /// `$1 text[]` queues, `$2 int4` limit, `$3 int8` lease µs, `$4 int8` token → job rows.
+    /// `$1 text[]` queues, `$2 int4` limit, `$3 int8` lease µs, `$4 int8` token → job rows
+    /// plus `key_state text`.
     pub claim: Arc<str>,
-    /// `$1 int8[]` ids, `$2 int8[]` tokens → `id` of each completed job.
+    /// `$1 int8[]` ids, `$2 int8[]` tokens, `$3 text[]` results (JSON or null), `$4 text[]` key
+    /// states (JSON or null) → `id` of each completed job.
     pub complete: Arc<str>,
     /// `$1 int8` id, `$2 int8` token, `$3 timestamptz` retry_at, `$4 int8` retry_in µs,
     /// `$5 text` error, `$6 bool` retry (false: give up) → `state`.
@@ -168,8 +179,16 @@ pub struct Statements {
     pub job: Arc<str>,
     /// `$1 text` queue → `state`, `n int8` per state present.
     pub stats: Arc<str>,
-    /// `$1 text` queue; the affected row count is the number purged.
+    /// `$1 text` queue → `n int8`, the number purged.
     pub purge: Arc<str>,
+    /// `$1 text` queue, `$2 text` key → `state text` (row absent: unknown key).
+    pub key_state: Arc<str>,
+    /// `$1 int8` id → a history row.
+    pub finished: Arc<str>,
+    /// `$1 text` queue, `$2 int8` limit → history rows, most recent first.
+    pub history: Arc<str>,
+    /// → `n int8`, the number of expired history rows removed.
+    pub cleanup_history: Arc<str>,
     /// `$1 text[]` queues → `next_at timestamptz` (null: nothing pending), `now timestamptz`.
     pub next_run: Arc<str>,
     /// `LISTEN` on this table's channel (no parameters).
@@ -180,64 +199,135 @@ impl Statements {
     /// Renders every statement for `table`.
     pub fn new(table: &QueueTable) -> Self {
         let t = table.qualified();
+        let keys = table.object(&format!("{}_keys", table.table()));
+        let history = table.object(&format!("{}_history", table.table()));
         let cols = JOB_COLUMNS.replace("{state}", STATE_EXPR);
         let claim_cols = JOB_COLUMNS.replace("{state}", "'running'");
-        let ready =
-            "state <> 'failed' AND run_at <= statement_timestamp() AND attempts < max_attempts";
-        let order = "priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC";
+        let ready = |a: &str| {
+            format!(
+                "{a}.state <> 'failed' AND {a}.run_at <= statement_timestamp() \
+                 AND {a}.attempts < {a}.max_attempts"
+            )
+        };
+        let order = |a: &str| {
+            format!("{a}.priority DESC, {a}.expected_at ASC NULLS LAST, {a}.run_at ASC, {a}.id ASC")
+        };
+        let (ready_j, ready_o, order_j, order_o, order_c) =
+            (ready("j"), ready("o"), order("j"), order("o"), order("c"));
+        // Frees the key a job held; `{src}` names the rows with `id`, `queue`, `key`.
+        let free_key = |src: &str| {
+            format!(
+                "UPDATE {keys} AS k SET running_id = NULL, running_until = NULL \
+                 FROM {src} WHERE {src}.key IS NOT NULL AND k.queue = {src}.queue \
+                 AND k.key = {src}.key AND k.running_id = {src}.id"
+            )
+        };
         let s = |text: String| -> Arc<str> { Arc::from(text) };
         Statements {
             insert: s(format!(
-                "INSERT INTO {t} (queue, payload, priority, run_at, expected_at, max_attempts) \
+                "WITH ins AS (INSERT INTO {t} AS t (queue, payload, priority, run_at, expected_at, \
+                 max_attempts, key, cursor, keep_for) \
                  SELECT j.queue, j.payload::jsonb, j.priority, \
                  COALESCE(j.run_at, statement_timestamp() + j.run_in * interval '1 microsecond'), \
                  COALESCE(j.expected_at, statement_timestamp() + j.expected_in * interval '1 microsecond'), \
-                 j.max_attempts \
+                 j.max_attempts, j.key, j.cursor, j.keep_for \
                  FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[], \
-                 $6::timestamptz[], $7::int8[], $8::int4[]) WITH ORDINALITY \
-                 AS j(queue, payload, priority, run_at, run_in, expected_at, expected_in, max_attempts, ord) \
-                 ORDER BY j.ord RETURNING id"
+                 $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[]) \
+                 WITH ORDINALITY AS j(queue, payload, priority, run_at, run_in, expected_at, \
+                 expected_in, max_attempts, key, cursor, keep_for, ord) \
+                 ORDER BY j.ord \
+                 ON CONFLICT (queue, key) WHERE cursor AND lease_token IS NULL \
+                 DO UPDATE SET cursor = EXCLUDED.cursor \
+                 RETURNING t.id, t.cursor, t.queue, t.key), \
+                 new_keys AS (INSERT INTO {keys} (queue, key) \
+                 SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL \
+                 ON CONFLICT DO NOTHING) \
+                 SELECT id, cursor, queue, key FROM ins"
             )),
             claim: s(format!(
-                "WITH picked AS (\
-                 SELECT c.id, c.run_at AS prev_run_at FROM unnest($1::text[]) AS q(name) \
-                 CROSS JOIN LATERAL (SELECT id, priority, expected_at, run_at FROM {t} \
-                 WHERE queue = q.name AND {ready} ORDER BY {order} LIMIT $2::int4 \
-                 FOR UPDATE SKIP LOCKED) AS c \
-                 ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC \
-                 LIMIT $2::int4), \
+                "WITH cand AS (\
+                 SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at \
+                 FROM unnest($1::text[]) AS q(name) \
+                 CROSS JOIN LATERAL (SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at \
+                 FROM {t} AS j WHERE j.queue = q.name AND {ready_j} \
+                 AND (j.key IS NULL OR (\
+                 (SELECT o.id FROM {t} AS o WHERE o.queue = j.queue AND o.key = j.key \
+                 AND {ready_o} ORDER BY {order_o} LIMIT 1) = j.id \
+                 AND NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = j.queue \
+                 AND k.key = j.key AND k.running_id <> j.id \
+                 AND k.running_until > statement_timestamp()))) \
+                 ORDER BY {order_j} LIMIT $2::int4 FOR UPDATE OF j SKIP LOCKED) AS c \
+                 ORDER BY {order_c} LIMIT $2::int4), \
+                 held AS (SELECT k.queue, k.key FROM {keys} AS k JOIN cand AS c \
+                 ON k.queue = c.queue AND k.key = c.key \
+                 WHERE k.running_id IS NULL OR k.running_id = c.id \
+                 OR k.running_until <= statement_timestamp() \
+                 FOR UPDATE OF k SKIP LOCKED), \
+                 picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c \
+                 WHERE c.key IS NULL OR EXISTS (SELECT 1 FROM held AS h \
+                 WHERE h.queue = c.queue AND h.key = c.key)), \
                  claimed AS (UPDATE {t} AS t SET state = 'running', attempts = t.attempts + 1, \
                  lease_token = $4::int8, \
                  run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' \
-                 FROM picked WHERE t.id = picked.id RETURNING t.*, picked.prev_run_at) \
-                 SELECT {claim_cols} FROM claimed \
+                 FROM picked WHERE t.id = picked.id RETURNING t.*, picked.prev_run_at), \
+                 taken AS (UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at \
+                 FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key \
+                 RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state) \
+                 SELECT {claim_cols}, \
+                 CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state \
+                 FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key \
                  ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC"
             )),
             complete: s(format!(
-                "DELETE FROM {t} AS t USING unnest($1::int8[], $2::int8[]) AS l(id, token) \
+                "WITH done AS (DELETE FROM {t} AS t \
+                 USING unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) \
+                 AS l(id, token, result, key_state) \
                  WHERE t.id = l.id AND t.lease_token = l.token AND t.state = 'running' \
-                 RETURNING t.id"
+                 RETURNING t.id, t.queue, t.payload, t.key, t.cursor, t.priority, t.attempts, \
+                 t.created_at, t.keep_for, l.result, l.key_state), \
+                 freed AS (UPDATE {keys} AS k SET running_id = NULL, running_until = NULL, \
+                 state = COALESCE(done.key_state::jsonb, k.state) \
+                 FROM done WHERE done.key IS NOT NULL AND k.queue = done.queue \
+                 AND k.key = done.key AND k.running_id = done.id), \
+                 kept AS (INSERT INTO {history} (id, queue, payload, key, cursor, priority, \
+                 attempts, result, created_at, finished_at, keep_until) \
+                 SELECT id, queue, payload, key, cursor, priority, attempts, result::jsonb, \
+                 created_at, statement_timestamp(), \
+                 statement_timestamp() + keep_for * interval '1 microsecond' \
+                 FROM done WHERE keep_for IS NOT NULL) \
+                 SELECT id FROM done"
             )),
             fail: s(format!(
-                "UPDATE {t} SET \
+                "WITH f AS (UPDATE {t} SET \
                  state = CASE WHEN $6::bool AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
                  run_at = CASE WHEN $6::bool AND attempts < max_attempts THEN COALESCE($3::timestamptz, \
                  statement_timestamp() + $4::int8 * interval '1 microsecond') \
                  ELSE statement_timestamp() END, \
-                 lease_token = NULL, last_error = $5::text \
+                 last_error = $5::text \
                  WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
-                 RETURNING {STATE_EXPR} AS state"
+                 RETURNING id, queue, key, {STATE_EXPR} AS state), \
+                 freed AS ({free}) \
+                 SELECT state FROM f",
+                free = free_key("f")
             )),
             extend: s(format!(
-                "UPDATE {t} SET run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' \
+                "WITH e AS (UPDATE {t} \
+                 SET run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' \
                  WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
-                 RETURNING run_at"
+                 RETURNING id, queue, key, run_at), \
+                 moved AS (UPDATE {keys} AS k SET running_until = e.run_at FROM e \
+                 WHERE e.key IS NOT NULL AND k.queue = e.queue AND k.key = e.key \
+                 AND k.running_id = e.id) \
+                 SELECT run_at FROM e"
             )),
             release: s(format!(
-                "UPDATE {t} SET state = 'queued', attempts = GREATEST(attempts - 1, 0), \
-                 run_at = statement_timestamp(), lease_token = NULL \
+                "WITH r AS (UPDATE {t} SET state = 'queued', \
+                 attempts = GREATEST(attempts - 1, 0), run_at = statement_timestamp() \
                  WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
-                 RETURNING id"
+                 RETURNING id, queue, key), \
+                 freed AS ({free}) \
+                 SELECT id FROM r",
+                free = free_key("r")
             )),
             cancel: s(format!(
                 "WITH target AS (SELECT id, {STATE_EXPR} AS state FROM {t} WHERE id = $1::int8 FOR UPDATE), \
@@ -248,21 +338,58 @@ impl Statements {
             retry: s(format!(
                 "WITH target AS (SELECT id, {STATE_EXPR} AS state FROM {t} WHERE id = $1::int8 FOR UPDATE), \
                  restarted AS (UPDATE {t} AS t SET state = 'queued', attempts = 0, \
-                 run_at = statement_timestamp(), lease_token = NULL FROM target \
+                 run_at = statement_timestamp() FROM target \
                  WHERE t.id = target.id AND target.state = 'failed' RETURNING t.id) \
                  SELECT state FROM target"
             )),
-            job: s(format!("SELECT {cols} FROM {t} WHERE id = $1::int8")),
+            job: s(format!(
+                "SELECT {cols}, NULL::text AS key_state FROM {t} WHERE id = $1::int8"
+            )),
             stats: s(format!(
                 "SELECT {STATE_EXPR} AS state, count(*)::int8 AS n FROM {t} \
                  WHERE queue = $1::text GROUP BY 1"
             )),
-            purge: s(format!("DELETE FROM {t} WHERE queue = $1::text")),
+            purge: s(format!(
+                "WITH gone AS (DELETE FROM {t} WHERE queue = $1::text RETURNING id), \
+                 freed AS (UPDATE {keys} SET running_id = NULL, running_until = NULL \
+                 WHERE queue = $1::text AND running_id IS NOT NULL) \
+                 SELECT count(*)::int8 AS n FROM gone"
+            )),
+            key_state: s(format!(
+                "SELECT COALESCE(state::text, 'null') AS state FROM {keys} \
+                 WHERE queue = $1::text AND key = $2::text"
+            )),
+            finished: s(format!(
+                "SELECT {FINISHED_COLUMNS} FROM {history} WHERE id = $1::int8"
+            )),
+            history: s(format!(
+                "SELECT {FINISHED_COLUMNS} FROM {history} WHERE queue = $1::text \
+                 ORDER BY finished_at DESC, id DESC LIMIT $2::int8"
+            )),
+            cleanup_history: s(format!(
+                "WITH gone AS (DELETE FROM {history} WHERE keep_until <= statement_timestamp() \
+                 RETURNING 1) SELECT count(*)::int8 AS n FROM gone"
+            )),
+            // Jobs without a key: the earliest `run_at` per queue. Keyed jobs: per live key
+            // (found by skipping through the key index), its earliest `run_at`, but not before
+            // a live lease on the key runs out.
             next_run: s(format!(
-                "SELECT (SELECT min(n.run_at) FROM unnest($1::text[]) AS q(name) \
-                 CROSS JOIN LATERAL (SELECT run_at FROM {t} WHERE queue = q.name \
-                 AND state <> 'failed' AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS n) \
-                 AS next_at, statement_timestamp() AS now"
+                "WITH RECURSIVE qs AS (SELECT DISTINCT name FROM unnest($1::text[]) AS q(name)), \
+                 ks AS (SELECT qs.name AS queue, (SELECT min(key) FROM {t} WHERE queue = qs.name \
+                 AND key IS NOT NULL AND state <> 'failed') AS key FROM qs \
+                 UNION ALL \
+                 SELECT ks.queue, (SELECT min(key) FROM {t} WHERE queue = ks.queue \
+                 AND key > ks.key AND state <> 'failed') FROM ks WHERE ks.key IS NOT NULL) \
+                 SELECT LEAST(\
+                 (SELECT min(n.run_at) FROM qs CROSS JOIN LATERAL (SELECT run_at FROM {t} \
+                 WHERE queue = qs.name AND key IS NULL AND state <> 'failed' \
+                 AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS n), \
+                 (SELECT min(GREATEST(h.run_at, CASE WHEN k.running_until > statement_timestamp() \
+                 THEN k.running_until END)) FROM ks CROSS JOIN LATERAL (SELECT run_at FROM {t} \
+                 WHERE queue = ks.queue AND key = ks.key AND state <> 'failed' \
+                 AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS h \
+                 LEFT JOIN {keys} AS k ON k.queue = ks.queue AND k.key = ks.key)\
+                 ) AS next_at, statement_timestamp() AS now"
             )),
             listen: s(format!("LISTEN \"{}\"", table.channel())),
         }
@@ -288,6 +415,65 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let run_idx = quote(&format!("{}_run_at", table.table()));
     let notify_fn = table.object(&format!("{}_notify", table.table()));
     let channel = table.channel();
+    let name = |suffix: &str| format!("{}_{suffix}", table.table());
+    let keys = table.object(&name("keys"));
+    let history = table.object(&name("history"));
+    let key_idx = quote(&name("key"));
+    let key_run_idx = quote(&name("key_run_at"));
+    let pending_idx = quote(&name("cursor_pending"));
+    let history_idx = quote(&name("history_queue"));
+    let history_keep_idx = quote(&name("history_keep"));
+    let key_notify_fn = table.object(&name("key_freed"));
+    let run_idx_qualified = table.object(&name("run_at"));
+    let v2 = Migration {
+        version: 2,
+        description: "serial and cursor keys, key states, job history",
+        sql: format!(
+            "ALTER TABLE {t} ADD COLUMN key text CHECK (length(key) BETWEEN 1 AND 255),\n\
+             \x20 ADD COLUMN cursor boolean NOT NULL DEFAULT false,\n\
+             \x20 ADD COLUMN keep_for bigint CHECK (keep_for > 0);\n\
+             DROP INDEX {run_idx_qualified};\n\
+             CREATE INDEX {run_idx} ON {t} (queue, run_at) WHERE state <> 'failed' AND key IS NULL;\n\
+             CREATE INDEX {key_idx} ON {t} (queue, key, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC) \
+             WHERE key IS NOT NULL AND state <> 'failed';\n\
+             CREATE INDEX {key_run_idx} ON {t} (queue, key, run_at) WHERE key IS NOT NULL AND state <> 'failed';\n\
+             CREATE UNIQUE INDEX {pending_idx} ON {t} (queue, key) WHERE cursor AND lease_token IS NULL;\n\
+             CREATE TABLE {keys} (\n\
+             \x20 queue text NOT NULL,\n\
+             \x20 key text NOT NULL,\n\
+             \x20 running_id bigint,\n\
+             \x20 running_until timestamptz,\n\
+             \x20 state jsonb,\n\
+             \x20 PRIMARY KEY (queue, key)\n\
+             );\n\
+             CREATE TABLE {history} (\n\
+             \x20 id bigint PRIMARY KEY,\n\
+             \x20 queue text NOT NULL,\n\
+             \x20 payload jsonb NOT NULL,\n\
+             \x20 key text,\n\
+             \x20 cursor boolean NOT NULL,\n\
+             \x20 priority integer NOT NULL,\n\
+             \x20 attempts integer NOT NULL,\n\
+             \x20 result jsonb,\n\
+             \x20 created_at timestamptz NOT NULL,\n\
+             \x20 finished_at timestamptz NOT NULL,\n\
+             \x20 keep_until timestamptz NOT NULL\n\
+             );\n\
+             CREATE INDEX {history_idx} ON {history} (queue, finished_at DESC, id DESC);\n\
+             CREATE INDEX {history_keep_idx} ON {history} (keep_until);\n\
+             CREATE FUNCTION {key_notify_fn}() RETURNS trigger LANGUAGE plpgsql AS $pq$\n\
+             BEGIN\n\
+             \x20 IF EXISTS (SELECT 1 FROM {t} WHERE queue = NEW.queue AND key = NEW.key AND state <> 'failed') THEN\n\
+             \x20   PERFORM pg_notify('{channel}', NEW.queue);\n\
+             \x20 END IF;\n\
+             \x20 RETURN NULL;\n\
+             END\n\
+             $pq$;\n\
+             CREATE TRIGGER pq_notify_key_freed AFTER UPDATE ON {keys} FOR EACH ROW \
+             WHEN (OLD.running_id IS NOT NULL AND NEW.running_id IS NULL) \
+             EXECUTE FUNCTION {key_notify_fn}();\n"
+        ),
+    };
     vec![Migration {
         version: 1,
         description: "jobs table, claim index, notify trigger",
@@ -320,7 +506,7 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
              CREATE TRIGGER pq_notify_update AFTER UPDATE ON {t} REFERENCING NEW TABLE AS new_rows \
              FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}();\n"
         ),
-    }]
+    }, v2]
 }
 
 /// The statements a store runs, in one transaction, to bring the schema up to date.
@@ -396,6 +582,10 @@ pub struct JobRow {
     pub last_error: Option<String>,
     pub created_at: DateTime<Utc>,
     pub lease_token: Option<i64>,
+    pub key: Option<String>,
+    pub cursor: bool,
+    pub keep_for: Option<i64>,
+    pub key_state: Option<String>,
 }
 
 impl JobRow {
@@ -403,7 +593,14 @@ impl JobRow {
     pub fn into_job(self) -> Result<Job> {
         let state = parse_state(&self.state)?;
         let payload: Value = serde_json::from_str(&self.payload)?;
+        let (serial_key, cursor_key) = split_key(self.key, self.cursor);
         Ok(Job {
+            serial_key,
+            cursor_key,
+            keep_history: self
+                .keep_for
+                .and_then(|us| u64::try_from(us).ok())
+                .map(std::time::Duration::from_micros),
             id: JobId(self.id),
             queue: self.queue,
             payload,
@@ -419,16 +616,97 @@ impl JobRow {
     }
 
     /// Converts a claimed row into a [`ClaimedJob`].
-    pub fn into_claimed(self) -> Result<ClaimedJob> {
+    pub fn into_claimed(mut self) -> Result<ClaimedJob> {
         let token = self
             .lease_token
             .ok_or_else(|| Error::Backend("claimed row carries no lease token".into()))?;
+        let key_state = match self.key_state.take() {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        };
         let job = self.into_job()?;
         let lease = Lease {
             job_id: job.id,
             token,
         };
-        Ok(ClaimedJob::new(job, lease))
+        Ok(ClaimedJob::new(job, lease).with_key_state(key_state))
+    }
+}
+
+fn split_key(key: Option<String>, cursor: bool) -> (Option<String>, Option<String>) {
+    match key {
+        Some(k) if cursor => (None, Some(k)),
+        k => (k, None),
+    }
+}
+
+/// A history row as the SQL stores decode it from [`Statements::finished`] and
+/// [`Statements::history`].
+#[derive(Debug, Clone)]
+#[allow(missing_docs)]
+pub struct FinishedRow {
+    pub id: i64,
+    pub queue: String,
+    pub payload: String,
+    pub key: Option<String>,
+    pub cursor: bool,
+    pub priority: i32,
+    pub attempts: i32,
+    pub result: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub keep_until: DateTime<Utc>,
+}
+
+impl FinishedRow {
+    /// Converts the row into a [`FinishedJob`].
+    pub fn into_finished(self) -> Result<FinishedJob> {
+        let (serial_key, cursor_key) = split_key(self.key, self.cursor);
+        let mut job = Job::new(
+            JobId(self.id),
+            self.queue,
+            serde_json::from_str(&self.payload)?,
+            self.created_at,
+        );
+        job.serial_key = serial_key;
+        job.cursor_key = cursor_key;
+        job.priority = self.priority;
+        job.attempts = u32::try_from(self.attempts).unwrap_or(0);
+        let result = match self.result {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        };
+        Ok(FinishedJob::new(
+            job,
+            result,
+            self.finished_at,
+            self.keep_until,
+        ))
+    }
+}
+
+/// The column arrays [`Statements::complete`] takes.
+#[derive(Debug, Default)]
+#[allow(missing_docs)]
+pub struct DoneArrays {
+    pub id: Vec<i64>,
+    pub token: Vec<i64>,
+    pub result: Vec<Option<String>>,
+    pub key_state: Vec<Option<String>>,
+}
+
+impl DoneArrays {
+    /// Splits completions into columns, JSON as text.
+    pub fn new(done: &[Done]) -> Result<Self> {
+        let mut a = DoneArrays::default();
+        let text = |v: &Option<Value>| v.as_ref().map(serde_json::to_string).transpose();
+        for d in done {
+            a.id.push(d.lease.job_id.0);
+            a.token.push(d.lease.token);
+            a.result.push(text(&d.result)?);
+            a.key_state.push(text(&d.key_state)?);
+        }
+        Ok(a)
     }
 }
 
@@ -438,6 +716,9 @@ pub fn parse_state(s: &str) -> Result<JobState> {
 }
 
 /// Splits jobs into the column arrays [`Statements::insert`] takes.
+///
+/// Jobs with a cursor key already pending earlier in the same call are not sent: they take
+/// the id of that earlier job ([`InsertArrays::ids`]).
 #[derive(Debug, Default)]
 #[allow(missing_docs)]
 pub struct InsertArrays {
@@ -449,6 +730,11 @@ pub struct InsertArrays {
     pub expected_at: Vec<Option<DateTime<Utc>>>,
     pub expected_in: Vec<Option<i64>>,
     pub max_attempts: Vec<i32>,
+    pub key: Vec<Option<String>>,
+    pub cursor: Vec<bool>,
+    pub keep_for: Vec<Option<i64>>,
+    /// For each job given, the row sent for it.
+    pub slots: Vec<usize>,
 }
 
 impl InsertArrays {
@@ -456,8 +742,17 @@ impl InsertArrays {
     pub fn new(jobs: &[crate::NewJob]) -> Result<Self> {
         use crate::When;
         let mut a = InsertArrays::default();
+        let mut cursor_rows: HashMap<(&str, &str), usize> = HashMap::new();
         for job in jobs {
             job.validate()?;
+            if let Some((key, true)) = job.key() {
+                if let Some(&row) = cursor_rows.get(&(job.queue.as_str(), key)) {
+                    a.slots.push(row);
+                    continue;
+                }
+                cursor_rows.insert((&job.queue, key), a.queue.len());
+            }
+            a.slots.push(a.queue.len());
             a.queue.push(job.queue.clone());
             a.payload.push(serde_json::to_string(&job.payload)?);
             a.priority.push(job.priority);
@@ -479,18 +774,54 @@ impl InsertArrays {
                 i32::try_from(job.max_attempts)
                     .map_err(|_| Error::invalid("max_attempts", "too large"))?,
             );
+            let key = job.key();
+            a.key.push(key.map(|(k, _)| k.to_owned()));
+            a.cursor.push(key.is_some_and(|(_, cursor)| cursor));
+            a.keep_for.push(job.keep_history.map(crate::micros));
         }
         Ok(a)
+    }
+
+    /// The id of every job given, in order, from the rows [`Statements::insert`] returned
+    /// (`id, cursor, queue, key`). Cursor rows are matched by queue and key (unique among the
+    /// rows sent); every other row was inserted, and ids come from one sequence in the order
+    /// the rows were sent.
+    pub fn ids(
+        &self,
+        rows: impl IntoIterator<Item = (i64, bool, String, Option<String>)>,
+    ) -> Result<Vec<JobId>> {
+        let mut by_key: HashMap<(String, String), i64> = HashMap::new();
+        let mut plain: Vec<i64> = Vec::with_capacity(self.queue.len());
+        for (id, cursor, queue, key) in rows {
+            match key {
+                Some(key) if cursor => {
+                    by_key.insert((queue, key), id);
+                }
+                _ => plain.push(id),
+            }
+        }
+        plain.sort_unstable();
+        let mut plain = plain.into_iter();
+        let mut row_ids = Vec::with_capacity(self.queue.len());
+        for row in 0..self.queue.len() {
+            let id = match (&self.key[row], self.cursor[row]) {
+                (Some(key), true) => by_key.get(&(self.queue[row].clone(), key.clone())).copied(),
+                _ => plain.next(),
+            };
+            row_ids
+                .push(id.ok_or_else(|| Error::Backend("the insert returned too few rows".into()))?);
+        }
+        Ok(self.slots.iter().map(|&row| JobId(row_ids[row])).collect())
     }
 }
 
 /// The ids of [`Statements::complete`]'s result, in the order the leases were given (the
 /// statement returns them in no particular order). Linear in the batch size.
-pub fn completed_in_order(leases: &[Lease], done: impl IntoIterator<Item = i64>) -> Vec<JobId> {
+pub fn completed_in_order(given: &[Done], done: impl IntoIterator<Item = i64>) -> Vec<JobId> {
     let done: std::collections::HashSet<i64> = done.into_iter().collect();
-    leases
+    given
         .iter()
-        .map(|l| l.job_id)
+        .map(|d| d.lease.job_id)
         .filter(|id| done.contains(&id.0))
         .collect()
 }

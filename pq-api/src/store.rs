@@ -7,7 +7,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::error::Result;
-use crate::job::{Claim, ClaimedJob, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats};
+use serde_json::Value;
+
+use crate::job::{
+    Claim, ClaimedJob, Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats,
+};
 
 /// A store of jobs: all queues in one place, claimed under leases.
 ///
@@ -32,6 +36,10 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   [`JobState::Scheduled`] and not claimable until then (`scheduled_job_is_not_claimable_before_its_time`).
     /// - Each job starts with `attempts = 0`; ids are unique within the store.
     /// - Waiters on the job's queue ([`QueueStore::wait`]) are woken.
+    /// - A job with a cursor key, put while a job of its queue with that key is pending (put
+    ///   and never claimed), adds nothing: its id is the pending job's
+    ///   (`cursor_key_keeps_one_pending_job`), also among the jobs of one call and between
+    ///   concurrent callers (`concurrent_puts_with_one_cursor_key_make_one_job`).
     async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>>;
 
     /// Claims up to `claim.limit` claimable jobs from `claim.queues`, each under a lease of
@@ -48,6 +56,14 @@ pub trait QueueStore: Send + Sync + Debug {
     /// - Each claim increments `attempts`, sets the job [`JobState::Running`] with `run_at`
     ///   at the lease expiry, and issues a new [`Lease`] token that fences off every earlier
     ///   holder.
+    /// - Serial and cursor keys: a job with a key is claimable only while no other job of its
+    ///   queue with that key runs under a live lease, and only if it comes first in claim order
+    ///   among that key's claimable jobs; so one claim hands out at most one job per key
+    ///   (`serial_key_runs_one_job_at_a_time_in_order`,
+    ///   `racing_claimers_never_run_two_jobs_of_one_key`). Completing, failing or releasing
+    ///   the job, or its lease expiring, frees the key (`expired_lease_frees_the_key`).
+    ///   Jobs without a key, and other keys, are not held up (`keys_do_not_hold_up_other_jobs`).
+    /// - A keyed job comes with its key's state ([`ClaimedJob::key_state`]).
     /// - Returns an empty list, not an error, when nothing is claimable.
     /// - An invalid claim (no queues, bad queue name, limit 0 or above
     ///   [`MAX_CLAIM_LIMIT`](crate::MAX_CLAIM_LIMIT), a zero lease) is rejected.
@@ -59,7 +75,11 @@ pub trait QueueStore: Send + Sync + Debug {
     /// - Returns the ids of the jobs completed; a job whose lease was lost (reclaimed by
     ///   another holder, or the job is gone) is left untouched and is not in the list.
     /// - A lease that expired but whose job nobody has reclaimed yet still completes it.
-    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>>;
+    /// - A job that still holds its key frees it and, if [`Done::key_state`] is set, saves it
+    ///   as the key's state (`key_state_is_handed_on_and_saved_on_complete`).
+    /// - A job put with [`NewJob::keep_history`] leaves a [`FinishedJob`] record with
+    ///   [`Done::result`] (`completed_job_is_kept_in_history_when_asked`).
+    async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>>;
 
     /// Records a failed attempt.
     ///
@@ -120,6 +140,25 @@ pub trait QueueStore: Send + Sync + Debug {
     /// Holders of running jobs lose their leases.
     async fn purge(&self, queue: &str) -> Result<u64>;
 
+    /// The state of a key of `queue`: `None` if no job ever had the key, `Some(Value::Null)`
+    /// if no state was saved yet.
+    async fn key_state(&self, queue: &str, key: &str) -> Result<Option<Value>>;
+
+    /// The history record of a completed job.
+    ///
+    /// # Contract
+    /// - Found from completion until [`QueueStore::cleanup_history`] runs after its
+    ///   `keep_until`; a job put without [`NewJob::keep_history`], or not yet completed, gets
+    ///   [`Error::NotFound`](crate::Error::NotFound).
+    async fn finished(&self, id: JobId) -> Result<FinishedJob>;
+
+    /// The history records of `queue`, most recently finished first, at most `limit`.
+    async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>>;
+
+    /// Removes the history records whose `keep_until` has passed; returns how many went
+    /// (`cleanup_history_removes_expired_records`).
+    async fn cleanup_history(&self) -> Result<u64>;
+
     /// Waits until a job may have become claimable in `queues`, or `timeout` passes.
     ///
     /// # Contract
@@ -128,5 +167,7 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   expiry reached), `false` once `timeout` has passed with none. A `true` may be spurious
     ///   (another worker got there first): claim and wait again.
     /// - Wakes on jobs put through any handle on the same store, without polling the jobs.
+    /// - A job held up by its key does not count as claimable; its key being freed wakes
+    ///   waiters (`wait_wakes_when_a_key_is_freed`).
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool>;
 }

@@ -8,7 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,8 +17,11 @@ use serde::Serialize;
 use serde_json::Value;
 use tokio::sync::watch;
 
+use crate::codec::Codec;
 use crate::error::{Error, Result};
-use crate::job::{validate_queue_name, Job, JobId, Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS};
+use crate::job::{
+    validate_queue_name, ClaimedJob, Done, Job, JobId, Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS,
+};
 use crate::store::QueueStore;
 
 /// The envelope field naming the task.
@@ -69,12 +72,39 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
         TaskDefaults::new()
     }
 
+    /// Encodes the task into its job's `args`: serde JSON unless overridden. To store a task
+    /// in another format, override this and [`Task::decode`] with a [`Codec`](crate::Codec):
+    ///
+    /// ```
+    /// # #[cfg(feature = "msgpack")] {
+    /// use pq_api::{Codec, MessagePack, Result, Task};
+    /// #[derive(serde::Serialize, serde::Deserialize)]
+    /// struct Thumbnail { image: Vec<u8> }
+    /// impl Task for Thumbnail {
+    ///     const NAME: &'static str = "thumbnail";
+    ///     fn encode(&self) -> Result<serde_json::Value> { MessagePack::encode(self) }
+    ///     fn decode(args: &serde_json::Value) -> Result<Self> { MessagePack::decode(args) }
+    /// }
+    /// let job = Thumbnail { image: vec![0; 64] }.to_job()?;
+    /// assert_eq!(job.payload["args"]["codec"], "msgpack");
+    /// # }
+    /// # Ok::<(), pq_api::Error>(())
+    /// ```
+    fn encode(&self) -> Result<Value> {
+        crate::codec::Json::encode(self)
+    }
+
+    /// Decodes the task from its job's `args`; the inverse of [`Task::encode`].
+    fn decode(args: &Value) -> Result<Self> {
+        crate::codec::Json::decode(args)
+    }
+
     /// The job that runs this task, with the task's defaults applied.
     fn to_job(&self) -> Result<NewJob> {
         let defaults = Self::defaults();
         let mut envelope = serde_json::Map::with_capacity(2);
         envelope.insert(TASK_FIELD.into(), Value::from(Self::NAME));
-        envelope.insert(ARGS_FIELD.into(), serde_json::to_value(self)?);
+        envelope.insert(ARGS_FIELD.into(), self.encode()?);
         let mut job = NewJob::from_json(Self::QUEUE, Value::Object(envelope))
             .priority(defaults.priority)
             .max_attempts(defaults.max_attempts);
@@ -83,6 +113,9 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
         }
         if let Some(at) = defaults.expected_at {
             job = job.expected_at(at);
+        }
+        if let Some(keep) = defaults.keep_history {
+            job = job.keep_history(keep);
         }
         Ok(job)
     }
@@ -133,6 +166,8 @@ pub struct TaskDefaults {
     pub max_attempts: u32,
     /// Delay before each retry.
     pub backoff: Backoff,
+    /// Keep a record of each completed job this long ([`NewJob::keep_history`]).
+    pub keep_history: Option<Duration>,
 }
 
 impl Default for TaskDefaults {
@@ -143,6 +178,7 @@ impl Default for TaskDefaults {
             priority: 0,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: Backoff::default(),
+            keep_history: None,
         }
     }
 }
@@ -191,6 +227,12 @@ impl TaskDefaults {
     /// Retry by this policy.
     pub fn backoff(mut self, backoff: Backoff) -> Self {
         self.backoff = backoff;
+        self
+    }
+
+    /// Keep a record of each completed job, with its result, for `retention`.
+    pub fn keep_history(mut self, retention: Duration) -> Self {
+        self.keep_history = Some(retention);
         self
     }
 }
@@ -294,6 +336,9 @@ struct ContextInner {
     lease: Lease,
     store: Arc<dyn QueueStore>,
     cancel: watch::Receiver<Option<Cancelled>>,
+    key_state: Option<Value>,
+    /// What the handler asked to record on completion: result, new key state.
+    record: Mutex<(Option<Value>, Option<Value>)>,
 }
 
 impl fmt::Debug for TaskContext {
@@ -313,12 +358,22 @@ impl TaskContext {
         lease: Lease,
         store: Arc<dyn QueueStore>,
     ) -> (Self, watch::Sender<Option<Cancelled>>) {
+        Self::claimed(ClaimedJob::new(job, lease), store)
+    }
+
+    /// A context for a claimed job (with its key state), and the sender that cancels it.
+    pub fn claimed(
+        claimed: ClaimedJob,
+        store: Arc<dyn QueueStore>,
+    ) -> (Self, watch::Sender<Option<Cancelled>>) {
         let (tx, cancel) = watch::channel(None);
         let inner = ContextInner {
-            job,
-            lease,
+            job: claimed.job,
+            lease: claimed.lease,
             store,
             cancel,
+            key_state: claimed.key_state,
+            record: Mutex::new((None, None)),
         };
         (
             TaskContext {
@@ -356,6 +411,47 @@ impl TaskContext {
     /// The store the job came from, to enqueue follow-up jobs.
     pub fn store(&self) -> &Arc<dyn QueueStore> {
         &self.inner.store
+    }
+
+    /// The state of the job's serial or cursor key when the job was claimed
+    /// (`Value::Null` if none was saved yet); `None` for a job without a key.
+    pub fn key_state(&self) -> Option<&Value> {
+        self.inner.key_state.as_ref()
+    }
+
+    /// Saves `state` as the key's new state when the job completes (not if it fails).
+    /// A job without a key gets [`Error::InvalidArgument`].
+    pub fn set_key_state(&self, state: Value) -> Result<()> {
+        if self.inner.job.key().is_none() {
+            return Err(Error::invalid(
+                "key state",
+                format!("job {} has no serial or cursor key", self.inner.job.id),
+            ));
+        }
+        self.record().1 = Some(state);
+        Ok(())
+    }
+
+    /// Records `result` in the job's history record when it completes (kept only for jobs put
+    /// with [`NewJob::keep_history`]).
+    pub fn set_result(&self, result: Value) {
+        self.record().0 = Some(result);
+    }
+
+    /// What completing the job records: its lease, and the result and key state set so far.
+    /// A transactional handler completes its job with this.
+    pub fn done(&self) -> Done {
+        let record = self.record();
+        Done {
+            lease: self.inner.lease,
+            result: record.0.clone(),
+            key_state: record.1.clone(),
+        }
+    }
+
+    fn record(&self) -> std::sync::MutexGuard<'_, (Option<Value>, Option<Value>)> {
+        // Only whole values are ever stored, so a poisoned lock holds a consistent value.
+        self.inner.record.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Why the handler was cancelled, if it was.
@@ -453,7 +549,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
 /// Decodes a task from its job's `args`; a payload that cannot decode gives up (retrying
 /// would not help).
 pub fn decode_args<T: Task>(args: Value) -> Result<T, TaskError> {
-    serde_json::from_value(args).map_err(|e| {
+    T::decode(&args).map_err(|e| {
         TaskError::new(format!("cannot decode the args of task {:?}: {e}", T::NAME)).give_up()
     })
 }

@@ -13,7 +13,9 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::error::{Error, Result};
-use crate::job::{validate_lease, Claim, ClaimedJob, Failure, JobState, Lease, MAX_CLAIM_LIMIT};
+use crate::job::{
+    validate_lease, Claim, ClaimedJob, Done, Failure, JobState, Lease, MAX_CLAIM_LIMIT,
+};
 use crate::store::QueueStore;
 use crate::task::{Cancelled, Completion, Registered, Registry, TaskContext, TaskError};
 
@@ -190,7 +192,7 @@ pub struct Worker {
 /// What a job's task reports back to the worker loop.
 enum Outcome {
     /// Succeeded; the worker completes it.
-    Succeeded(Lease),
+    Succeeded(Done),
     /// Everything already recorded.
     Settled,
 }
@@ -304,7 +306,7 @@ impl Worker {
         let mut stop_rx = self.shared.stop.subscribe();
         let (abort_tx, _) = watch::channel(false);
         let mut running: JoinSet<Outcome> = JoinSet::new();
-        let mut done: Vec<Lease> = Vec::new();
+        let mut done: Vec<Done> = Vec::new();
         let mut claim = Claim::new(queues.iter().cloned()).lease(self.lease);
         let mut linger_until: Option<Instant> = None;
         let mut maybe_claimable = true;
@@ -417,7 +419,7 @@ impl Worker {
         &self,
         d: Duration,
         running: &mut JoinSet<Outcome>,
-        done: &mut Vec<Lease>,
+        done: &mut Vec<Done>,
         stop_rx: &mut watch::Receiver<Option<StopMode>>,
     ) {
         let until = Instant::now() + d;
@@ -439,10 +441,10 @@ impl Worker {
 
     /// Collects a finished job's outcome; true if it may have left a job claimable (a retry,
     /// a release).
-    fn reap(&self, joined: std::result::Result<Outcome, JoinError>, done: &mut Vec<Lease>) -> bool {
+    fn reap(&self, joined: std::result::Result<Outcome, JoinError>, done: &mut Vec<Done>) -> bool {
         match joined {
-            Ok(Outcome::Succeeded(lease)) => {
-                done.push(lease);
+            Ok(Outcome::Succeeded(finished)) => {
+                done.push(finished);
                 false
             }
             Ok(Outcome::Settled) => true,
@@ -455,7 +457,7 @@ impl Worker {
     }
 
     /// Completes every succeeded job in one statement.
-    async fn flush(&self, done: &mut Vec<Lease>) {
+    async fn flush(&self, done: &mut Vec<Done>) {
         if done.is_empty() {
             return;
         }
@@ -539,7 +541,8 @@ impl JobRun {
             Ok(r) => r,
             Err(e) => return self.record_failure(&lease, attempt, None, e).await,
         };
-        let (cx, cancel) = TaskContext::new(claimed.job, lease, self.store.clone());
+        let (cx, cancel) = TaskContext::claimed(claimed, self.store.clone());
+        let record = cx.clone();
         tracing::debug!("handler started");
         let handler = entry.handler.clone();
         let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
@@ -570,7 +573,7 @@ impl JobRun {
         };
         let retry = (attempt < max_attempts).then_some(entry);
         match result {
-            Ok(Ok(Completion::Pending)) => Outcome::Succeeded(lease),
+            Ok(Ok(Completion::Pending)) => Outcome::Succeeded(record.done()),
             Ok(Ok(Completion::Committed)) => {
                 Counters::bump(&self.shared.counts.processed, 1);
                 tracing::debug!("completed in the handler's transaction");

@@ -34,7 +34,7 @@ pub async fn racing_claimers_claim_every_job_exactly_once(store: Arc<dyn QueueSt
                     if got.is_empty() {
                         return mine;
                     }
-                    let leases: Vec<_> = got.iter().map(|j| j.lease).collect();
+                    let leases: Vec<pq_api::Done> = got.iter().map(|j| j.lease.into()).collect();
                     let done = store.complete_many(&leases).await.unwrap();
                     assert_eq!(done.len(), got.len(), "a fresh lease was lost");
                     mine.extend(done);

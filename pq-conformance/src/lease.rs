@@ -40,13 +40,13 @@ pub async fn complete_many_completes_only_held_leases(store: Arc<dyn QueueStore>
         token: got[2].lease.token.wrapping_add(1),
     };
     let done = store
-        .complete_many(&[got[0].lease, got[1].lease, forged])
+        .complete_many(&[got[0].lease.into(), got[1].lease.into(), forged.into()])
         .await
         .unwrap();
     assert_eq!(done, vec![ids[0], ids[1]]);
     assert_eq!(store.job(ids[2]).await.unwrap().state, JobState::Running);
     assert_eq!(
-        store.complete_many(&[got[2].lease]).await.unwrap(),
+        store.complete_many(&[got[2].lease.into()]).await.unwrap(),
         vec![ids[2]]
     );
 }

@@ -2,7 +2,8 @@
 //!
 //! Each case is a public `async fn(Arc<dyn QueueStore>)` that checks one clause of the
 //! [`QueueStore`] contract; its doc sentence states the clause. Cases are grouped by area:
-//! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`], and [`worker`]: the
+//! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`], [`keys`] (serial and
+//! cursor keys, key states), [`history`] (job history, payload codecs), and [`worker`]: the
 //! worker and typed tasks running on the store.
 //!
 //! The suite never builds stores itself: it gets a fresh, isolated store per case from your
@@ -24,6 +25,8 @@
 pub mod admin;
 pub mod claim;
 pub mod concurrency;
+pub mod history;
+pub mod keys;
 pub mod lease;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -122,6 +125,20 @@ macro_rules! suite {
             worker::two_workers_share_a_queue_running_each_job_once,
             worker::job_of_a_dead_worker_runs_again_after_its_lease,
             worker::invalid_worker_configuration_is_rejected,
+            keys::serial_key_runs_one_job_at_a_time_in_order,
+            keys::keys_do_not_hold_up_other_jobs,
+            keys::expired_lease_frees_the_key,
+            keys::racing_claimers_never_run_two_jobs_of_one_key,
+            keys::cursor_key_keeps_one_pending_job,
+            keys::concurrent_puts_with_one_cursor_key_make_one_job,
+            keys::key_state_is_handed_on_and_saved_on_complete,
+            keys::wait_wakes_when_a_key_is_freed,
+            keys::put_rejects_bad_keys,
+            keys::worker_threads_key_state_through_a_keys_jobs,
+            history::completed_job_is_kept_in_history_when_asked,
+            history::cleanup_history_removes_expired_records,
+            history::put_rejects_bad_history_retention,
+            history::encoded_payloads_round_trip_through_the_store,
         );
     };
 }

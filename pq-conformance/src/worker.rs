@@ -20,8 +20,8 @@ use crate::{HOUR, LONG_LEASE};
 
 /// A task whose behaviour each case scripts through [`Script`].
 #[derive(Debug, Serialize, Deserialize)]
-struct Work {
-    n: u32,
+pub(crate) struct Work {
+    pub(crate) n: u32,
 }
 
 impl Task for Work {
@@ -35,7 +35,7 @@ impl Task for Work {
 /// Like [`Work`], retried an hour later.
 #[derive(Debug, Serialize, Deserialize)]
 struct Slow {
-    n: u32,
+    pub(crate) n: u32,
 }
 
 impl Task for Slow {
@@ -49,7 +49,7 @@ impl Task for Slow {
 /// Like [`Work`], with exponential backoff from an hour, without jitter.
 #[derive(Debug, Serialize, Deserialize)]
 struct Backing {
-    n: u32,
+    pub(crate) n: u32,
 }
 
 impl Task for Backing {
@@ -85,7 +85,7 @@ impl RunTask for Greet {
 }
 
 /// A handler from a closure: gets the decoded `n` and the context.
-struct Script<F>(F);
+pub(crate) struct Script<F>(pub(crate) F);
 
 #[async_trait]
 impl<F, Fut> JobHandler for Script<F>
@@ -103,7 +103,7 @@ where
     }
 }
 
-fn registry<T: Task, F, Fut>(f: F) -> Registry
+pub(crate) fn registry<T: Task, F, Fut>(f: F) -> Registry
 where
     F: Fn(u32, TaskContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), TaskError>> + Send,
@@ -121,7 +121,7 @@ fn works(n: u32) -> Vec<Work> {
 }
 
 /// Runs `worker` in the background; returns its handle and the task to join.
-fn start(
+pub(crate) fn start(
     worker: Worker,
 ) -> (
     WorkerHandle,

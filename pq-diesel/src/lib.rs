@@ -33,7 +33,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use diesel::result::DatabaseErrorKind;
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryableByName;
 use diesel_async::pooled_connection::deadpool::{Object, Pool, PoolError};
 use diesel_async::pooled_connection::{
@@ -41,12 +41,14 @@ use diesel_async::pooled_connection::{
 };
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection};
 use futures_util::StreamExt;
-use pq_api::sql::{self, InsertArrays, JobRow, MigrationStatements, Statements};
+use pq_api::sql::{
+    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements,
+};
 use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
 use pq_api::{
-    micros, Claim, ClaimedJob, Completion, Error, Failure, Job, JobHandler, JobId, JobState, Lease,
-    NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
+    micros, Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler,
+    JobId, JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
 };
 use tokio::sync::oneshot;
 
@@ -137,6 +139,14 @@ struct Row {
     created_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<BigInt>)]
     lease_token: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    key: Option<String>,
+    #[diesel(sql_type = Bool)]
+    cursor: bool,
+    #[diesel(sql_type = Nullable<BigInt>)]
+    keep_for: Option<i64>,
+    #[diesel(sql_type = Nullable<Text>)]
+    key_state: Option<String>,
 }
 
 impl From<Row> for JobRow {
@@ -154,8 +164,80 @@ impl From<Row> for JobRow {
             last_error: r.last_error,
             created_at: r.created_at,
             lease_token: r.lease_token,
+            key: r.key,
+            cursor: r.cursor,
+            keep_for: r.keep_for,
+            key_state: r.key_state,
         }
     }
+}
+
+#[derive(QueryableByName)]
+struct HistoryRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Text)]
+    queue: String,
+    #[diesel(sql_type = Text)]
+    payload: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    key: Option<String>,
+    #[diesel(sql_type = Bool)]
+    cursor: bool,
+    #[diesel(sql_type = Integer)]
+    priority: i32,
+    #[diesel(sql_type = Integer)]
+    attempts: i32,
+    #[diesel(sql_type = Nullable<Text>)]
+    result: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    created_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    finished_at: DateTime<Utc>,
+    #[diesel(sql_type = Timestamptz)]
+    keep_until: DateTime<Utc>,
+}
+
+impl From<HistoryRow> for FinishedRow {
+    fn from(r: HistoryRow) -> Self {
+        FinishedRow {
+            id: r.id,
+            queue: r.queue,
+            payload: r.payload,
+            key: r.key,
+            cursor: r.cursor,
+            priority: r.priority,
+            attempts: r.attempts,
+            result: r.result,
+            created_at: r.created_at,
+            finished_at: r.finished_at,
+            keep_until: r.keep_until,
+        }
+    }
+}
+
+#[derive(QueryableByName)]
+struct InsertedRow {
+    #[diesel(sql_type = BigInt)]
+    id: i64,
+    #[diesel(sql_type = Bool)]
+    cursor: bool,
+    #[diesel(sql_type = Text)]
+    queue: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    key: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct NRow {
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+#[derive(QueryableByName)]
+struct KeyStateRow {
+    #[diesel(sql_type = Text)]
+    state: String,
 }
 
 #[derive(QueryableByName)]
@@ -318,22 +400,22 @@ impl DieselStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<IdRow> = diesel::sql_query(&*self.inner.sql.insert)
-            .bind::<Array<Text>, _>(a.queue)
-            .bind::<Array<Text>, _>(a.payload)
-            .bind::<Array<Integer>, _>(a.priority)
-            .bind::<Array<Nullable<Timestamptz>>, _>(a.run_at)
-            .bind::<Array<Nullable<BigInt>>, _>(a.run_in)
-            .bind::<Array<Nullable<Timestamptz>>, _>(a.expected_at)
-            .bind::<Array<Nullable<BigInt>>, _>(a.expected_in)
-            .bind::<Array<Integer>, _>(a.max_attempts)
+        let rows: Vec<InsertedRow> = diesel::sql_query(&*self.inner.sql.insert)
+            .bind::<Array<Text>, _>(&a.queue)
+            .bind::<Array<Text>, _>(&a.payload)
+            .bind::<Array<Integer>, _>(&a.priority)
+            .bind::<Array<Nullable<Timestamptz>>, _>(&a.run_at)
+            .bind::<Array<Nullable<BigInt>>, _>(&a.run_in)
+            .bind::<Array<Nullable<Timestamptz>>, _>(&a.expected_at)
+            .bind::<Array<Nullable<BigInt>>, _>(&a.expected_in)
+            .bind::<Array<Integer>, _>(&a.max_attempts)
+            .bind::<Array<Nullable<Text>>, _>(&a.key)
+            .bind::<Array<Bool>, _>(&a.cursor)
+            .bind::<Array<Nullable<BigInt>>, _>(&a.keep_for)
             .load(conn)
             .await
             .map_err(map_err)?;
-        let mut ids: Vec<i64> = rows.into_iter().map(|r| r.id).collect();
-        // Ids come from one sequence in row order, so ascending ids are the input order.
-        ids.sort_unstable();
-        Ok(ids.into_iter().map(JobId).collect())
+        a.ids(rows.into_iter().map(|r| (r.id, r.cursor, r.queue, r.key)))
     }
 
     /// [`QueueStore::claim`] on your connection. Inside a transaction the claim is undone with
@@ -363,22 +445,23 @@ impl DieselStore {
     pub async fn complete_many_in(
         &self,
         conn: &mut AsyncPgConnection,
-        leases: &[Lease],
+        done: &[Done],
     ) -> Result<Vec<JobId>> {
-        if leases.is_empty() {
+        if done.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
-        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
-        let done: Vec<IdRow> = diesel::sql_query(&*self.inner.sql.complete)
-            .bind::<Array<BigInt>, _>(ids)
-            .bind::<Array<BigInt>, _>(tokens)
+        let a = DoneArrays::new(done)?;
+        let completed: Vec<IdRow> = diesel::sql_query(&*self.inner.sql.complete)
+            .bind::<Array<BigInt>, _>(a.id)
+            .bind::<Array<BigInt>, _>(a.token)
+            .bind::<Array<Nullable<Text>>, _>(a.result)
+            .bind::<Array<Nullable<Text>>, _>(a.key_state)
             .load(conn)
             .await
             .map_err(map_err)?;
         Ok(sql::completed_in_order(
-            leases,
-            done.into_iter().map(|d| d.id),
+            done,
+            completed.into_iter().map(|d| d.id),
         ))
     }
 
@@ -458,9 +541,9 @@ impl QueueStore for DieselStore {
         self.claim_in(&mut conn, claim).await
     }
 
-    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>> {
+    async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>> {
         let mut conn = self.conn().await?;
-        self.complete_many_in(&mut conn, leases).await
+        self.complete_many_in(&mut conn, done).await
     }
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
@@ -567,12 +650,66 @@ impl QueueStore for DieselStore {
 
     async fn purge(&self, queue: &str) -> Result<u64> {
         let mut conn = self.conn().await?;
-        let n = diesel::sql_query(&*self.inner.sql.purge)
+        let rows: Vec<NRow> = diesel::sql_query(&*self.inner.sql.purge)
             .bind::<Text, _>(queue)
-            .execute(&mut conn)
+            .load(&mut conn)
             .await
             .map_err(map_err)?;
-        Ok(u64::try_from(n).unwrap_or(0))
+        Ok(rows
+            .as_slice()
+            .first()
+            .map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
+    }
+
+    async fn key_state(&self, queue: &str, key: &str) -> Result<Option<serde_json::Value>> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<KeyStateRow> = diesel::sql_query(&*self.inner.sql.key_state)
+            .bind::<Text, _>(queue)
+            .bind::<Text, _>(key)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(rows
+            .as_slice()
+            .first()
+            .map(|r| serde_json::from_str(&r.state))
+            .transpose()?)
+    }
+
+    async fn finished(&self, id: JobId) -> Result<FinishedJob> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<HistoryRow> = diesel::sql_query(&*self.inner.sql.finished)
+            .bind::<BigInt, _>(id.0)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        let row = rows.into_iter().next().ok_or(Error::NotFound(id))?;
+        FinishedRow::from(row).into_finished()
+    }
+
+    async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<HistoryRow> = diesel::sql_query(&*self.inner.sql.history)
+            .bind::<Text, _>(queue)
+            .bind::<BigInt, _>(i64::from(limit))
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        rows.into_iter()
+            .map(|r| FinishedRow::from(r).into_finished())
+            .collect()
+    }
+
+    async fn cleanup_history(&self) -> Result<u64> {
+        let mut conn = self.conn().await?;
+        let rows: Vec<NRow> = diesel::sql_query(&*self.inner.sql.cleanup_history)
+            .load(&mut conn)
+            .await
+            .map_err(map_err)?;
+        Ok(rows
+            .as_slice()
+            .first()
+            .map_or(0, |r| u64::try_from(r.n).unwrap_or(0)))
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {
@@ -635,13 +772,17 @@ impl<T: DieselTask> JobHandler for Transactional<T> {
 
         let task = decode_args::<T>(args)?;
         let lease = *cx.lease();
+        let record = cx.clone();
         let mut conn = self.store.conn().await?;
         AnsiTransactionManager::begin_transaction(&mut *conn)
             .await
             .map_err(map_err)?;
         let outcome = async {
             task.run(cx, &mut conn).await?;
-            let done = self.store.complete_many_in(&mut conn, &[lease]).await?;
+            let done = self
+                .store
+                .complete_many_in(&mut conn, &[record.done()])
+                .await?;
             if done.is_empty() {
                 return Err(Error::LeaseLost(lease.job_id).into());
             }

@@ -27,9 +27,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use pq_api::{
-    micros, Claim, ClaimedJob, Error, Failure, Job, JobId, JobState, Lease, NewJob, QueueStats,
-    QueueStore, Result,
+    micros, Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobId, JobState, Lease,
+    NewJob, QueueStats, QueueStore, Result,
 };
+use serde_json::Value;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
@@ -80,6 +81,13 @@ impl Entry {
             && self.job.attempts < self.job.max_attempts
     }
 
+    /// The queue and key of a keyed job.
+    fn key_id(&self) -> Option<KeyId> {
+        self.job
+            .key()
+            .map(|(k, _)| (self.job.queue.clone(), k.to_owned()))
+    }
+
     fn holds(&self, lease: &Lease) -> bool {
         self.stored == Stored::Running && self.token == Some(lease.token)
     }
@@ -91,12 +99,37 @@ impl Entry {
     }
 }
 
+/// A queue and a key: keys are per queue.
+type KeyId = (String, String);
+
+/// What the store keeps per key (the SQL stores' `<table>_keys` row).
+#[derive(Debug, Default)]
+struct KeyRow {
+    /// The job holding the key, and until when.
+    running: Option<(i64, DateTime<Utc>)>,
+    state: Option<Value>,
+}
+
+impl KeyRow {
+    /// Whether another job than `id` holds the key under a live lease.
+    fn held_by_other(&self, id: i64, now: DateTime<Utc>) -> bool {
+        self.running
+            .is_some_and(|(holder, until)| holder != id && until > now)
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     next_id: i64,
     jobs: HashMap<i64, Entry>,
     /// Per queue, the non-failed jobs in claim order (the SQL stores' partial index).
     order: HashMap<String, BTreeSet<OrderKey>>,
+    /// Per key, its non-failed jobs in claim order (the SQL stores' key index).
+    by_key: HashMap<KeyId, BTreeSet<OrderKey>>,
+    keys: HashMap<KeyId, KeyRow>,
+    /// Per cursor key, its pending job: put and never claimed.
+    pending: HashMap<KeyId, i64>,
+    history: HashMap<i64, FinishedJob>,
 }
 
 impl Inner {
@@ -106,6 +139,9 @@ impl Inner {
                 .entry(entry.job.queue.clone())
                 .or_default()
                 .insert(entry.key());
+            if let Some(k) = entry.key_id() {
+                self.by_key.entry(k).or_default().insert(entry.key());
+            }
         }
     }
 
@@ -113,6 +149,52 @@ impl Inner {
         if let Some(set) = self.order.get_mut(&entry.job.queue) {
             set.remove(&entry.key());
         }
+        if let Some(k) = entry.key_id() {
+            if let Some(set) = self.by_key.get_mut(&k) {
+                set.remove(&entry.key());
+                if set.is_empty() {
+                    self.by_key.remove(&k);
+                }
+            }
+        }
+    }
+
+    /// Whether a claim may take this claimable job: it has no key, or it comes first among
+    /// its key's claimable jobs and no other job holds the key.
+    fn key_allows(&self, entry: &Entry, now: DateTime<Utc>) -> bool {
+        let Some(k) = entry.key_id() else {
+            return true;
+        };
+        if self
+            .keys
+            .get(&k)
+            .is_some_and(|row| row.held_by_other(entry.job.id.0, now))
+        {
+            return false;
+        }
+        let head = self.by_key.get(&k).and_then(|set| {
+            set.iter()
+                .find(|o| self.jobs.get(&o.3).is_some_and(|e| e.claimable(now)))
+        });
+        head.is_some_and(|o| o.3 == entry.job.id.0)
+    }
+
+    /// Frees the key `id` holds, saving `state` if given; true if a key was freed.
+    fn free_key(&mut self, entry: &Entry, state: Option<Value>) -> bool {
+        let Some(row) = entry.key_id().and_then(|k| self.keys.get_mut(&k)) else {
+            return false;
+        };
+        if row
+            .running
+            .is_none_or(|(holder, _)| holder != entry.job.id.0)
+        {
+            return false;
+        }
+        row.running = None;
+        if state.is_some() {
+            row.state = state;
+        }
+        true
     }
 
     /// Applies `change` to a job, keeping the order index in step.
@@ -128,6 +210,11 @@ impl Inner {
     fn remove(&mut self, id: i64) -> Option<Entry> {
         let entry = self.jobs.remove(&id)?;
         self.unindex(&entry);
+        if let Some(k) = entry.key_id() {
+            if self.pending.get(&k) == Some(&id) {
+                self.pending.remove(&k);
+            }
+        }
         Some(entry)
     }
 
@@ -138,14 +225,25 @@ impl Inner {
             .ok_or(Error::LeaseLost(lease.job_id))
     }
 
+    /// The earliest time a job of `queues` may be claimable: a keyed job not before a live
+    /// lease on its key runs out.
     fn next_run(&self, queues: &[String]) -> Option<DateTime<Utc>> {
+        let now = Utc::now();
         queues
             .iter()
             .filter_map(|q| self.order.get(q))
             .flat_map(|set| set.iter())
             .filter_map(|k| self.jobs.get(&k.3))
             .filter(|e| e.job.attempts < e.job.max_attempts)
-            .map(|e| e.job.run_at)
+            .map(|e| {
+                let held = e
+                    .key_id()
+                    .and_then(|k| self.keys.get(&k))
+                    .and_then(|row| row.running)
+                    .filter(|&(_, until)| until > now)
+                    .map(|(_, until)| until);
+                held.map_or(e.job.run_at, |until| until.max(e.job.run_at))
+            })
             .min()
     }
 }
@@ -189,6 +287,15 @@ impl QueueStore for MemoryStore {
         {
             let mut inner = self.lock();
             for new in jobs {
+                let key = new
+                    .key()
+                    .map(|(k, cursor)| ((new.queue.clone(), k.to_owned()), cursor));
+                if let Some((k, true)) = &key {
+                    if let Some(&pending) = inner.pending.get(k) {
+                        ids.push(JobId(pending));
+                        continue;
+                    }
+                }
                 inner.next_id += 1;
                 let id = inner.next_id;
                 let mut job = Job::new(JobId(id), new.queue, new.payload, now);
@@ -196,11 +303,20 @@ impl QueueStore for MemoryStore {
                 job.expected_at = new.expected_at.map(|w| w.resolve(now).trunc_subsecs(6));
                 job.run_at = new.run_at.map_or(now, |w| w.resolve(now).trunc_subsecs(6));
                 job.max_attempts = new.max_attempts;
+                job.serial_key = new.serial_key;
+                job.cursor_key = new.cursor_key;
+                job.keep_history = new.keep_history;
                 let entry = Entry {
                     job,
                     stored: Stored::Queued,
                     token: None,
                 };
+                if let Some((k, cursor)) = key {
+                    if cursor {
+                        inner.pending.insert(k.clone(), id);
+                    }
+                    inner.keys.entry(k).or_default();
+                }
                 inner.index(&entry);
                 inner.jobs.insert(id, entry);
                 ids.push(JobId(id));
@@ -222,7 +338,12 @@ impl QueueStore for MemoryStore {
             };
             picked.extend(
                 set.iter()
-                    .filter(|k| inner.jobs.get(&k.3).is_some_and(|e| e.claimable(now)))
+                    .filter(|k| {
+                        inner
+                            .jobs
+                            .get(&k.3)
+                            .is_some_and(|e| e.claimable(now) && inner.key_allows(e, now))
+                    })
                     .take(limit)
                     .copied(),
             );
@@ -232,8 +353,9 @@ impl QueueStore for MemoryStore {
         let token = Lease::new_token();
         let expires = after(now, claim.lease);
         let mut out = Vec::with_capacity(picked.len());
-        for key in picked {
-            let claimed = inner.update(key.3, |e| {
+        for order in picked {
+            let id = order.3;
+            let claimed = inner.update(id, |e| {
                 e.stored = Stored::Running;
                 e.token = Some(token);
                 e.job.attempts += 1;
@@ -242,23 +364,50 @@ impl QueueStore for MemoryStore {
                     job_id: e.job.id,
                     token,
                 };
-                ClaimedJob::new(e.view(now), lease)
+                (ClaimedJob::new(e.view(now), lease), e.key_id())
             });
-            out.extend(claimed);
+            let Some((mut claimed, key)) = claimed else {
+                continue;
+            };
+            if let Some(k) = key {
+                if inner.pending.get(&k) == Some(&id) {
+                    inner.pending.remove(&k);
+                }
+                let row = inner.keys.entry(k).or_default();
+                row.running = Some((id, expires));
+                claimed = claimed.with_key_state(Some(row.state.clone().unwrap_or(Value::Null)));
+            }
+            out.push(claimed);
         }
         Ok(out)
     }
 
-    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>> {
-        let mut inner = self.lock();
-        let mut done = Vec::with_capacity(leases.len());
-        for lease in leases {
-            if inner.held(lease).is_ok() {
-                inner.remove(lease.job_id.0);
-                done.push(lease.job_id);
+    async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>> {
+        let now = now();
+        let mut freed = false;
+        let mut completed = Vec::with_capacity(done.len());
+        {
+            let mut inner = self.lock();
+            for d in done {
+                if inner.held(&d.lease).is_err() {
+                    continue;
+                }
+                let Some(entry) = inner.remove(d.lease.job_id.0) else {
+                    continue;
+                };
+                freed |= inner.free_key(&entry, d.key_state.clone());
+                if let Some(keep) = entry.job.keep_history {
+                    let record =
+                        FinishedJob::new(entry.job, d.result.clone(), now, after(now, keep));
+                    inner.history.insert(record.id.0, record);
+                }
+                completed.push(d.lease.job_id);
             }
         }
-        Ok(done)
+        if freed {
+            self.wake.notify_waiters();
+        }
+        Ok(completed)
     }
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
@@ -267,8 +416,10 @@ impl QueueStore for MemoryStore {
         let state = {
             let mut inner = self.lock();
             inner.held(lease)?;
+            if let Some(entry) = inner.jobs.get(&lease.job_id.0).cloned() {
+                inner.free_key(&entry, None);
+            }
             inner.update(lease.job_id.0, |e| {
-                e.token = None;
                 e.job.last_error = Some(failure.error);
                 if !failure.give_up && e.job.attempts < e.job.max_attempts {
                     e.stored = Stored::Queued;
@@ -290,7 +441,14 @@ impl QueueStore for MemoryStore {
         pq_api::validate_lease(lease_for)?;
         let expires = after(now(), lease_for);
         let mut inner = self.lock();
-        inner.held(lease)?;
+        let key = inner.held(lease)?.key_id();
+        if let Some(row) = key.and_then(|k| inner.keys.get_mut(&k)) {
+            if let Some((holder, until)) = row.running.as_mut() {
+                if *holder == lease.job_id.0 {
+                    *until = expires;
+                }
+            }
+        }
         inner
             .update(lease.job_id.0, |e| e.job.run_at = expires)
             .map(|()| expires)
@@ -301,10 +459,10 @@ impl QueueStore for MemoryStore {
         let now = now();
         {
             let mut inner = self.lock();
-            inner.held(lease)?;
+            let entry = inner.held(lease)?.clone();
+            inner.free_key(&entry, None);
             inner.update(lease.job_id.0, |e| {
                 e.stored = Stored::Queued;
-                e.token = None;
                 e.job.attempts = e.job.attempts.saturating_sub(1);
                 e.job.run_at = now;
             });
@@ -334,7 +492,6 @@ impl QueueStore for MemoryStore {
             }
             inner.update(id.0, |e| {
                 e.stored = Stored::Queued;
-                e.token = None;
                 e.job.attempts = 0;
                 e.job.run_at = now;
             });
@@ -372,9 +529,48 @@ impl QueueStore for MemoryStore {
             .map(|e| e.job.id.0)
             .collect();
         for id in &ids {
-            inner.remove(*id);
+            if let Some(entry) = inner.remove(*id) {
+                inner.free_key(&entry, None);
+            }
         }
         Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
+    }
+
+    async fn key_state(&self, queue: &str, key: &str) -> Result<Option<Value>> {
+        let inner = self.lock();
+        Ok(inner
+            .keys
+            .get(&(queue.to_owned(), key.to_owned()))
+            .map(|row| row.state.clone().unwrap_or(Value::Null)))
+    }
+
+    async fn finished(&self, id: JobId) -> Result<FinishedJob> {
+        self.lock()
+            .history
+            .get(&id.0)
+            .cloned()
+            .ok_or(Error::NotFound(id))
+    }
+
+    async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
+        let inner = self.lock();
+        let mut out: Vec<FinishedJob> = inner
+            .history
+            .values()
+            .filter(|f| f.queue == queue)
+            .cloned()
+            .collect();
+        out.sort_unstable_by_key(|f| std::cmp::Reverse((f.finished_at, f.id)));
+        out.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        Ok(out)
+    }
+
+    async fn cleanup_history(&self) -> Result<u64> {
+        let now = now();
+        let mut inner = self.lock();
+        let before = inner.history.len();
+        inner.history.retain(|_, f| f.keep_until > now);
+        Ok(u64::try_from(before - inner.history.len()).unwrap_or(u64::MAX))
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {

@@ -26,7 +26,7 @@
 //! let mut tx = pool.begin().await?;
 //! if let Some(job) = store.claim_in(&mut tx, &Claim::new(["emails"])).await?.pop() {
 //!     sqlx::query("UPDATE orders SET mailed = true WHERE id = 42").execute(&mut *tx).await?;
-//!     store.complete_many_in(&mut tx, &[job.lease]).await?;
+//!     store.complete_many_in(&mut tx, &[job.lease.into()]).await?;
 //! }
 //! tx.commit().await?; // roll back instead and the job is claimable again at once
 //! # Ok(()) }
@@ -40,12 +40,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use pq_api::sql::{self, InsertArrays, JobRow, MigrationStatements, Statements};
+use pq_api::sql::{
+    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements,
+};
 use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
 use pq_api::{
-    micros, Claim, ClaimedJob, Completion, Error, Failure, Job, JobHandler, JobId, JobState, Lease,
-    NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
+    micros, Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler,
+    JobId, JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
 };
 use sqlx::postgres::{PgListener, PgRow};
 use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
@@ -107,6 +109,27 @@ fn job_row(row: &PgRow) -> Result<JobRow> {
         last_error: row.try_get(9).map_err(get)?,
         created_at: row.try_get(10).map_err(get)?,
         lease_token: row.try_get(11).map_err(get)?,
+        key: row.try_get(12).map_err(get)?,
+        cursor: row.try_get(13).map_err(get)?,
+        keep_for: row.try_get(14).map_err(get)?,
+        key_state: row.try_get(15).map_err(get)?,
+    })
+}
+
+fn finished_row(row: &PgRow) -> Result<FinishedRow> {
+    let get = |e: sqlx::Error| map_err(e);
+    Ok(FinishedRow {
+        id: row.try_get(0).map_err(get)?,
+        queue: row.try_get(1).map_err(get)?,
+        payload: row.try_get(2).map_err(get)?,
+        key: row.try_get(3).map_err(get)?,
+        cursor: row.try_get(4).map_err(get)?,
+        priority: row.try_get(5).map_err(get)?,
+        attempts: row.try_get(6).map_err(get)?,
+        result: row.try_get(7).map_err(get)?,
+        created_at: row.try_get(8).map_err(get)?,
+        finished_at: row.try_get(9).map_err(get)?,
+        keep_until: row.try_get(10).map_err(get)?,
     })
 }
 
@@ -208,9 +231,9 @@ impl SqlxStore {
     pub async fn complete_many_in(
         &self,
         conn: &mut PgConnection,
-        leases: &[Lease],
+        done: &[Done],
     ) -> Result<Vec<JobId>> {
-        self.complete_on(conn, leases).await
+        self.complete_on(conn, done).await
     }
 
     /// A worker handler for `T` that runs it inside a transaction which also completes its
@@ -251,21 +274,23 @@ impl SqlxStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let mut ids: Vec<i64> = sqlx::query_scalar(q(&self.inner.sql.insert))
-            .bind(a.queue)
-            .bind(a.payload)
-            .bind(a.priority)
-            .bind(a.run_at)
-            .bind(a.run_in)
-            .bind(a.expected_at)
-            .bind(a.expected_in)
-            .bind(a.max_attempts)
-            .fetch_all(e)
-            .await
-            .map_err(map_err)?;
-        // Ids come from one sequence in row order, so ascending ids are the input order.
-        ids.sort_unstable();
-        Ok(ids.into_iter().map(JobId).collect())
+        let rows: Vec<(i64, bool, String, Option<String>)> =
+            sqlx::query_as(q(&self.inner.sql.insert))
+                .bind(&a.queue)
+                .bind(&a.payload)
+                .bind(&a.priority)
+                .bind(&a.run_at)
+                .bind(&a.run_in)
+                .bind(&a.expected_at)
+                .bind(&a.expected_in)
+                .bind(&a.max_attempts)
+                .bind(&a.key)
+                .bind(&a.cursor)
+                .bind(&a.keep_for)
+                .fetch_all(e)
+                .await
+                .map_err(map_err)?;
+        a.ids(rows)
     }
 
     async fn claim_on<'e, E: Executor<'e, Database = Postgres>>(
@@ -289,20 +314,21 @@ impl SqlxStore {
     async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(
         &self,
         e: E,
-        leases: &[Lease],
+        done: &[Done],
     ) -> Result<Vec<JobId>> {
-        if leases.is_empty() {
+        if done.is_empty() {
             return Ok(Vec::new());
         }
-        let ids: Vec<i64> = leases.iter().map(|l| l.job_id.0).collect();
-        let tokens: Vec<i64> = leases.iter().map(|l| l.token).collect();
-        let done: Vec<i64> = sqlx::query_scalar(q(&self.inner.sql.complete))
-            .bind(ids)
-            .bind(tokens)
+        let a = DoneArrays::new(done)?;
+        let completed: Vec<i64> = sqlx::query_scalar(q(&self.inner.sql.complete))
+            .bind(a.id)
+            .bind(a.token)
+            .bind(a.result)
+            .bind(a.key_state)
             .fetch_all(e)
             .await
             .map_err(map_err)?;
-        Ok(sql::completed_in_order(leases, done))
+        Ok(sql::completed_in_order(done, completed))
     }
 
     /// Starts the listener task on first use.
@@ -375,8 +401,8 @@ impl QueueStore for SqlxStore {
         self.claim_on(&self.inner.pool, claim).await
     }
 
-    async fn complete_many(&self, leases: &[Lease]) -> Result<Vec<JobId>> {
-        self.complete_on(&self.inner.pool, leases).await
+    async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>> {
+        self.complete_on(&self.inner.pool, done).await
     }
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
@@ -468,12 +494,52 @@ impl QueueStore for SqlxStore {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
-        let done = sqlx::query(q(&self.inner.sql.purge))
+        let n: i64 = sqlx::query_scalar(q(&self.inner.sql.purge))
             .bind(queue)
-            .execute(&self.inner.pool)
+            .fetch_one(&self.inner.pool)
             .await
             .map_err(map_err)?;
-        Ok(done.rows_affected())
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    async fn key_state(&self, queue: &str, key: &str) -> Result<Option<serde_json::Value>> {
+        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.key_state))
+            .bind(queue)
+            .bind(key)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
+    }
+
+    async fn finished(&self, id: JobId) -> Result<FinishedJob> {
+        let row = sqlx::query(q(&self.inner.sql.finished))
+            .bind(id.0)
+            .fetch_optional(&self.inner.pool)
+            .await
+            .map_err(map_err)?
+            .ok_or(Error::NotFound(id))?;
+        finished_row(&row)?.into_finished()
+    }
+
+    async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
+        let rows = sqlx::query(q(&self.inner.sql.history))
+            .bind(queue)
+            .bind(i64::from(limit))
+            .fetch_all(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        rows.iter()
+            .map(|r| finished_row(r)?.into_finished())
+            .collect()
+    }
+
+    async fn cleanup_history(&self) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(q(&self.inner.sql.cleanup_history))
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(map_err)?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {
@@ -521,9 +587,13 @@ impl<T: SqlxTask> JobHandler for Transactional<T> {
     ) -> std::result::Result<Completion, TaskError> {
         let task = decode_args::<T>(args)?;
         let lease = *cx.lease();
+        let record = cx.clone();
         let mut tx = self.store.pool().begin().await.map_err(map_err)?;
         task.run(cx, &mut tx).await?;
-        let done = self.store.complete_many_in(&mut tx, &[lease]).await?;
+        let done = self
+            .store
+            .complete_many_in(&mut tx, &[record.done()])
+            .await?;
         if done.is_empty() {
             // Dropping the transaction rolls the handler's writes back.
             return Err(Error::LeaseLost(lease.job_id).into());

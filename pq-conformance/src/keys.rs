@@ -1,0 +1,386 @@
+//! Serial and cursor keys: one running job per key, in order; one pending job per cursor key;
+//! the key's persistent state.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pq_api::{
+    Claim, Done, Error, Failure, JobId, NewJob, QueueStore, QueueStoreExt, StopMode, Task, Worker,
+};
+use serde_json::{json, Value};
+
+use crate::worker::{registry, start, Work};
+use crate::{let_short_lease_expire, HOUR, LONG_LEASE, SHORT_LEASE};
+
+fn keyed(queue: &str, key: &str, n: u32) -> NewJob {
+    NewJob::from_json(queue, json!({ "n": n })).serial_key(key)
+}
+
+fn cursor(queue: &str, key: &str, n: u32) -> NewJob {
+    NewJob::from_json(queue, json!({ "n": n })).cursor_key(key)
+}
+
+fn ids(jobs: &[pq_api::ClaimedJob]) -> Vec<JobId> {
+    jobs.iter().map(|j| j.id()).collect()
+}
+
+fn claim_all(queue: &str) -> Claim {
+    Claim::new([queue]).limit(100).lease(LONG_LEASE)
+}
+
+/// Jobs sharing a serial key are claimed one at a time, in claim order; the next one only
+/// once the running one is done.
+pub async fn serial_key_runs_one_job_at_a_time_in_order(store: Arc<dyn QueueStore>) {
+    let put = store
+        .put_many(vec![
+            keyed("q", "k", 0),
+            keyed("q", "k", 1).priority(5),
+            keyed("q", "k", 2),
+        ])
+        .await
+        .unwrap();
+    let (a, b, c) = (put[0], put[1], put[2]);
+    let got = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(
+        ids(&got),
+        vec![b],
+        "the highest priority job of the key, alone"
+    );
+    assert!(store.claim(&claim_all("q")).await.unwrap().is_empty());
+    store.complete(&got[0].lease).await.unwrap();
+    let got = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&got), vec![a]);
+    assert!(store.claim(&claim_all("q")).await.unwrap().is_empty());
+    store.complete(&got[0].lease).await.unwrap();
+    let got = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&got), vec![c]);
+    assert_eq!(got[0].job.serial_key.as_deref(), Some("k"));
+    assert_eq!(got[0].job.cursor_key, None);
+}
+
+/// A key holds up only its own jobs: jobs without a key, other keys, and the same key in
+/// another queue are claimed as usual.
+pub async fn keys_do_not_hold_up_other_jobs(store: Arc<dyn QueueStore>) {
+    let put = store
+        .put_many(vec![
+            keyed("q", "k1", 0),
+            keyed("q", "k1", 1),
+            keyed("q", "k1", 2),
+            keyed("q", "k2", 3),
+            keyed("q", "k2", 4),
+            NewJob::from_json("q", json!({"n": 5})),
+            NewJob::from_json("q", json!({"n": 6})),
+            keyed("other", "k1", 7),
+        ])
+        .await
+        .unwrap();
+    let got = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&got), vec![put[0], put[3], put[5], put[6]]);
+    let other = store.claim(&claim_all("other")).await.unwrap();
+    assert_eq!(ids(&other), vec![put[7]], "keys are per queue");
+    // One claim over both queues still hands out at most one job per key.
+    assert!(store
+        .claim(&Claim::new(["q", "other"]).limit(100))
+        .await
+        .unwrap()
+        .is_empty());
+}
+
+/// A key is freed when its job's lease expires, fails or is released: the next job of the
+/// key may then be claimed.
+pub async fn expired_lease_frees_the_key(store: Arc<dyn QueueStore>) {
+    let put = store
+        .put_many(vec![keyed("q", "k", 0), keyed("q", "k", 1)])
+        .await
+        .unwrap();
+    let first = store
+        .claim(&Claim::new(["q"]).limit(10).lease(SHORT_LEASE))
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), vec![put[0]]);
+    let_short_lease_expire().await;
+    // The expired job's `run_at` is now its lease expiry, later than the other job's.
+    let next = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&next), vec![put[1]]);
+    assert!(store.claim(&claim_all("q")).await.unwrap().is_empty());
+
+    // Failing frees the key (the retry waits an hour), releasing too.
+    store
+        .fail(&next[0].lease, Failure::new("later").retry_at(HOUR))
+        .await
+        .unwrap();
+    let again = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&again), vec![put[0]], "the expired job, reclaimed");
+    store.release(&again[0].lease).await.unwrap();
+    let again = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&again), vec![put[0]]);
+    // The stale holder of the first lease can no longer complete anything.
+    assert!(matches!(
+        store.complete(&first[0].lease).await,
+        Err(Error::LeaseLost(_))
+    ));
+}
+
+/// Claimers racing over many keyed jobs never run two jobs of one key at once, run each key's
+/// jobs in order, and run every job exactly once.
+pub async fn racing_claimers_never_run_two_jobs_of_one_key(store: Arc<dyn QueueStore>) {
+    const KEYS: u32 = 5;
+    const PER_KEY: u32 = 12;
+    let jobs = (0..PER_KEY)
+        .flat_map(|i| (0..KEYS).map(move |k| keyed("q", &format!("k{k}"), i)))
+        .collect();
+    let put = store.put_many(jobs).await.unwrap();
+    let total = put.len();
+    let running: Arc<Mutex<HashSet<String>>> = Arc::default();
+    let runs: Arc<Mutex<HashMap<String, Vec<JobId>>>> = Arc::default();
+    let mut claimers = Vec::new();
+    for _ in 0..6 {
+        let (store, running, runs) = (store.clone(), running.clone(), runs.clone());
+        claimers.push(tokio::spawn(async move {
+            let claim = Claim::new(["q"]).limit(3).lease(LONG_LEASE);
+            let mut idle = 0;
+            while idle < 50 {
+                let got = store.claim(&claim).await.unwrap();
+                if got.is_empty() {
+                    idle += 1;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                }
+                idle = 0;
+                for job in &got {
+                    let key = job.job.serial_key.clone().unwrap();
+                    assert!(
+                        running.lock().unwrap().insert(key.clone()),
+                        "two jobs of key {key} ran at once"
+                    );
+                    runs.lock().unwrap().entry(key).or_default().push(job.id());
+                }
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                for job in &got {
+                    running
+                        .lock()
+                        .unwrap()
+                        .remove(job.job.serial_key.as_deref().unwrap());
+                }
+                let done: Vec<Done> = got.iter().map(|j| j.lease.into()).collect();
+                assert_eq!(store.complete_many(&done).await.unwrap().len(), got.len());
+            }
+        }));
+    }
+    for c in claimers {
+        c.await.unwrap();
+    }
+    let runs = runs.lock().unwrap();
+    let mut seen: Vec<JobId> = runs.values().flatten().copied().collect();
+    seen.sort_unstable();
+    assert_eq!(seen.len(), total, "every job ran exactly once");
+    seen.dedup();
+    assert_eq!(seen.len(), total, "no job ran twice");
+    for (key, order) in runs.iter() {
+        let mut sorted = order.clone();
+        sorted.sort_unstable();
+        assert_eq!(order, &sorted, "key {key} ran out of order");
+    }
+}
+
+/// A cursor key keeps at most one pending job: putting another while one is pending returns
+/// the pending job's id, also within one call; once it runs, a new one may be put.
+pub async fn cursor_key_keeps_one_pending_job(store: Arc<dyn QueueStore>) {
+    let first = store.put_job(cursor("q", "k", 0)).await.unwrap();
+    assert_eq!(store.put_job(cursor("q", "k", 1)).await.unwrap(), first);
+    let mixed = store
+        .put_many(vec![
+            cursor("q", "k", 2),
+            NewJob::from_json("q", json!({"n": 3})),
+            cursor("q", "k", 4),
+            cursor("other", "k", 5),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(mixed[0], first);
+    assert_eq!(mixed[2], first);
+    assert_ne!(mixed[1], first);
+    assert_ne!(mixed[3], first, "cursor keys are per queue");
+    assert_eq!(store.stats("q").await.unwrap().total(), 2);
+    let job = store.job(first).await.unwrap();
+    assert_eq!(job.payload["n"], 0, "the pending job is kept as it was");
+    assert_eq!(job.cursor_key.as_deref(), Some("k"));
+
+    let running = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&running), vec![first, mixed[1]]);
+    let second = store.put_job(cursor("q", "k", 6)).await.unwrap();
+    assert_ne!(second, first, "a running job is not pending");
+    assert_eq!(store.put_job(cursor("q", "k", 7)).await.unwrap(), second);
+    // The new pending job waits for the running one: one running per key.
+    assert!(store.claim(&claim_all("q")).await.unwrap().is_empty());
+    store.complete(&running[0].lease).await.unwrap();
+    assert_eq!(
+        ids(&store.claim(&claim_all("q")).await.unwrap()),
+        vec![second]
+    );
+}
+
+/// Concurrent puts with one cursor key make one job, and all get its id.
+pub async fn concurrent_puts_with_one_cursor_key_make_one_job(store: Arc<dyn QueueStore>) {
+    let mut puts = Vec::new();
+    for n in 0..16 {
+        let store = store.clone();
+        puts.push(tokio::spawn(async move {
+            store.put_job(cursor("q", "k", n)).await.unwrap()
+        }));
+    }
+    let mut got = Vec::new();
+    for p in puts {
+        got.push(p.await.unwrap());
+    }
+    got.dedup();
+    assert_eq!(got.len(), 1, "every put returned the one pending job");
+    assert_eq!(store.stats("q").await.unwrap().total(), 1);
+}
+
+/// A key's state is handed to each job of the key when claimed, saved when a job completes
+/// with a new state, and kept otherwise (a failure, a completion without a state).
+pub async fn key_state_is_handed_on_and_saved_on_complete(store: Arc<dyn QueueStore>) {
+    assert_eq!(store.key_state("q", "k").await.unwrap(), None);
+    store.put_job(cursor("q", "k", 0)).await.unwrap();
+    assert_eq!(store.key_state("q", "k").await.unwrap(), Some(Value::Null));
+    let job = store.claim(&claim_all("q")).await.unwrap().remove(0);
+    assert_eq!(job.key_state, Some(Value::Null));
+    store
+        .complete_with(Done::new(job.lease).key_state(json!({"seen": 1})))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.key_state("q", "k").await.unwrap(),
+        Some(json!({"seen": 1}))
+    );
+
+    store.put_job(cursor("q", "k", 1)).await.unwrap();
+    let job = store.claim(&claim_all("q")).await.unwrap().remove(0);
+    assert_eq!(job.key_state, Some(json!({"seen": 1})));
+    store.complete(&job.lease).await.unwrap();
+    store.put_job(cursor("q", "k", 2)).await.unwrap();
+    let job = store.claim(&claim_all("q")).await.unwrap().remove(0);
+    store
+        .fail(&job.lease, Failure::new("no").give_up())
+        .await
+        .unwrap();
+    assert_eq!(
+        store.key_state("q", "k").await.unwrap(),
+        Some(json!({"seen": 1}))
+    );
+    // Serial keys have a state too; jobs without a key have none.
+    store.put_job(keyed("q", "s", 3)).await.unwrap();
+    store
+        .put_job(NewJob::from_json("q", json!({"n": 4})))
+        .await
+        .unwrap();
+    let got = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(got[0].key_state, Some(Value::Null));
+    assert_eq!(got[1].key_state, None);
+}
+
+/// A job held up by its key does not make `wait` return; the key being freed wakes it.
+pub async fn wait_wakes_when_a_key_is_freed(store: Arc<dyn QueueStore>) {
+    store
+        .put_many(vec![keyed("q", "k", 0), keyed("q", "k", 1)])
+        .await
+        .unwrap();
+    let running = store.claim(&claim_all("q")).await.unwrap().remove(0);
+    let queues = vec!["q".to_string()];
+    assert!(
+        !store
+            .wait(&queues, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        "the other job is held up by its key"
+    );
+    let completer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store.complete(&running.lease).await.unwrap();
+        })
+    };
+    let t = std::time::Instant::now();
+    assert!(store.wait(&queues, Duration::from_secs(20)).await.unwrap());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
+    completer.await.unwrap();
+    assert_eq!(store.claim(&claim_all("q")).await.unwrap().len(), 1);
+}
+
+/// Keys are validated: empty, too long, control characters, or both kinds on one job are
+/// rejected, and nothing of the call is stored.
+pub async fn put_rejects_bad_keys(store: Arc<dyn QueueStore>) {
+    let mut both = NewJob::from_json("q", json!(1)).serial_key("a");
+    both.cursor_key = Some("b".into());
+    let long = "k".repeat(pq_api::MAX_KEY_LEN + 1);
+    for bad in [
+        NewJob::from_json("q", json!(1)).serial_key(""),
+        NewJob::from_json("q", json!(1)).cursor_key(long.as_str()),
+        NewJob::from_json("q", json!(1)).serial_key("a\nb"),
+        both,
+    ] {
+        let put = store
+            .put_many(vec![NewJob::from_json("q", json!(0)), bad])
+            .await;
+        assert!(
+            matches!(put, Err(Error::InvalidArgument { what: "key", .. })),
+            "{put:?}"
+        );
+    }
+    assert_eq!(store.stats("q").await.unwrap().total(), 0);
+}
+
+/// The worker runs a key's jobs one after another, handing each the state the previous one
+/// saved through its context.
+pub async fn worker_threads_key_state_through_a_keys_jobs(store: Arc<dyn QueueStore>) {
+    let registry = registry::<Work, _, _>(|n, cx| async move {
+        let count = cx
+            .key_state()
+            .and_then(|s| s["count"].as_u64())
+            .unwrap_or(0);
+        let order = cx.key_state().map_or(json!([]), |s| s["order"].clone());
+        let mut order: Vec<Value> = order.as_array().cloned().unwrap_or_default();
+        order.push(json!(n));
+        cx.set_key_state(json!({"count": count + 1, "order": order}))?;
+        cx.set_result(json!({"n": n}));
+        Ok(())
+    });
+    let jobs = (0..6)
+        .map(|n| {
+            Work { n }
+                .to_job()
+                .unwrap()
+                .serial_key("tenant-1")
+                .keep_history(HOUR)
+        })
+        .collect();
+    let put = store.put_many(jobs).await.unwrap();
+    let worker = Worker::new(store.clone(), registry)
+        .concurrency(4)
+        .idle_wait(Duration::from_millis(200));
+    let (handle, run) = start(worker);
+    let mut done = 0;
+    for _ in 0..400 {
+        done = store.history("work", 100).await.unwrap().len();
+        if done == put.len() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    handle.stop(StopMode::Finish);
+    run.await.unwrap().unwrap();
+    assert_eq!(done, put.len());
+    assert_eq!(
+        store.key_state("work", "tenant-1").await.unwrap(),
+        Some(json!({"count": 6, "order": [0, 1, 2, 3, 4, 5]}))
+    );
+    let record = store.finished(put[2]).await.unwrap();
+    assert_eq!(record.result, Some(json!({"n": 2})));
+    assert_eq!(record.serial_key.as_deref(), Some("tenant-1"));
+}
