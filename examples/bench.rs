@@ -8,7 +8,8 @@
 //! Flags: `--jobs N` (end-to-end jobs, default 100000), `--concurrency N` (worker, default 32),
 //! `--batch N` (worker claim batch, default: its free capacity), `--store memory|sqlx|diesel`
 //! (repeatable; default all three with `DATABASE_URL`, memory without), `--backlog N` (the large
-//! backlog, default 1000000), `--quick` (small counts), `--json` (the summary as JSON too).
+//! backlog, default 1000000), `--keyed N` (jobs behind 1,000 serial keys, default 100000; 0
+//! skips), `--quick` (small counts), `--json` (the summary as JSON too).
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
 //! phase starts from a vacuumed, analyzed table. The program runs on a current-thread tokio
@@ -46,6 +47,7 @@ struct Args {
     batch: Option<u32>,
     backlog: usize,
     backlog_sample: usize,
+    keyed: usize,
     stores: Vec<String>,
     json: bool,
     url: Option<String>,
@@ -60,6 +62,7 @@ fn parse_args() -> Result<Args, BoxError> {
         batch: None,
         backlog: 1_000_000,
         backlog_sample: 10_000,
+        keyed: 100_000,
         stores: Vec::new(),
         json: false,
         url,
@@ -72,6 +75,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--concurrency" => args.concurrency = value()?.parse()?,
             "--batch" => args.batch = Some(value()?.parse()?),
             "--backlog" => args.backlog = value()?.parse()?,
+            "--keyed" => args.keyed = value()?.parse()?,
             "--store" => args.stores.push(value()?),
             "--json" => args.json = true,
             "--quick" => {
@@ -79,13 +83,14 @@ fn parse_args() -> Result<Args, BoxError> {
                 args.single_puts = 2_000;
                 args.backlog = 100_000;
                 args.backlog_sample = 2_000;
+                args.keyed = 10_000;
             }
             "--help" | "-h" => {
                 println!(
                     "{}",
                     include_str!("bench.rs")
                         .lines()
-                        .take(14)
+                        .take(16)
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
@@ -488,6 +493,60 @@ async fn backlog(
     Ok(())
 }
 
+/// Keys behind which the keyed phase queues its jobs.
+const KEYS: usize = 1_000;
+
+/// The worker over `args.keyed` jobs behind [`KEYS`] serial keys, queued key after key
+/// (`clustered`) or round-robin (`interleaved`); each job still runs exactly once.
+async fn keyed(
+    store: &Arc<dyn QueueStore>,
+    table: Option<&QueueTable>,
+    name: &str,
+    args: &Args,
+    r: &mut Report,
+) -> Result<(), BoxError> {
+    let n = args.keyed;
+    let per_key = n.div_ceil(KEYS);
+    for (layout, key_of) in [
+        ("interleaved", Box::new(|i: usize| i % KEYS) as Box<dyn Fn(usize) -> usize>),
+        ("clustered", Box::new(move |i: usize| i / per_key)),
+    ] {
+        store.purge(QUEUE).await?;
+        let mut start = 0;
+        while start < n {
+            let end = (start + PUT_MANY_BATCH).min(n);
+            let batch = (start..end)
+                .map(|i| Ok(Noop { n: i }.to_job()?.serial_key(format!("k{}", key_of(i)))))
+                .collect::<Result<Vec<_>, BoxError>>()?;
+            store.put_many(batch).await?;
+            start = end;
+        }
+        settle(table, args.url.as_deref()).await?;
+        let counting = Counting::new(n, false);
+        let p = progress(
+            format!("{name} keyed end-to-end ({layout})"),
+            counting.done.clone(),
+            n as u64,
+        );
+        let w = worker(store.clone(), counting.clone(), args)?;
+        let t = Instant::now();
+        let status = w.run_until_drained().await?;
+        let took = t.elapsed();
+        p.abort();
+        counting.check_once()?;
+        if status.processed != n as u64 {
+            return Err(format!("worker processed {} of {n}", status.processed).into());
+        }
+        expect_empty(&**store).await?;
+        let metric = match layout {
+            "interleaved" => "end-to-end: behind 1k keys, interleaved",
+            _ => "end-to-end: behind 1k keys, clustered",
+        };
+        r.add(name, metric, rate(n, took), "jobs/s");
+    }
+    Ok(())
+}
+
 /// The ceiling: the shared claim and complete statements in a bare loop on one plain
 /// connection, batch = concurrency, over `n` queued jobs.
 async fn ceiling(
@@ -616,6 +675,9 @@ async fn main() -> Result<(), BoxError> {
             );
         }
         backlog(&store, table.as_ref(), &kind, &args, &mut r).await?;
+        if args.keyed > 0 {
+            keyed(&store, table.as_ref(), &kind, &args, &mut r).await?;
+        }
     }
 
     println!("\n| store | metric | value | unit | ceiling | ratio |");
