@@ -508,7 +508,10 @@ async fn keyed(
     let n = args.keyed;
     let per_key = n.div_ceil(KEYS);
     for (layout, key_of) in [
-        ("interleaved", Box::new(|i: usize| i % KEYS) as Box<dyn Fn(usize) -> usize>),
+        (
+            "interleaved",
+            Box::new(|i: usize| i % KEYS) as Box<dyn Fn(usize) -> usize>,
+        ),
         ("clustered", Box::new(move |i: usize| i / per_key)),
     ] {
         store.purge(QUEUE).await?;
@@ -516,7 +519,11 @@ async fn keyed(
         while start < n {
             let end = (start + PUT_MANY_BATCH).min(n);
             let batch = (start..end)
-                .map(|i| Ok(Noop { n: i }.to_job()?.serial_key(format!("k{}", key_of(i)))))
+                .map(|i| {
+                    Ok(Noop { n: i }
+                        .to_job()?
+                        .serial_key(format!("k{}", key_of(i))))
+                })
                 .collect::<Result<Vec<_>, BoxError>>()?;
             store.put_many(batch).await?;
             start = end;

@@ -82,7 +82,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let job = Reindex { doc }.to_job()?.cursor_key(key(doc)).delay("1s")?;
         jobs.insert(store.put_job(job).await?);
         if edit % 20 == 19 {
-            println!("{} edits so far, {} reindex jobs made", edit + 1, jobs.len());
+            println!(
+                "{} edits so far, {} reindex jobs made",
+                edit + 1,
+                jobs.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(40)).await;
     }

@@ -370,6 +370,9 @@ impl Worker {
                     Ok(Vec::new())
                 }
             };
+            // A claim sent alongside completions may miss what they free (a job's serial key),
+            // so draining does not end on such a claim.
+            let flushed_alongside = !done.is_empty();
             let ((), claimed) = tokio::join!(self.flush(&mut done), claiming);
             match claimed {
                 Ok(jobs) => {
@@ -393,6 +396,9 @@ impl Worker {
                 }
             }
             if stop == Some(StopMode::Drain) && running.is_empty() {
+                if flushed_alongside {
+                    continue;
+                }
                 break;
             }
             tokio::select! {

@@ -384,3 +384,25 @@ pub async fn worker_threads_key_state_through_a_keys_jobs(store: Arc<dyn QueueSt
     assert_eq!(record.result, Some(json!({"n": 2})));
     assert_eq!(record.serial_key.as_deref(), Some("tenant-1"));
 }
+
+/// A draining worker runs every keyed job before it stops, although each job of a key becomes
+/// claimable only once the one before it has completed.
+pub async fn draining_worker_runs_every_keyed_job(store: Arc<dyn QueueStore>) {
+    let registry = registry::<Work, _, _>(|_, _| async { Ok(()) });
+    let jobs = (0..40)
+        .map(|n| {
+            Work { n }
+                .to_job()
+                .unwrap()
+                .serial_key(format!("k{}", n % 3))
+        })
+        .collect();
+    store.put_many(jobs).await.unwrap();
+    let status = Worker::new(store.clone(), registry)
+        .concurrency(8)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(status.processed, 40);
+    assert_eq!(store.stats("work").await.unwrap().total(), 0);
+}

@@ -135,6 +135,7 @@ macro_rules! suite {
             keys::wait_wakes_when_a_key_is_freed,
             keys::put_rejects_bad_keys,
             keys::worker_threads_key_state_through_a_keys_jobs,
+            keys::draining_worker_runs_every_keyed_job,
             history::completed_job_is_kept_in_history_when_asked,
             history::cleanup_history_removes_expired_records,
             history::put_rejects_bad_history_retention,
