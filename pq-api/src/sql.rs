@@ -245,7 +245,7 @@ impl Statements {
                  SELECT id, cursor, queue, key FROM ins"
             )),
             // A keyed job is a candidate if it heads its key's claimable jobs and no other job
-            // holds the key; `held` then locks the key's row, re-checked at its latest version,
+            // holds the key; `picked` then locks the key's row, re-checked at its latest version,
             // which makes the check race-free. The head test is written as a boolean subquery,
             // not `(SELECT id …) = j.id`: the planner guesses an equality with a subquery
             // passes 0.5% of rows, expects to scan the whole index, and above
@@ -264,14 +264,13 @@ impl Statements {
                  AND k.running_until > statement_timestamp()))) \
                  ORDER BY {order_j} LIMIT $2::int4 FOR UPDATE OF j SKIP LOCKED) AS c \
                  ORDER BY {order_c} LIMIT $2::int4), \
-                 held AS (SELECT k.queue, k.key FROM {keys} AS k JOIN cand AS c \
-                 ON k.queue = c.queue AND k.key = c.key \
-                 WHERE k.running_id IS NULL OR k.running_id = c.id \
-                 OR k.running_until <= statement_timestamp() \
-                 FOR UPDATE OF k SKIP LOCKED), \
                  picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c \
-                 WHERE c.key IS NULL OR EXISTS (SELECT 1 FROM held AS h \
-                 WHERE h.queue = c.queue AND h.key = c.key)), \
+                 LEFT JOIN LATERAL (SELECT true AS free FROM {keys} AS k \
+                 WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key \
+                 AND (k.running_id IS NULL OR k.running_id = c.id \
+                 OR k.running_until <= statement_timestamp()) \
+                 FOR UPDATE SKIP LOCKED) AS h ON true \
+                 WHERE c.key IS NULL OR h.free), \
                  claimed AS (UPDATE {t} AS t SET state = 'running', attempts = t.attempts + 1, \
                  lease_token = $4::int8, \
                  run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' \
