@@ -244,8 +244,9 @@ impl Statements {
                  ON CONFLICT DO NOTHING) \
                  SELECT id, cursor, queue, key FROM ins"
             )),
-            // A keyed job is a candidate if it heads its key's claimable jobs and no other job
-            // holds the key; `picked` then locks the key's row, re-checked at its latest version,
+            // A keyed job is a candidate if no other job holds its key (tested first: it is the
+            // cheaper probe, and rules out every waiting job of a held key) and it heads its
+            // key's claimable jobs; `picked` then locks the key's row, re-checked at its latest version,
             // which makes the check race-free. The head test is written as a boolean subquery,
             // not `(SELECT id …) = j.id`: the planner guesses an equality with a subquery
             // passes 0.5% of rows, expects to scan the whole index, and above
@@ -257,11 +258,11 @@ impl Statements {
                  CROSS JOIN LATERAL (SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at \
                  FROM {t} AS j WHERE j.queue = q.name AND {ready_j} \
                  AND (j.key IS NULL OR (\
-                 (SELECT o.id = j.id FROM {t} AS o WHERE o.queue = j.queue AND o.key = j.key \
-                 AND {ready_o} ORDER BY {order_o} LIMIT 1) \
-                 AND NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = j.queue \
+                 NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = j.queue \
                  AND k.key = j.key AND k.running_id <> j.id \
-                 AND k.running_until > statement_timestamp()))) \
+                 AND k.running_until > statement_timestamp()) \
+                 AND (SELECT o.id = j.id FROM {t} AS o WHERE o.queue = j.queue AND o.key = j.key \
+                 AND {ready_o} ORDER BY {order_o} LIMIT 1))) \
                  ORDER BY {order_j} LIMIT $2::int4 FOR UPDATE OF j SKIP LOCKED) AS c \
                  ORDER BY {order_c} LIMIT $2::int4), \
                  picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c \
