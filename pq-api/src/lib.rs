@@ -8,6 +8,9 @@
 //! - the job types ([`NewJob`], [`Claim`], [`ClaimedJob`], [`Lease`], [`Job`], …) and the one
 //!   [`Error`];
 //! - typed tasks ([`Task`], [`RunTask`], [`Registry`]) and the [`Worker`] that runs them;
+//! - serial and cursor keys ([`NewJob::serial_key`], [`NewJob::cursor_key`]) with per-key
+//!   state, opt-in job history ([`NewJob::keep_history`], [`FinishedJob`]), and payload
+//!   [`codec`]s ([`Json`], `MessagePack` with the `msgpack` feature, [`Queue`]);
 //! - [`sql`], the PostgreSQL statements both SQL stores (`pq-sqlx`, `pq-diesel`) run.
 //!
 //! ```
