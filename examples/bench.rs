@@ -356,13 +356,21 @@ async fn end_to_end(
     args: &Args,
     r: &mut Report,
 ) -> Result<f64, BoxError> {
-    let n = args.jobs;
+    let jps = work_off(store, format!("{name} end-to-end"), args.jobs, args).await?;
+    r.add(name, "end-to-end: worker", jps, "jobs/s");
+    Ok(jps)
+}
+
+/// Runs a worker until the `n` queued jobs are drained, checks each ran exactly once and the
+/// table is empty; returns jobs/s.
+async fn work_off(
+    store: &Arc<dyn QueueStore>,
+    label: String,
+    n: usize,
+    args: &Args,
+) -> Result<f64, BoxError> {
     let counting = Counting::new(n, false);
-    let p = progress(
-        format!("{name} end-to-end"),
-        counting.done.clone(),
-        n as u64,
-    );
+    let p = progress(label, counting.done.clone(), n as u64);
     let w = worker(store.clone(), counting.clone(), args)?;
     let t = Instant::now();
     let status = w.run_until_drained().await?;
@@ -373,9 +381,7 @@ async fn end_to_end(
         return Err(format!("worker processed {} of {n}", status.processed).into());
     }
     expect_empty(&**store).await?;
-    let jps = rate(n, took);
-    r.add(name, "end-to-end: worker", jps, "jobs/s");
-    Ok(jps)
+    Ok(rate(n, took))
 }
 
 async fn pickup(
@@ -529,27 +535,13 @@ async fn keyed(
             start = end;
         }
         settle(table, args.url.as_deref()).await?;
-        let counting = Counting::new(n, false);
-        let p = progress(
-            format!("{name} keyed end-to-end ({layout})"),
-            counting.done.clone(),
-            n as u64,
-        );
-        let w = worker(store.clone(), counting.clone(), args)?;
-        let t = Instant::now();
-        let status = w.run_until_drained().await?;
-        let took = t.elapsed();
-        p.abort();
-        counting.check_once()?;
-        if status.processed != n as u64 {
-            return Err(format!("worker processed {} of {n}", status.processed).into());
-        }
-        expect_empty(&**store).await?;
+        let label = format!("{name} keyed end-to-end ({layout})");
+        let jps = work_off(store, label, n, args).await?;
         let metric = match layout {
             "interleaved" => "end-to-end: behind 1k keys, interleaved",
             _ => "end-to-end: behind 1k keys, clustered",
         };
-        r.add(name, metric, rate(n, took), "jobs/s");
+        r.add(name, metric, jps, "jobs/s");
     }
     Ok(())
 }
