@@ -180,8 +180,9 @@ impl NewJob {
 
     /// A serial key that also keeps at most one *pending* job (put and not yet started) per
     /// key (psycopg2_mq's cursor key): putting a job while one with the key is pending adds
-    /// nothing and returns the pending job's id. The key also carries a persistent JSON state,
-    /// handed to each job when claimed and saved when it completes
+    /// nothing and returns the pending job's id (a job that has started, and is running or
+    /// waiting for a retry, no longer counts as pending). The key also carries a persistent
+    /// JSON state, handed to each job when claimed and saved when it completes
     /// ([`Done::key_state`]). Replaces a serial key set before.
     pub fn cursor_key(mut self, key: impl Into<String>) -> Self {
         self.cursor_key = Some(key.into());
