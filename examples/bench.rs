@@ -83,7 +83,7 @@ fn parse_args() -> Result<Args, BoxError> {
                 args.single_puts = 2_000;
                 args.backlog = 100_000;
                 args.backlog_sample = 2_000;
-                args.keyed = 10_000;
+                args.keyed = 5_000;
             }
             "--help" | "-h" => {
                 println!(
