@@ -284,13 +284,15 @@ impl Statements {
                  FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key \
                  ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC"
             )),
+            // The payload is carried along only for jobs that keep a history record.
             complete: s(format!(
                 "WITH done AS (DELETE FROM {t} AS t \
                  USING unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) \
                  AS l(id, token, result, key_state) \
                  WHERE t.id = l.id AND t.lease_token = l.token AND t.state = 'running' \
-                 RETURNING t.id, t.queue, t.payload, t.key, t.cursor, t.priority, t.attempts, \
-                 t.created_at, t.keep_for, l.result, l.key_state), \
+                 RETURNING t.id, t.queue, \
+                 CASE WHEN t.keep_for IS NOT NULL THEN t.payload END AS payload, t.key, t.cursor, \
+                 t.priority, t.attempts, t.created_at, t.keep_for, l.result, l.key_state), \
                  freed AS (UPDATE {keys} AS k SET running_id = NULL, running_until = NULL, \
                  state = COALESCE(done.key_state::jsonb, k.state) \
                  FROM done WHERE done.key IS NOT NULL AND k.queue = done.queue \

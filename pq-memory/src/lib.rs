@@ -179,15 +179,12 @@ impl Inner {
         head.is_some_and(|o| o.3 == entry.job.id.0)
     }
 
-    /// Frees the key `id` holds, saving `state` if given; true if a key was freed.
-    fn free_key(&mut self, entry: &Entry, state: Option<Value>) -> bool {
-        let Some(row) = entry.key_id().and_then(|k| self.keys.get_mut(&k)) else {
+    /// Frees the key job `id` holds, saving `state` if given; true if a key was freed.
+    fn free_key(&mut self, key: Option<KeyId>, id: i64, state: Option<Value>) -> bool {
+        let Some(row) = key.and_then(|k| self.keys.get_mut(&k)) else {
             return false;
         };
-        if row
-            .running
-            .is_none_or(|(holder, _)| holder != entry.job.id.0)
-        {
+        if row.running.is_none_or(|(holder, _)| holder != id) {
             return false;
         }
         row.running = None;
@@ -395,7 +392,7 @@ impl QueueStore for MemoryStore {
                 let Some(entry) = inner.remove(d.lease.job_id.0) else {
                     continue;
                 };
-                freed |= inner.free_key(&entry, d.key_state.clone());
+                freed |= inner.free_key(entry.key_id(), entry.job.id.0, d.key_state.clone());
                 if let Some(keep) = entry.job.keep_history {
                     let record =
                         FinishedJob::new(entry.job, d.result.clone(), now, after(now, keep));
@@ -415,10 +412,8 @@ impl QueueStore for MemoryStore {
         let now = now();
         let state = {
             let mut inner = self.lock();
-            inner.held(lease)?;
-            if let Some(entry) = inner.jobs.get(&lease.job_id.0).cloned() {
-                inner.free_key(&entry, None);
-            }
+            let key = inner.held(lease)?.key_id();
+            inner.free_key(key, lease.job_id.0, None);
             inner.update(lease.job_id.0, |e| {
                 e.job.last_error = Some(failure.error);
                 if !failure.give_up && e.job.attempts < e.job.max_attempts {
@@ -459,8 +454,8 @@ impl QueueStore for MemoryStore {
         let now = now();
         {
             let mut inner = self.lock();
-            let entry = inner.held(lease)?.clone();
-            inner.free_key(&entry, None);
+            let key = inner.held(lease)?.key_id();
+            inner.free_key(key, lease.job_id.0, None);
             inner.update(lease.job_id.0, |e| {
                 e.stored = Stored::Queued;
                 e.job.attempts = e.job.attempts.saturating_sub(1);
@@ -530,7 +525,7 @@ impl QueueStore for MemoryStore {
             .collect();
         for id in &ids {
             if let Some(entry) = inner.remove(*id) {
-                inner.free_key(&entry, None);
+                inner.free_key(entry.key_id(), *id, None);
             }
         }
         Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
