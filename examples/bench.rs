@@ -563,15 +563,14 @@ async fn ceiling(
     let mut claimer = PgConnection::connect(url).await?;
     let mut completer = PgConnection::connect(url).await?;
     let queues = vec![QUEUE.to_string()];
-    let limit = i32::try_from(args.concurrency)?;
+    let claim_sql = sql.claim(queues.len(), args.concurrency);
     let lease_us = i64::try_from(pq_api::DEFAULT_LEASE.as_micros())?;
     let t = Instant::now();
     let mut done = 0;
     let mut finished: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
     loop {
-        let claim = sqlx::query(AssertSqlSafe(&*sql.claim))
+        let claim = sqlx::query(AssertSqlSafe(&*claim_sql))
             .bind(&queues)
-            .bind(limit)
             .bind(lease_us)
             .bind(fastrand::i64(..))
             .fetch_all(&mut claimer);

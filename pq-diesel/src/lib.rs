@@ -426,10 +426,9 @@ impl DieselStore {
         claim: &Claim,
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
-        let limit = i32::try_from(claim.limit).map_err(|_| Error::invalid("limit", "too large"))?;
-        let rows: Vec<Row> = diesel::sql_query(&*self.inner.sql.claim)
-            .bind::<Array<Text>, _>(claim.distinct_queues())
-            .bind::<Integer, _>(limit)
+        let queues = claim.distinct_queues();
+        let rows: Vec<Row> = diesel::sql_query(self.inner.sql.claim(queues.len(), claim.limit))
+            .bind::<Array<Text>, _>(queues)
             .bind::<BigInt, _>(micros(claim.lease))
             .bind::<BigInt, _>(Lease::new_token())
             .load(conn)

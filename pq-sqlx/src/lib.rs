@@ -299,10 +299,10 @@ impl SqlxStore {
         claim: &Claim,
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
-        let limit = i32::try_from(claim.limit).map_err(|_| Error::invalid("limit", "too large"))?;
-        let rows = sqlx::query(q(&self.inner.sql.claim))
-            .bind(claim.distinct_queues())
-            .bind(limit)
+        let queues = claim.distinct_queues();
+        let sql = self.inner.sql.claim(queues.len(), claim.limit);
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .bind(queues)
             .bind(micros(claim.lease))
             .bind(Lease::new_token())
             .fetch_all(e)

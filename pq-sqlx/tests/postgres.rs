@@ -438,27 +438,76 @@ async fn claim_is_served_by_the_claim_index_not_a_scan() {
         .execute(store.pool())
         .await
         .unwrap();
-    let sql = pq_api::sql::Statements::new(store.table()).claim;
-    for queue in ["big", "keyed"] {
-        let mut tx = store.pool().begin().await.unwrap();
-        let plan: Vec<String> =
-            sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")))
-                .bind(vec![queue.to_string()])
-                .bind(10_i32)
-                .bind(60_000_000_i64)
-                .bind(1_i64)
-                .fetch_all(&mut *tx)
+    let sql = pq_api::sql::Statements::new(store.table()).claim(1, 10);
+    // Each connection first plans the claim for its parameters, then settles on one generic
+    // plan for every later claim: both must be served by the indexes.
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        for queue in ["big", "keyed"] {
+            let mut tx = store.pool().begin().await.unwrap();
+            sqlx::query(AssertSqlSafe(format!("SET LOCAL plan_cache_mode = {mode}")))
+                .execute(&mut *tx)
                 .await
                 .unwrap();
-        tx.rollback().await.unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("Index Scan using pq_jobs_claim"), "{plan}");
-        // No scan of the jobs table (the keys table may be scanned while it is tiny).
-        assert!(!plan.contains("Seq Scan on pq_jobs "), "{plan}");
-        if queue == "keyed" {
-            assert!(plan.contains("Index Scan using pq_jobs_key on"), "{plan}");
+            let plan: Vec<String> =
+                sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")))
+                    .bind(vec![queue.to_string()])
+                    .bind(60_000_000_i64)
+                    .bind(1_i64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .unwrap();
+            tx.rollback().await.unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("Index Scan using pq_jobs_claim"),
+                "{mode}: {plan}"
+            );
+            // No scan of the jobs table (the keys table may be scanned while it is tiny).
+            assert!(!plan.contains("Seq Scan on pq_jobs "), "{mode}: {plan}");
+            if queue == "keyed" {
+                assert!(
+                    plan.contains("Index Scan using pq_jobs_key on"),
+                    "{mode}: {plan}"
+                );
+            }
         }
     }
+}
+
+#[tokio::test]
+async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
+    let store = store().await;
+    let jobs = (0..1000).map(|n| NewJob::new("q", &json!(n)).unwrap());
+    store.put_many(jobs.collect()).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "ANALYZE {}",
+        store.table().qualified()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let sql = pq_api::sql::Statements::new(store.table()).claim(1, 16);
+    for _ in 0..12 {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        store
+            .claim_in(&mut tx, &Claim::new(["q"]).limit(16))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+    }
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind(&sql)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    // PostgreSQL plans the first five executions for their parameters, then compares.
+    assert!(
+        custom <= 5 && generic >= 7,
+        "generic {generic}, custom {custom}"
+    );
 }
 
 #[tokio::test]
