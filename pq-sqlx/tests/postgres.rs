@@ -510,6 +510,58 @@ async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
     );
 }
 
+#[derive(diesel::QueryableByName)]
+struct PlanCounts {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+#[tokio::test]
+async fn diesel_keeps_its_statements_prepared_and_stops_planning_the_claim() {
+    use diesel_async::RunQueryDsl;
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    // One connection: every call below runs on it.
+    let diesel_pool = DieselStore::pool(&database_url().await, 1).unwrap();
+    let store = DieselStore::with_table(diesel_pool.clone(), table.clone())
+        .await
+        .unwrap();
+    let jobs = (0..1000).map(|n| NewJob::new("q", &json!(n)).unwrap());
+    store.put_many(jobs.collect()).await.unwrap();
+    for _ in 0..12 {
+        assert_eq!(
+            store
+                .claim(&Claim::new(["q"]).limit(16))
+                .await
+                .unwrap()
+                .len(),
+            16
+        );
+    }
+    let sql = pq_api::sql::Statements::new(&table).claim(1, 16);
+    let mut conn = diesel_pool.get().await.unwrap();
+    let counts: Vec<PlanCounts> = diesel::sql_query(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(&sql)
+    .load(&mut conn)
+    .await
+    .unwrap();
+    let [c] = counts.as_slice() else {
+        panic!(
+            "the claim is not prepared on the connection: {}",
+            counts.len()
+        );
+    };
+    assert!(
+        c.custom_plans <= 5 && c.generic_plans >= 7,
+        "generic {}, custom {}",
+        c.generic_plans,
+        c.custom_plans
+    );
+}
+
 #[tokio::test]
 async fn diesel_maps_a_missing_table_to_a_schema_error_and_a_dead_server_to_unavailable() {
     let table = QueueTable::new(&fresh_schema(), "never_migrated").unwrap();
