@@ -581,3 +581,47 @@ async fn diesel_maps_a_missing_table_to_a_schema_error_and_a_dead_server_to_unav
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn a_busy_store_keeps_one_warm_connection_and_gives_it_back_when_idle() {
+    // The pool opens four connections up front; handed out oldest first, sequential
+    // statements would go round all four server processes.
+    let app = format!("pq-warm-{}", fastrand::u32(..));
+    let options: sqlx::postgres::PgConnectOptions = database_url().await.parse().unwrap();
+    let pool = PgPoolOptions::new()
+        .max_connections(4)
+        .min_connections(4)
+        .connect_with(options.application_name(&app))
+        .await
+        .unwrap();
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let store = SqlxStore::with_table(pool.clone(), table).await.unwrap();
+    let jobs = (0..20).map(|n| NewJob::new("q", &json!(n)).unwrap());
+    store.put_many(jobs.collect()).await.unwrap();
+    for _ in 0..20 {
+        let job = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
+        store.complete(&job.lease).await.unwrap();
+    }
+    let observer = self::pool().await;
+    let claimed_on: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
+         AND (query LIKE 'WITH cand AS%' OR query LIKE 'WITH done AS%')",
+    )
+    .bind(&app)
+    .fetch_one(&observer)
+    .await
+    .unwrap();
+    assert_eq!(
+        claimed_on, 1,
+        "server processes that ran the claims and completions"
+    );
+
+    // Idle, the store holds nothing: every connection is the application's again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(pool.num_idle(), usize::try_from(pool.size()).unwrap());
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let conn = tokio::time::timeout(Duration::from_millis(200), pool.acquire()).await;
+        held.push(conn.expect("a connection the store still holds").unwrap());
+    }
+}
