@@ -118,14 +118,60 @@ impl KeyRow {
     }
 }
 
+/// The order index of the non-failed jobs (the SQL stores' partial claim index and key index).
+#[derive(Debug, Default)]
+struct Index {
+    /// Per queue, the non-failed jobs in claim order.
+    order: HashMap<String, BTreeSet<OrderKey>>,
+    /// Per key, its non-failed jobs in claim order.
+    by_key: HashMap<KeyId, BTreeSet<OrderKey>>,
+}
+
+impl Index {
+    /// Where `entry` sits in the index, if it does.
+    fn slot(entry: &Entry) -> Option<OrderKey> {
+        (entry.stored != Stored::Failed).then(|| entry.key())
+    }
+
+    /// Moves `entry` from slot `before` to slot `after` (`None`: not indexed).
+    fn shift(&mut self, entry: &Entry, before: Option<OrderKey>, after: Option<OrderKey>) {
+        if before == after {
+            return;
+        }
+        let queue = &entry.job.queue;
+        if let (Some(old), Some(set)) = (before, self.order.get_mut(queue)) {
+            set.remove(&old);
+        }
+        if let Some(new) = after {
+            match self.order.get_mut(queue) {
+                Some(set) => {
+                    set.insert(new);
+                }
+                None => {
+                    self.order.insert(queue.clone(), BTreeSet::from([new]));
+                }
+            }
+        }
+        if let Some(k) = entry.key_id() {
+            let set = self.by_key.entry(k.clone()).or_default();
+            if let Some(old) = before {
+                set.remove(&old);
+            }
+            if let Some(new) = after {
+                set.insert(new);
+            }
+            if set.is_empty() {
+                self.by_key.remove(&k);
+            }
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Inner {
     next_id: i64,
     jobs: HashMap<i64, Entry>,
-    /// Per queue, the non-failed jobs in claim order (the SQL stores' partial index).
-    order: HashMap<String, BTreeSet<OrderKey>>,
-    /// Per key, its non-failed jobs in claim order (the SQL stores' key index).
-    by_key: HashMap<KeyId, BTreeSet<OrderKey>>,
+    index: Index,
     keys: HashMap<KeyId, KeyRow>,
     /// Per cursor key, its pending job: put and never claimed.
     pending: HashMap<KeyId, i64>,
@@ -134,29 +180,11 @@ struct Inner {
 
 impl Inner {
     fn index(&mut self, entry: &Entry) {
-        if entry.stored != Stored::Failed {
-            self.order
-                .entry(entry.job.queue.clone())
-                .or_default()
-                .insert(entry.key());
-            if let Some(k) = entry.key_id() {
-                self.by_key.entry(k).or_default().insert(entry.key());
-            }
-        }
+        self.index.shift(entry, None, Index::slot(entry));
     }
 
     fn unindex(&mut self, entry: &Entry) {
-        if let Some(set) = self.order.get_mut(&entry.job.queue) {
-            set.remove(&entry.key());
-        }
-        if let Some(k) = entry.key_id() {
-            if let Some(set) = self.by_key.get_mut(&k) {
-                set.remove(&entry.key());
-                if set.is_empty() {
-                    self.by_key.remove(&k);
-                }
-            }
-        }
+        self.index.shift(entry, Index::slot(entry), None);
     }
 
     /// Whether a claim may take this claimable job: it has no key, or it comes first among
@@ -172,7 +200,7 @@ impl Inner {
         {
             return false;
         }
-        let head = self.by_key.get(&k).and_then(|set| {
+        let head = self.index.by_key.get(&k).and_then(|set| {
             set.iter()
                 .find(|o| self.jobs.get(&o.3).is_some_and(|e| e.claimable(now)))
         });
@@ -194,13 +222,12 @@ impl Inner {
         true
     }
 
-    /// Applies `change` to a job, keeping the order index in step.
+    /// Applies `change` to a job in place, keeping the order index in step.
     fn update<T>(&mut self, id: i64, change: impl FnOnce(&mut Entry) -> T) -> Option<T> {
-        let mut entry = self.jobs.remove(&id)?;
-        self.unindex(&entry);
-        let out = change(&mut entry);
-        self.index(&entry);
-        self.jobs.insert(id, entry);
+        let entry = self.jobs.get_mut(&id)?;
+        let before = Index::slot(entry);
+        let out = change(entry);
+        self.index.shift(entry, before, Index::slot(entry));
         Some(out)
     }
 
@@ -228,7 +255,7 @@ impl Inner {
         let now = Utc::now();
         queues
             .iter()
-            .filter_map(|q| self.order.get(q))
+            .filter_map(|q| self.index.order.get(q))
             .flat_map(|set| set.iter())
             .filter_map(|k| self.jobs.get(&k.3))
             .filter(|e| e.job.attempts < e.job.max_attempts)
@@ -330,7 +357,7 @@ impl QueueStore for MemoryStore {
         let mut inner = self.lock();
         let mut picked: Vec<OrderKey> = Vec::new();
         for q in claim.distinct_queues() {
-            let Some(set) = inner.order.get(&q) else {
+            let Some(set) = inner.index.order.get(&q) else {
                 continue;
             };
             picked.extend(
