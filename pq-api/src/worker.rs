@@ -1,9 +1,12 @@
 //! The worker: claims jobs of the registered tasks, runs their handlers concurrently, and
 //! records each outcome.
 
+use std::future::Future;
 use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 
 use futures_util::FutureExt;
@@ -526,6 +529,14 @@ fn len_u32(set: &JoinSet<Outcome>) -> u32 {
     u32::try_from(set.len()).unwrap_or(u32::MAX)
 }
 
+/// Why a running handler was dropped before it finished.
+enum Interrupted {
+    /// The worker aborts.
+    Aborted,
+    /// The job's lease was lost (already counted).
+    LeaseLost,
+}
+
 /// One job's run: handler, heartbeats, and failure recording.
 struct JobRun {
     store: Arc<dyn QueueStore>,
@@ -552,30 +563,19 @@ impl JobRun {
         tracing::debug!("handler started");
         let handler = entry.handler.clone();
         let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
-        let mut beat = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let result = loop {
-            tokio::select! {
-                r = &mut fut => break Ok(r),
-                _ = beat.tick() => match self.store.extend(&lease, self.lease_for).await {
-                    Ok(_) => {}
-                    Err(Error::LeaseLost(_) | Error::NotFound(_)) => {
-                        cancel.send_replace(Some(Cancelled::LeaseLost));
-                        tracing::warn!("lease lost while the handler ran; its outcome will not be recorded");
-                        // Give the handler the rest of what would have been its lease to
-                        // notice, then drop it.
-                        let _ = tokio::time::timeout(self.lease_for, &mut fut).await;
-                        Counters::bump(&self.shared.counts.lost, 1);
-                        return Outcome::Settled;
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
-                },
-                () = aborted(&mut self.abort) => break Err(()),
-            }
+        // Many handlers finish on their first poll: they need no heartbeat timer.
+        let first = std::future::poll_fn(|ctx| Poll::Ready(fut.as_mut().poll(ctx))).await;
+        let result = match first {
+            Poll::Ready(r) => Ok(r),
+            Poll::Pending => self.beat_until_done(fut.as_mut(), &lease, &cancel).await,
         };
-        let Ok(result) = result else {
-            cancel.send_replace(Some(Cancelled::Abort));
-            return self.release(&lease).await;
+        let result = match result {
+            Ok(r) => r,
+            Err(Interrupted::Aborted) => {
+                cancel.send_replace(Some(Cancelled::Abort));
+                return self.release(&lease).await;
+            }
+            Err(Interrupted::LeaseLost) => return Outcome::Settled,
         };
         let retry = (attempt < max_attempts).then_some(entry);
         match result {
@@ -589,6 +589,36 @@ impl JobRun {
             Err(panic) => {
                 let e = TaskError::new(format!("handler panicked: {}", panic_message(&*panic)));
                 self.record_failure(&lease, attempt, retry, e).await
+            }
+        }
+    }
+
+    /// Drives a handler that did not finish at once, extending its lease every heartbeat.
+    async fn beat_until_done<F: Future>(
+        &mut self,
+        mut fut: Pin<&mut F>,
+        lease: &Lease,
+        cancel: &watch::Sender<Option<Cancelled>>,
+    ) -> std::result::Result<F::Output, Interrupted> {
+        let mut beat = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                r = fut.as_mut() => return Ok(r),
+                _ = beat.tick() => match self.store.extend(lease, self.lease_for).await {
+                    Ok(_) => {}
+                    Err(Error::LeaseLost(_) | Error::NotFound(_)) => {
+                        cancel.send_replace(Some(Cancelled::LeaseLost));
+                        tracing::warn!("lease lost while the handler ran; its outcome will not be recorded");
+                        // Give the handler the rest of what would have been its lease to
+                        // notice, then drop it.
+                        let _ = tokio::time::timeout(self.lease_for, fut.as_mut()).await;
+                        Counters::bump(&self.shared.counts.lost, 1);
+                        return Err(Interrupted::LeaseLost);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
+                },
+                () = aborted(&mut self.abort) => return Err(Interrupted::Aborted),
             }
         }
     }
