@@ -55,7 +55,7 @@ impl std::fmt::Debug for Warm {
     }
 }
 
-/// A connection from [`Warm::get`]: kept again by [`WarmConn::keep`], otherwise returned to
+/// A connection from [`Warm::get`]: kept again by [`Warm::keep`], otherwise returned to
 /// the pool when dropped (as after an error or a cancelled statement, when the pool's check
 /// of the connection is wanted).
 pub(crate) struct WarmConn {
