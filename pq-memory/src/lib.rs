@@ -20,6 +20,7 @@
 //! # }).unwrap();
 //! ```
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -139,31 +140,39 @@ impl Index {
             return;
         }
         let queue = &entry.job.queue;
-        if let (Some(old), Some(set)) = (before, self.order.get_mut(queue)) {
-            set.remove(&old);
-        }
-        if let Some(new) = after {
-            match self.order.get_mut(queue) {
-                Some(set) => {
-                    set.insert(new);
-                }
-                None => {
+        match self.order.get_mut(queue) {
+            Some(set) => move_in(set, before, after),
+            None => {
+                if let Some(new) = after {
                     self.order.insert(queue.clone(), BTreeSet::from([new]));
                 }
             }
         }
         if let Some(k) = entry.key_id() {
-            let set = self.by_key.entry(k.clone()).or_default();
-            if let Some(old) = before {
-                set.remove(&old);
-            }
-            if let Some(new) = after {
-                set.insert(new);
-            }
-            if set.is_empty() {
-                self.by_key.remove(&k);
+            match self.by_key.entry(k) {
+                Slot::Occupied(mut set) => {
+                    move_in(set.get_mut(), before, after);
+                    if set.get().is_empty() {
+                        set.remove();
+                    }
+                }
+                Slot::Vacant(v) => {
+                    if let Some(new) = after {
+                        v.insert(BTreeSet::from([new]));
+                    }
+                }
             }
         }
+    }
+}
+
+/// Moves a job within one index set, from `before` to `after`.
+fn move_in(set: &mut BTreeSet<OrderKey>, before: Option<OrderKey>, after: Option<OrderKey>) {
+    if let Some(old) = before {
+        set.remove(&old);
+    }
+    if let Some(new) = after {
+        set.insert(new);
     }
 }
 
