@@ -722,7 +722,7 @@ impl QueueStore for DieselStore {
         self.ensure_listener();
         let next_run = || async {
             let mut conn = self.conn().await?;
-            let rows: Vec<NextRunRow> = prepared(&*self.inner.sql.next_run)
+            let rows: Vec<NextRunRow> = prepared(self.inner.sql.next_run(queues.len()))
                 .bind::<Array<Text>, _>(queues)
                 .load(&mut conn)
                 .await

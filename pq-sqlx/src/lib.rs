@@ -605,10 +605,8 @@ impl QueueStore for SqlxStore {
         self.ensure_listener();
         let next_run = || async {
             let mut c = self.conn().await?;
-            let next = sqlx::query_as::<_, (Option<DateTime<Utc>>, DateTime<Utc>)>(q(&self
-                .inner
-                .sql
-                .next_run))
+            let sql = self.inner.sql.next_run(queues.len());
+            let next = sqlx::query_as::<_, (Option<DateTime<Utc>>, DateTime<Utc>)>(AssertSqlSafe(sql))
             .bind(queues)
             .fetch_one(&mut *c)
             .await
