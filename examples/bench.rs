@@ -9,10 +9,13 @@
 //! `--batch N` (worker claim batch, default: its free capacity), `--store memory|sqlx|diesel`
 //! (repeatable; default all three with `DATABASE_URL`, memory without), `--backlog N` (the large
 //! backlog, default 1000000), `--keyed N` (jobs behind 1,000 serial keys, default 100000; 0
-//! skips), `--quick` (small counts), `--json` (the summary as JSON too).
+//! skips), `--rounds N` (rounds of put_many + worker and of their ceilings, default 3),
+//! `--quick` (small counts), `--json` (the summary as JSON too).
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
-//! phase starts from a vacuumed, analyzed table. The program runs on a current-thread tokio
+//! phase starts from a vacuumed, analyzed table. `put_many`, the worker and their ceilings
+//! run in interleaved rounds and report medians: on a small shared host, runs of the same
+//! code minutes apart differ by a third. The program runs on a current-thread tokio
 //! runtime: with PostgreSQL on the same two cores, more threads only contend for them.
 
 use std::io::Write;
@@ -21,7 +24,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pq_api::sql::{QueueTable, Statements};
+use pq_api::sql::{InsertArrays, QueueTable, Statements};
 use pq_api::{
     Claim, Completion, Done, JobHandler, NewJob, QueueStore, QueueStoreExt, Registry, StopMode,
     Task, TaskContext, TaskError, Worker,
@@ -48,6 +51,7 @@ struct Args {
     backlog: usize,
     backlog_sample: usize,
     keyed: usize,
+    rounds: usize,
     stores: Vec<String>,
     json: bool,
     url: Option<String>,
@@ -63,6 +67,7 @@ fn parse_args() -> Result<Args, BoxError> {
         backlog: 1_000_000,
         backlog_sample: 10_000,
         keyed: 100_000,
+        rounds: 3,
         stores: Vec::new(),
         json: false,
         url,
@@ -76,6 +81,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--batch" => args.batch = Some(value()?.parse()?),
             "--backlog" => args.backlog = value()?.parse()?,
             "--keyed" => args.keyed = value()?.parse()?,
+            "--rounds" => args.rounds = value()?.parse::<usize>()?.max(1),
             "--store" => args.stores.push(value()?),
             "--json" => args.json = true,
             "--quick" => {
@@ -90,7 +96,7 @@ fn parse_args() -> Result<Args, BoxError> {
                     "{}",
                     include_str!("bench.rs")
                         .lines()
-                        .take(16)
+                        .take(19)
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
@@ -330,35 +336,97 @@ async fn enqueue(
         return Err("single puts did not all land".into());
     }
     store.purge(QUEUE).await?;
+    Ok(())
+}
 
+/// Queues `args.jobs` jobs with `put_many` in batches of 1,000; returns jobs/s.
+async fn fill(store: &Arc<dyn QueueStore>, name: &str, args: &Args) -> Result<f64, BoxError> {
     let n = args.jobs;
     let done = Arc::new(AtomicU64::new(0));
     let p = progress(format!("{name} put_many"), done.clone(), n as u64);
     let t = Instant::now();
     put_many(&**store, n, &done).await?;
-    r.add(
-        name,
-        "enqueue: put_many x1000",
-        rate(n, t.elapsed()),
-        "jobs/s",
-    );
+    let jps = rate(n, t.elapsed());
     p.abort();
     if store.stats(QUEUE).await?.ready != n as u64 {
         return Err("put_many did not land every job".into());
     }
-    Ok(())
+    Ok(jps)
 }
 
-/// Works the `args.jobs` jobs `enqueue` left queued; returns jobs/s.
-async fn end_to_end(
+/// The median of `samples` (the upper one of an even count).
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// `put_many` and the worker, each beside its ceiling: `args.rounds` rounds, each filling
+/// the table through the store and working it off with the worker, and (SQL stores)
+/// filling it with the bare insert and working it off with the bare claim+complete loop.
+/// The two halves alternate in order from round to round so that a drift of the host
+/// favours neither, and each figure is the median of its rounds.
+async fn throughput(
     store: &Arc<dyn QueueStore>,
+    table: Option<&QueueTable>,
     name: &str,
     args: &Args,
     r: &mut Report,
-) -> Result<f64, BoxError> {
-    let jps = work_off(store, format!("{name} end-to-end"), args.jobs, args).await?;
-    r.add(name, "end-to-end: worker", jps, "jobs/s");
-    Ok(jps)
+) -> Result<(), BoxError> {
+    let bare = table.zip(args.url.as_deref());
+    let (mut puts, mut works, mut inserts, mut loops) = (vec![], vec![], vec![], vec![]);
+    for round in 0..args.rounds {
+        for half in [round % 2, 1 - round % 2] {
+            store.purge(QUEUE).await?;
+            settle(table, args.url.as_deref()).await?;
+            match (half, bare) {
+                (0, _) => {
+                    puts.push(fill(store, name, args).await?);
+                    settle(table, args.url.as_deref()).await?;
+                    let label = format!("{name} end-to-end");
+                    works.push(work_off(store, label, args.jobs, args).await?);
+                    eprintln!(
+                        "\r  {name:<7} round {}: put_many {:.0}/s, worker {:.0}/s          ",
+                        round + 1,
+                        puts[puts.len() - 1],
+                        works[works.len() - 1]
+                    );
+                }
+                (_, Some((table, url))) => {
+                    inserts.push(bare_insert(store, table, url, args).await?);
+                    settle(Some(table), Some(url)).await?;
+                    loops.push(ceiling(store, table, url, args).await?);
+                    eprintln!(
+                        "\r  {name:<7} round {}: bare insert {:.0}/s, bare claim+complete {:.0}/s   ",
+                        round + 1,
+                        inserts[inserts.len() - 1],
+                        loops[loops.len() - 1]
+                    );
+                }
+                _ => {}
+            }
+        }
+    }
+    r.add(name, "enqueue: put_many x1000", median(puts), "jobs/s");
+    if !inserts.is_empty() {
+        r.against(median(inserts.clone()));
+    }
+    r.add(name, "end-to-end: worker", median(works), "jobs/s");
+    if !loops.is_empty() {
+        r.against(median(loops.clone()));
+        r.add(
+            name,
+            "ceiling: bare insert x1000",
+            median(inserts),
+            "jobs/s",
+        );
+        r.add(
+            name,
+            "ceiling: bare claim+complete, 2 conns",
+            median(loops),
+            "jobs/s",
+        );
+    }
+    Ok(())
 }
 
 /// Runs a worker until the `n` queued jobs are drained, checks each ran exactly once and the
@@ -546,17 +614,56 @@ async fn keyed(
     Ok(())
 }
 
-/// The ceiling: the shared claim and complete statements in a bare loop on one plain
-/// connection, batch = concurrency, over `n` queued jobs.
+/// The ceiling of `put_many`: the shared insert statement on a plain connection, in batches
+/// of 1,000, the rows' arrays built before the clock starts; queues `args.jobs` jobs and
+/// returns jobs/s.
+async fn bare_insert(
+    store: &Arc<dyn QueueStore>,
+    table: &QueueTable,
+    url: &str,
+    args: &Args,
+) -> Result<f64, BoxError> {
+    let sql = Statements::new(table);
+    let mut conn = PgConnection::connect(url).await?;
+    let mut batches = Vec::new();
+    let mut start = 0;
+    while start < args.jobs {
+        let end = (start + PUT_MANY_BATCH).min(args.jobs);
+        batches.push(InsertArrays::new(&jobs(start..end)?)?);
+        start = end;
+    }
+    let t = Instant::now();
+    for a in &batches {
+        sqlx::query(AssertSqlSafe(&*sql.insert))
+            .bind(&a.queue)
+            .bind(&a.payload)
+            .bind(&a.priority)
+            .bind(&a.run_at)
+            .bind(&a.run_in)
+            .bind(&a.expected_at)
+            .bind(&a.expected_in)
+            .bind(&a.max_attempts)
+            .bind(&a.key)
+            .bind(&a.cursor)
+            .bind(&a.keep_for)
+            .execute(&mut conn)
+            .await?;
+    }
+    let jps = rate(args.jobs, t.elapsed());
+    if store.stats(QUEUE).await?.ready != args.jobs as u64 {
+        return Err("the bare insert did not land every job".into());
+    }
+    Ok(jps)
+}
+
+/// The ceiling of the worker: the shared claim and complete statements in a bare loop on
+/// plain connections, batch = concurrency, over the `args.jobs` queued jobs.
 async fn ceiling(
     store: &Arc<dyn QueueStore>,
     table: &QueueTable,
     url: &str,
     args: &Args,
 ) -> Result<f64, BoxError> {
-    store.purge(QUEUE).await?;
-    put_many(&**store, args.jobs, &AtomicU64::new(0)).await?;
-    settle(Some(table), Some(url)).await?;
     let sql = Statements::new(table);
     // Two connections, as the worker uses: one claims the next batch while the other
     // completes the previous one.
@@ -660,18 +767,7 @@ async fn main() -> Result<(), BoxError> {
         settled().await?;
         pickup(&store, &kind, &args, &mut r).await?;
         enqueue(&store, &kind, &args, &mut r).await?;
-        settled().await?;
-        end_to_end(&store, &kind, &args, &mut r).await?;
-        if let (Some(table), Some(url)) = (&table, &args.url) {
-            let top = ceiling(&store, table, url, &args).await?;
-            r.against(top);
-            r.add(
-                &kind,
-                "ceiling: bare claim+complete, 2 conns",
-                top,
-                "jobs/s",
-            );
-        }
+        throughput(&store, table.as_ref(), &kind, &args, &mut r).await?;
         backlog(&store, table.as_ref(), &kind, &args, &mut r).await?;
         if args.keyed > 0 {
             keyed(&store, table.as_ref(), &kind, &args, &mut r).await?;
