@@ -606,11 +606,12 @@ impl QueueStore for SqlxStore {
         let next_run = || async {
             let mut c = self.conn().await?;
             let sql = self.inner.sql.next_run(queues.len());
-            let next = sqlx::query_as::<_, (Option<DateTime<Utc>>, DateTime<Utc>)>(AssertSqlSafe(sql))
-            .bind(queues)
-            .fetch_one(&mut *c)
-            .await
-            .map_err(map_err)?;
+            let next =
+                sqlx::query_as::<_, (Option<DateTime<Utc>>, DateTime<Utc>)>(AssertSqlSafe(sql))
+                    .bind(queues)
+                    .fetch_one(&mut *c)
+                    .await
+                    .map_err(map_err)?;
             self.keep(c);
             Ok(next)
         };
