@@ -57,6 +57,33 @@ where
         .enable_all()
         .build()
         .expect("a tokio runtime for the case");
+    run_on(&rt, new_store, case);
+}
+
+/// Runs one case as [`run_case`] does, but on a current-thread runtime, the one
+/// `#[tokio::test]` gives: the [`worker`] cases run on both, as the worker runs handlers
+/// differently on each.
+pub fn run_case_on_current_thread<F, Fut, C, CFut>(new_store: F, case: C)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Arc<dyn QueueStore>>,
+    C: FnOnce(Arc<dyn QueueStore>) -> CFut,
+    CFut: Future<Output = ()>,
+{
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime for the case");
+    run_on(&rt, new_store, case);
+}
+
+fn run_on<F, Fut, C, CFut>(rt: &tokio::runtime::Runtime, new_store: F, case: C)
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Arc<dyn QueueStore>>,
+    C: FnOnce(Arc<dyn QueueStore>) -> CFut,
+    CFut: Future<Output = ()>,
+{
     rt.block_on(async {
         let store = new_store().await;
         tokio::time::timeout(CASE_TIMEOUT, case(store))
@@ -124,6 +151,7 @@ macro_rules! suite {
             worker::abort_hands_running_jobs_back_at_once,
             worker::two_workers_share_a_queue_running_each_job_once,
             worker::job_of_a_dead_worker_runs_again_after_its_lease,
+            worker::finished_job_is_completed_while_the_worker_idles,
             worker::invalid_worker_configuration_is_rejected,
             keys::serial_key_runs_one_job_at_a_time_in_order,
             keys::keys_do_not_hold_up_other_jobs,
@@ -141,6 +169,40 @@ macro_rules! suite {
             history::put_rejects_bad_history_retention,
             history::encoded_payloads_round_trip_through_the_store,
         );
+        /// The cases that run a worker, again on a current-thread runtime.
+        mod on_current_thread {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__cases_on_current_thread!($new_store;
+                worker::worker_runs_each_job_once_and_completes_it,
+                worker::failing_handler_is_retried_until_max_attempts,
+                worker::failed_attempt_is_scheduled_by_the_backoff,
+                worker::panicking_handler_is_a_failed_attempt,
+                worker::undecodable_or_unknown_jobs_fail_with_a_clear_error,
+                worker::lost_lease_cancels_the_handler_and_drops_its_outcome,
+                worker::drain_stops_when_no_job_is_ready,
+                worker::finish_lets_running_jobs_end_and_claims_no_more,
+                worker::abort_hands_running_jobs_back_at_once,
+                worker::two_workers_share_a_queue_running_each_job_once,
+                worker::job_of_a_dead_worker_runs_again_after_its_lease,
+                worker::finished_job_is_completed_while_the_worker_idles,
+                keys::worker_threads_key_state_through_a_keys_jobs,
+                keys::draining_worker_runs_every_keyed_job,
+            );
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __cases_on_current_thread {
+    ($new_store:expr; $($area:ident :: $case:ident),* $(,)?) => {
+        $(
+            #[test]
+            fn $case() {
+                $crate::run_case_on_current_thread($new_store, $crate::$area::$case);
+            }
+        )*
     };
 }
 

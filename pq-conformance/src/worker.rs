@@ -537,6 +537,26 @@ pub async fn job_of_a_dead_worker_runs_again_after_its_lease(store: Arc<dyn Queu
     assert_eq!(run.await.unwrap().unwrap().processed, 1);
 }
 
+/// A worker completes a job as soon as its handler has succeeded, not once more work arrives
+/// or its idle wait runs out.
+pub async fn finished_job_is_completed_while_the_worker_idles(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|_n, _cx| async { Ok(()) });
+    let worker = Worker::new(store.clone(), reg).idle_wait(HOUR);
+    let (handle, run) = start(worker);
+    let ids = put_work(&*store, &works(1)).await;
+    let mut gone = false;
+    for _ in 0..500 {
+        if store.job(ids[0]).await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    handle.stop(StopMode::Finish);
+    assert!(gone, "the job was still there 5 s after it was put");
+    assert_eq!(run.await.unwrap().unwrap().processed, 1);
+}
+
 /// A worker with nothing to run, a zero concurrency or a heartbeat not below its lease is
 /// rejected before it claims anything.
 pub async fn invalid_worker_configuration_is_rejected(store: Arc<dyn QueueStore>) {
