@@ -312,6 +312,8 @@ impl Worker {
         let mut done: Vec<Done> = Vec::new();
         let mut claim = Claim::new(queues.iter().cloned()).lease(self.lease);
         let mut linger_until: Option<Instant> = None;
+        let inline = tokio::runtime::Handle::current().runtime_flavor()
+            == tokio::runtime::RuntimeFlavor::CurrentThread;
         let mut maybe_claimable = true;
         tracing::info!(concurrency = self.concurrency, "worker started");
         loop {
@@ -375,7 +377,7 @@ impl Worker {
             };
             // A claim sent alongside completions may miss what they free (a job's serial key),
             // so draining does not end on such a claim.
-            let flushed_alongside = !done.is_empty();
+            let mut flushed_alongside = !done.is_empty();
             let ((), claimed) = tokio::join!(self.flush(&mut done), claiming);
             match claimed {
                 Ok(jobs) => {
@@ -383,9 +385,15 @@ impl Worker {
                     // again (the wait returns at once if that has changed).
                     let full = jobs.len() >= usize::try_from(limit).unwrap_or(usize::MAX);
                     maybe_claimable = full;
-                    let spawned = !jobs.is_empty();
+                    let mut spawned = false;
                     for job in jobs {
-                        self.spawn(&mut running, job, heartbeat, &abort_tx);
+                        match self
+                            .start(&mut running, job, heartbeat, &abort_tx, inline)
+                            .await
+                        {
+                            Some(outcome) => maybe_claimable |= self.reap(Ok(outcome), &mut done),
+                            None => spawned = true,
+                        }
                     }
                     self.set_running(&running);
                     if spawned {
@@ -398,6 +406,12 @@ impl Worker {
                     if full {
                         continue;
                     }
+                    if !done.is_empty() {
+                        // Jobs that finished as they started: complete them before idling, as
+                        // their completion may free a key, and with it the next job.
+                        self.flush(&mut done).await;
+                        flushed_alongside = true;
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "claim failed; pausing before trying again");
@@ -407,7 +421,8 @@ impl Worker {
                 }
             }
             if stop == Some(StopMode::Drain) && running.is_empty() {
-                if flushed_alongside {
+                // A job that finished as it started may have left a retry due now.
+                if flushed_alongside || maybe_claimable {
                     continue;
                 }
                 break;
@@ -504,13 +519,18 @@ impl Worker {
         }
     }
 
-    fn spawn(
+    /// Starts a claimed job. On a current-thread runtime its first poll runs here, and a
+    /// handler finishing on it (most do) costs no task: there is no other thread a task could
+    /// run it on. Otherwise, or if the handler is still pending, it runs on as a task of
+    /// `running`. Returns the outcome of a job that finished here.
+    async fn start(
         &self,
         running: &mut JoinSet<Outcome>,
         mut claimed: ClaimedJob,
         heartbeat: Duration,
         abort: &watch::Sender<bool>,
-    ) {
+        inline: bool,
+    ) -> Option<Outcome> {
         let routed = self
             .registry
             .route(&mut claimed.job.payload)
@@ -529,7 +549,21 @@ impl Worker {
             heartbeat,
             abort: abort.subscribe(),
         };
-        running.spawn(run.run(claimed, routed).instrument(span));
+        let job = run.run(claimed, routed).instrument(span);
+        if !inline {
+            running.spawn(job);
+            return None;
+        }
+        let mut job = Box::pin(job);
+        // Polled with this loop's waker: should the job stay pending, whatever it registered
+        // wakes this loop once, spuriously, and its task's waker takes over from its next poll.
+        match std::future::poll_fn(|cx| Poll::Ready(job.as_mut().poll(cx))).await {
+            Poll::Ready(outcome) => Some(outcome),
+            Poll::Pending => {
+                running.spawn(job);
+                None
+            }
+        }
     }
 }
 
