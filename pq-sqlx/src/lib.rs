@@ -54,7 +54,7 @@ use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::oneshot;
 
 mod warm;
-use warm::{Warm, WarmConn};
+use warm::{Lane, Warm, WarmConn};
 
 pub use pq_api::sql::QueueTable;
 
@@ -348,7 +348,7 @@ impl SqlxStore {
 
     /// A connection for one of the store's own statements: one it kept, or one from the pool.
     async fn conn(&self) -> Result<WarmConn> {
-        self.inner.warm.get().await
+        self.inner.warm.get(Lane::Rest).await
     }
 
     /// Keeps `c` for the next statement, its statement having succeeded. (Dropped instead,
@@ -427,7 +427,7 @@ impl QueueStore for SqlxStore {
     }
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
-        let mut c = self.conn().await?;
+        let mut c = self.inner.warm.get(Lane::Claim).await?;
         let claimed = self.claim_on(&mut *c, claim).await?;
         self.keep(c);
         Ok(claimed)
