@@ -378,7 +378,10 @@ impl Worker {
             // A claim sent alongside completions may miss what they free (a job's serial key),
             // so draining does not end on such a claim.
             let mut flushed_alongside = !done.is_empty();
-            let ((), claimed) = tokio::join!(self.flush(&mut done), claiming);
+            // The claim goes first: on a pool that hands out the connection returned last, it
+            // then gets the one the previous claim returned (claims take longer), and each
+            // statement keeps to its own server process, as in the benchmark's bare loop.
+            let (claimed, ()) = tokio::join!(claiming, self.flush(&mut done));
             match claimed {
                 Ok(jobs) => {
                     // A short batch means nothing more was claimable: wait rather than claim
