@@ -155,6 +155,12 @@ impl WorkerHandle {
 /// failed attempt, retried by the task's [`Backoff`](crate::Backoff) until `max_attempts`.
 /// Run as many workers as you like, in one process or many, on one database.
 ///
+/// On a multi-thread runtime each job runs as a task of its own, so handlers run in parallel.
+/// On a current-thread runtime (`#[tokio::test]`'s) there is no other thread to run them on:
+/// a handler's first poll runs in the worker's own task, and only a handler still pending
+/// after it becomes a task. Either way, work that blocks its thread belongs in
+/// `tokio::task::spawn_blocking`.
+///
 /// ```
 /// use pq_api::{QueueStoreExt, Registry, RunTask, Task, TaskContext, TaskError, Worker};
 /// use std::sync::Arc;
