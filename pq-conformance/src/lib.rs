@@ -140,6 +140,38 @@ macro_rules! suite {
             concurrency::racing_claimers_claim_every_job_exactly_once,
             concurrency::concurrent_puts_all_land,
             concurrency::racing_reclaimers_of_an_expired_lease_get_it_once,
+            worker::invalid_worker_configuration_is_rejected,
+            keys::serial_key_runs_one_job_at_a_time_in_order,
+            keys::keys_do_not_hold_up_other_jobs,
+            keys::expired_lease_frees_the_key,
+            keys::racing_claimers_never_run_two_jobs_of_one_key,
+            keys::cursor_key_keeps_one_pending_job,
+            keys::concurrent_puts_with_one_cursor_key_make_one_job,
+            keys::key_state_is_handed_on_and_saved_on_complete,
+            keys::wait_wakes_when_a_key_is_freed,
+            keys::put_rejects_bad_keys,
+            history::completed_job_is_kept_in_history_when_asked,
+            history::cleanup_history_removes_expired_records,
+            history::put_rejects_bad_history_retention,
+            history::encoded_payloads_round_trip_through_the_store,
+        );
+        $crate::__worker_cases!($crate::__cases, $new_store);
+        /// The cases that run a worker, again on a current-thread runtime.
+        mod on_current_thread {
+            #[allow(unused_imports)]
+            use super::*;
+            $crate::__worker_cases!($crate::__cases_on_current_thread, $new_store);
+        }
+    };
+}
+
+/// Calls `$cases` with every case that runs a worker: [`suite!`] runs them on both runtime
+/// flavours.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __worker_cases {
+    ($cases:path, $new_store:expr) => {
+        $cases!($new_store;
             worker::worker_runs_each_job_once_and_completes_it,
             worker::failing_handler_is_retried_until_max_attempts,
             worker::failed_attempt_is_scheduled_by_the_backoff,
@@ -152,44 +184,9 @@ macro_rules! suite {
             worker::two_workers_share_a_queue_running_each_job_once,
             worker::job_of_a_dead_worker_runs_again_after_its_lease,
             worker::finished_job_is_completed_while_the_worker_idles,
-            worker::invalid_worker_configuration_is_rejected,
-            keys::serial_key_runs_one_job_at_a_time_in_order,
-            keys::keys_do_not_hold_up_other_jobs,
-            keys::expired_lease_frees_the_key,
-            keys::racing_claimers_never_run_two_jobs_of_one_key,
-            keys::cursor_key_keeps_one_pending_job,
-            keys::concurrent_puts_with_one_cursor_key_make_one_job,
-            keys::key_state_is_handed_on_and_saved_on_complete,
-            keys::wait_wakes_when_a_key_is_freed,
-            keys::put_rejects_bad_keys,
             keys::worker_threads_key_state_through_a_keys_jobs,
             keys::draining_worker_runs_every_keyed_job,
-            history::completed_job_is_kept_in_history_when_asked,
-            history::cleanup_history_removes_expired_records,
-            history::put_rejects_bad_history_retention,
-            history::encoded_payloads_round_trip_through_the_store,
         );
-        /// The cases that run a worker, again on a current-thread runtime.
-        mod on_current_thread {
-            #[allow(unused_imports)]
-            use super::*;
-            $crate::__cases_on_current_thread!($new_store;
-                worker::worker_runs_each_job_once_and_completes_it,
-                worker::failing_handler_is_retried_until_max_attempts,
-                worker::failed_attempt_is_scheduled_by_the_backoff,
-                worker::panicking_handler_is_a_failed_attempt,
-                worker::undecodable_or_unknown_jobs_fail_with_a_clear_error,
-                worker::lost_lease_cancels_the_handler_and_drops_its_outcome,
-                worker::drain_stops_when_no_job_is_ready,
-                worker::finish_lets_running_jobs_end_and_claims_no_more,
-                worker::abort_hands_running_jobs_back_at_once,
-                worker::two_workers_share_a_queue_running_each_job_once,
-                worker::job_of_a_dead_worker_runs_again_after_its_lease,
-                worker::finished_job_is_completed_while_the_worker_idles,
-                keys::worker_threads_key_state_through_a_keys_jobs,
-                keys::draining_worker_runs_every_keyed_job,
-            );
-        }
     };
 }
 
