@@ -44,10 +44,12 @@ pub(crate) enum Lane {
 
 /// Which of the kept connections, oldest first, serves a statement of `lane`: the most
 /// recently used of its lane, else the most recently used.
-fn pick(kept: &[Lane], lane: Lane) -> Option<usize> {
-    kept.iter()
-        .rposition(|&k| k == lane)
-        .or_else(|| kept.len().checked_sub(1))
+fn pick<I>(mut kept: I, lane: Lane) -> Option<usize>
+where
+    I: ExactSizeIterator<Item = Lane> + DoubleEndedIterator,
+{
+    let latest = kept.len().checked_sub(1);
+    kept.rposition(|k| k == lane).or(latest)
 }
 
 struct Kept {
@@ -120,8 +122,7 @@ impl Warm {
         if !self.pool.is_closed() {
             let kept = {
                 let mut idle = self.lock();
-                let lanes: Vec<Lane> = idle.kept.iter().map(|k| k.lane).collect();
-                pick(&lanes, lane).map(|i| idle.kept.remove(i))
+                pick(idle.kept.iter().map(|k| k.lane), lane).map(|i| idle.kept.remove(i))
             };
             if let Some(k) = kept {
                 return Ok(WarmConn {
@@ -201,10 +202,10 @@ mod tests {
     #[test]
     fn a_statement_takes_the_latest_connection_of_its_lane_else_the_latest() {
         use Lane::{Claim, Rest};
-        assert_eq!(pick(&[], Claim), None);
-        assert_eq!(pick(&[Claim, Rest], Claim), Some(0));
-        assert_eq!(pick(&[Claim, Rest], Rest), Some(1));
-        assert_eq!(pick(&[Rest, Claim, Rest], Rest), Some(2));
-        assert_eq!(pick(&[Rest, Rest], Claim), Some(1));
+        assert_eq!(pick([].into_iter(), Claim), None);
+        assert_eq!(pick([Claim, Rest].into_iter(), Claim), Some(0));
+        assert_eq!(pick([Claim, Rest].into_iter(), Rest), Some(1));
+        assert_eq!(pick([Rest, Claim, Rest].into_iter(), Rest), Some(2));
+        assert_eq!(pick([Rest, Rest].into_iter(), Claim), Some(1));
     }
 }
