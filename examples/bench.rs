@@ -250,13 +250,30 @@ fn jobs(range: std::ops::Range<usize>) -> Result<Vec<NewJob>, BoxError> {
     range.map(|n| Ok(Noop { n }.to_job()?)).collect()
 }
 
-async fn put_many(store: &dyn QueueStore, n: usize, done: &AtomicU64) -> Result<(), BoxError> {
-    let mut start = 0;
-    while start < n {
-        let end = (start + PUT_MANY_BATCH).min(n);
-        store.put_many(jobs(start..end)?).await?;
-        done.fetch_add((end - start) as u64, Ordering::Relaxed);
-        start = end;
+/// Queues jobs `0..n` with `put_many` in batches of 1,000 from `tasks` concurrent tasks
+/// (batch `b` from task `b % tasks`).
+async fn put_many(
+    store: &Arc<dyn QueueStore>,
+    n: usize,
+    tasks: usize,
+    done: &Arc<AtomicU64>,
+) -> Result<(), BoxError> {
+    let batches = n.div_ceil(PUT_MANY_BATCH);
+    let mut running = Vec::with_capacity(tasks);
+    for k in 0..tasks {
+        let (store, done) = (store.clone(), done.clone());
+        running.push(tokio::spawn(async move {
+            for b in (k..batches).step_by(tasks) {
+                let start = b * PUT_MANY_BATCH;
+                let end = (start + PUT_MANY_BATCH).min(n);
+                store.put_many(jobs(start..end)?).await?;
+                done.fetch_add((end - start) as u64, Ordering::Relaxed);
+            }
+            Ok::<_, BoxError>(())
+        }));
+    }
+    for t in running {
+        t.await??;
     }
     Ok(())
 }
@@ -339,13 +356,19 @@ async fn enqueue(
     Ok(())
 }
 
-/// Queues `args.jobs` jobs with `put_many` in batches of 1,000; returns jobs/s.
-async fn fill(store: &Arc<dyn QueueStore>, name: &str, args: &Args) -> Result<f64, BoxError> {
+/// Queues `args.jobs` jobs with `put_many` in batches of 1,000 from `tasks` tasks; returns
+/// jobs/s.
+async fn fill(
+    store: &Arc<dyn QueueStore>,
+    name: &str,
+    args: &Args,
+    tasks: usize,
+) -> Result<f64, BoxError> {
     let n = args.jobs;
     let done = Arc::new(AtomicU64::new(0));
-    let p = progress(format!("{name} put_many"), done.clone(), n as u64);
+    let p = progress(format!("{name} put_many x{tasks}"), done.clone(), n as u64);
     let t = Instant::now();
-    put_many(&**store, n, &done).await?;
+    put_many(store, n, tasks, &done).await?;
     let jps = rate(n, t.elapsed());
     p.abort();
     if store.stats(QUEUE).await?.ready != n as u64 {
@@ -361,8 +384,9 @@ fn median(mut samples: Vec<f64>) -> f64 {
 }
 
 /// `put_many` and the worker, each beside its ceiling: `args.rounds` rounds, each filling
-/// the table through the store and working it off with the worker, and (SQL stores)
-/// filling it with the bare insert and working it off with the bare claim+complete loop.
+/// the table through the store (from one task, then again from 8) and working it off with
+/// the worker, and (SQL stores) filling it with the bare insert (one connection, then 8) and
+/// working it off with the bare claim+complete loop.
 /// The two halves alternate in order from round to round so that a drift of the host
 /// favours neither, and each figure is the median of its rounds.
 async fn throughput(
@@ -374,31 +398,40 @@ async fn throughput(
 ) -> Result<(), BoxError> {
     let bare = table.zip(args.url.as_deref());
     let (mut puts, mut works, mut inserts, mut loops) = (vec![], vec![], vec![], vec![]);
+    let (mut puts_8, mut inserts_8) = (vec![], vec![]);
     for round in 0..args.rounds {
         for half in [round % 2, 1 - round % 2] {
             store.purge(QUEUE).await?;
             settle(table, args.url.as_deref()).await?;
             match (half, bare) {
                 (0, _) => {
-                    puts.push(fill(store, name, args).await?);
+                    puts.push(fill(store, name, args, 1).await?);
+                    store.purge(QUEUE).await?;
+                    settle(table, args.url.as_deref()).await?;
+                    puts_8.push(fill(store, name, args, PUT_TASKS).await?);
                     settle(table, args.url.as_deref()).await?;
                     let label = format!("{name} end-to-end");
                     works.push(work_off(store, label, args.jobs, args).await?);
                     eprintln!(
-                        "\r  {name:<7} round {}: put_many {:.0}/s, worker {:.0}/s          ",
+                        "\r  {name:<7} round {}: put_many {:.0}/s, x{PUT_TASKS} {:.0}/s, worker {:.0}/s   ",
                         round + 1,
                         puts[puts.len() - 1],
+                        puts_8[puts_8.len() - 1],
                         works[works.len() - 1]
                     );
                 }
                 (_, Some((table, url))) => {
-                    inserts.push(bare_insert(store, table, url, args).await?);
+                    inserts.push(bare_insert(store, table, url, args, 1).await?);
+                    store.purge(QUEUE).await?;
+                    settle(Some(table), Some(url)).await?;
+                    inserts_8.push(bare_insert(store, table, url, args, PUT_TASKS).await?);
                     settle(Some(table), Some(url)).await?;
                     loops.push(ceiling(store, table, url, args).await?);
                     eprintln!(
-                        "\r  {name:<7} round {}: bare insert {:.0}/s, bare claim+complete {:.0}/s   ",
+                        "\r  {name:<7} round {}: bare insert {:.0}/s, x{PUT_TASKS} {:.0}/s, bare claim+complete {:.0}/s   ",
                         round + 1,
                         inserts[inserts.len() - 1],
+                        inserts_8[inserts_8.len() - 1],
                         loops[loops.len() - 1]
                     );
                 }
@@ -410,6 +443,15 @@ async fn throughput(
     if !inserts.is_empty() {
         r.against(median(inserts.clone()));
     }
+    r.add(
+        name,
+        "enqueue: put_many x1000, 8 tasks",
+        median(puts_8),
+        "jobs/s",
+    );
+    if !inserts_8.is_empty() {
+        r.against(median(inserts_8.clone()));
+    }
     r.add(name, "end-to-end: worker", median(works), "jobs/s");
     if !loops.is_empty() {
         r.against(median(loops.clone()));
@@ -417,6 +459,12 @@ async fn throughput(
             name,
             "ceiling: bare insert x1000",
             median(inserts),
+            "jobs/s",
+        );
+        r.add(
+            name,
+            "ceiling: bare insert x1000, 8 conns",
+            median(inserts_8),
             "jobs/s",
         );
         r.add(
@@ -531,7 +579,7 @@ async fn backlog(
 ) -> Result<(), BoxError> {
     store.purge(QUEUE).await?;
     let done = Arc::new(AtomicU64::new(0));
-    put_many(&**store, SMALL_BACKLOG, &done).await?;
+    put_many(store, SMALL_BACKLOG, 1, &done).await?;
     settle(table, args.url.as_deref()).await?;
     let small = claim_complete(
         &**store,
@@ -546,7 +594,7 @@ async fn backlog(
         args.backlog as u64,
     );
     done.store(0, Ordering::Relaxed);
-    put_many(&**store, args.backlog, &done).await?;
+    put_many(store, args.backlog, 1, &done).await?;
     p.abort();
     settle(table, args.url.as_deref()).await?;
     let large = claim_complete(
@@ -614,46 +662,75 @@ async fn keyed(
     Ok(())
 }
 
-/// The ceiling of `put_many`: the shared insert statement on a plain connection, in batches
-/// of 1,000, the rows' arrays built before the clock starts; queues `args.jobs` jobs and
-/// returns jobs/s.
+/// The ceiling of `put_many`: the shared insert statement on `conns` plain connections
+/// (batch `b` on connection `b % conns`), in batches of 1,000, the rows' arrays built before
+/// the clock starts; queues `args.jobs` jobs and returns jobs/s.
 async fn bare_insert(
     store: &Arc<dyn QueueStore>,
     table: &QueueTable,
     url: &str,
     args: &Args,
+    conns: usize,
 ) -> Result<f64, BoxError> {
-    let sql = Statements::new(table);
-    let mut conn = PgConnection::connect(url).await?;
-    let mut batches = Vec::new();
+    let sql = Arc::new(Statements::new(table));
+    let mut shares: Vec<Vec<InsertArrays>> = (0..conns).map(|_| Vec::new()).collect();
     let mut start = 0;
     while start < args.jobs {
         let end = (start + PUT_MANY_BATCH).min(args.jobs);
-        batches.push(InsertArrays::new(&jobs(start..end)?)?);
+        let share = (start / PUT_MANY_BATCH) % conns;
+        shares[share].push(InsertArrays::new(&jobs(start..end)?)?);
         start = end;
     }
+    // Each connection first inserts nothing, as the store's pooled connections have already
+    // loaded the table's catalog entries and prepared the statement.
+    let nothing = InsertArrays::new(&[])?;
+    let mut connected = Vec::with_capacity(conns);
+    for share in shares {
+        let mut conn = PgConnection::connect(url).await?;
+        insert_rows(&mut conn, &sql, &nothing).await?;
+        connected.push((conn, share));
+    }
     let t = Instant::now();
-    for a in &batches {
-        sqlx::query(AssertSqlSafe(&*sql.insert))
-            .bind(&a.queue)
-            .bind(&a.payload)
-            .bind(&a.priority)
-            .bind(&a.run_at)
-            .bind(&a.run_in)
-            .bind(&a.expected_at)
-            .bind(&a.expected_in)
-            .bind(&a.max_attempts)
-            .bind(&a.key)
-            .bind(&a.cursor)
-            .bind(&a.keep_for)
-            .execute(&mut conn)
-            .await?;
+    let mut running = Vec::with_capacity(conns);
+    for (mut conn, share) in connected {
+        let sql = sql.clone();
+        running.push(tokio::spawn(async move {
+            for a in &share {
+                insert_rows(&mut conn, &sql, a).await?;
+            }
+            Ok::<_, BoxError>(())
+        }));
+    }
+    for r in running {
+        r.await??;
     }
     let jps = rate(args.jobs, t.elapsed());
     if store.stats(QUEUE).await?.ready != args.jobs as u64 {
         return Err("the bare insert did not land every job".into());
     }
     Ok(jps)
+}
+
+async fn insert_rows(
+    conn: &mut PgConnection,
+    sql: &Statements,
+    a: &InsertArrays,
+) -> Result<(), BoxError> {
+    sqlx::query(AssertSqlSafe(&**sql.insert(a)))
+        .bind(&a.queue)
+        .bind(&a.payload)
+        .bind(&a.priority)
+        .bind(&a.run_at)
+        .bind(&a.run_in)
+        .bind(&a.expected_at)
+        .bind(&a.expected_in)
+        .bind(&a.max_attempts)
+        .bind(&a.key)
+        .bind(&a.cursor)
+        .bind(&a.keep_for)
+        .execute(conn)
+        .await?;
+    Ok(())
 }
 
 /// The ceiling of the worker: the shared claim and complete statements in a bare loop on

@@ -407,7 +407,7 @@ impl DieselStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<InsertedRow> = prepared(&*self.inner.sql.insert)
+        let rows: Vec<InsertedRow> = prepared(&**self.inner.sql.insert(&a))
             .bind::<Array<Text>, _>(&a.queue)
             .bind::<Array<Text>, _>(&a.payload)
             .bind::<Array<Integer>, _>(&a.priority)

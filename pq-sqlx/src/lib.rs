@@ -290,7 +290,7 @@ impl SqlxStore {
             return Ok(Vec::new());
         }
         let rows: Vec<(i64, bool, String, Option<String>)> =
-            sqlx::query_as(q(&self.inner.sql.insert))
+            sqlx::query_as(q(self.inner.sql.insert(&a)))
                 .bind(&a.queue)
                 .bind(&a.payload)
                 .bind(&a.priority)

@@ -287,6 +287,11 @@ async fn scenario(store: &dyn QueueStore) {
         .await
         .unwrap();
     store.cancel(job.id()).await.unwrap();
+    // A cursor key takes the insert's other form.
+    store
+        .put_many(vec![NewJob::from_json("s", json!(3)).cursor_key("c")])
+        .await
+        .unwrap();
     store.purge("s").await.unwrap();
     store.key_state("s", "k").await.unwrap();
     store.finished(job.id()).await.unwrap_err();
