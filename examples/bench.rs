@@ -14,8 +14,8 @@
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
 //! phase starts from a vacuumed, analyzed table. `put_many`, the worker and their ceilings
-//! run in interleaved rounds and report medians: on a small shared host, runs of the same
-//! code minutes apart differ by a third. The program runs on a current-thread tokio
+//! run in rounds, interleaved with each other and across the stores, and report medians: on
+//! a small shared host, runs of the same code minutes apart differ by a third. The program runs on a current-thread tokio
 //! runtime: with PostgreSQL on the same two cores, more threads only contend for them.
 
 use std::io::Write;
@@ -383,98 +383,113 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// `put_many` and the worker, each beside its ceiling: `args.rounds` rounds, each filling
-/// the table through the store (from one task, then again from 8) and working it off with
-/// the worker, and (SQL stores) filling it with the bare insert (one connection, then 8) and
-/// working it off with the bare claim+complete loop.
-/// The two halves alternate in order from round to round so that a drift of the host
-/// favours neither, and each figure is the median of its rounds.
-async fn throughput(
+/// One store's samples of `put_many`, the worker and their ceilings, a figure per round.
+#[derive(Default)]
+struct Samples {
+    puts: Vec<f64>,
+    puts_8: Vec<f64>,
+    works: Vec<f64>,
+    inserts: Vec<f64>,
+    inserts_8: Vec<f64>,
+    loops: Vec<f64>,
+}
+
+/// One round of `put_many` and the worker beside their ceilings: fills the table through the
+/// store (from one task, then again from 8) and works it off with the worker, and (SQL
+/// stores) fills it with the bare insert (one connection, then 8) and works it off with the
+/// bare claim+complete loop. The two halves alternate in order from round to round, and
+/// `main` runs each round on every store before the next, so that a drift of the host
+/// favours neither half and no store.
+async fn throughput_round(
     store: &Arc<dyn QueueStore>,
     table: Option<&QueueTable>,
     name: &str,
     args: &Args,
-    r: &mut Report,
+    round: usize,
+    s: &mut Samples,
 ) -> Result<(), BoxError> {
     let bare = table.zip(args.url.as_deref());
-    let (mut puts, mut works, mut inserts, mut loops) = (vec![], vec![], vec![], vec![]);
-    let (mut puts_8, mut inserts_8) = (vec![], vec![]);
-    for round in 0..args.rounds {
-        for half in [round % 2, 1 - round % 2] {
-            store.purge(QUEUE).await?;
-            settle(table, args.url.as_deref()).await?;
-            match (half, bare) {
-                (0, _) => {
-                    puts.push(fill(store, name, args, 1).await?);
-                    store.purge(QUEUE).await?;
-                    settle(table, args.url.as_deref()).await?;
-                    puts_8.push(fill(store, name, args, PUT_TASKS).await?);
-                    settle(table, args.url.as_deref()).await?;
-                    let label = format!("{name} end-to-end");
-                    works.push(work_off(store, label, args.jobs, args).await?);
-                    eprintln!(
-                        "\r  {name:<7} round {}: put_many {:.0}/s, x{PUT_TASKS} {:.0}/s, worker {:.0}/s   ",
-                        round + 1,
-                        puts[puts.len() - 1],
-                        puts_8[puts_8.len() - 1],
-                        works[works.len() - 1]
-                    );
-                }
-                (_, Some((table, url))) => {
-                    inserts.push(bare_insert(store, table, url, args, 1).await?);
-                    store.purge(QUEUE).await?;
-                    settle(Some(table), Some(url)).await?;
-                    inserts_8.push(bare_insert(store, table, url, args, PUT_TASKS).await?);
-                    settle(Some(table), Some(url)).await?;
-                    loops.push(ceiling(store, table, url, args).await?);
-                    eprintln!(
-                        "\r  {name:<7} round {}: bare insert {:.0}/s, x{PUT_TASKS} {:.0}/s, bare claim+complete {:.0}/s   ",
-                        round + 1,
-                        inserts[inserts.len() - 1],
-                        inserts_8[inserts_8.len() - 1],
-                        loops[loops.len() - 1]
-                    );
-                }
-                _ => {}
+    for half in [round % 2, 1 - round % 2] {
+        store.purge(QUEUE).await?;
+        settle(table, args.url.as_deref()).await?;
+        match (half, bare) {
+            (0, _) => {
+                s.puts.push(fill(store, name, args, 1).await?);
+                store.purge(QUEUE).await?;
+                settle(table, args.url.as_deref()).await?;
+                s.puts_8.push(fill(store, name, args, PUT_TASKS).await?);
+                settle(table, args.url.as_deref()).await?;
+                let label = format!("{name} end-to-end");
+                s.works.push(work_off(store, label, args.jobs, args).await?);
+                eprintln!(
+                    "\r  {name:<7} round {}: put_many {:.0}/s, x{PUT_TASKS} {:.0}/s, worker {:.0}/s   ",
+                    round + 1,
+                    s.puts[s.puts.len() - 1],
+                    s.puts_8[s.puts_8.len() - 1],
+                    s.works[s.works.len() - 1]
+                );
             }
+            (_, Some((table, url))) => {
+                s.inserts
+                    .push(bare_insert(store, table, url, args, 1).await?);
+                store.purge(QUEUE).await?;
+                settle(Some(table), Some(url)).await?;
+                s.inserts_8
+                    .push(bare_insert(store, table, url, args, PUT_TASKS).await?);
+                settle(Some(table), Some(url)).await?;
+                s.loops.push(ceiling(store, table, url, args).await?);
+                eprintln!(
+                    "\r  {name:<7} round {}: bare insert {:.0}/s, x{PUT_TASKS} {:.0}/s, bare claim+complete {:.0}/s   ",
+                    round + 1,
+                    s.inserts[s.inserts.len() - 1],
+                    s.inserts_8[s.inserts_8.len() - 1],
+                    s.loops[s.loops.len() - 1]
+                );
+            }
+            _ => {}
         }
     }
-    r.add(name, "enqueue: put_many x1000", median(puts), "jobs/s");
-    if !inserts.is_empty() {
-        r.against(median(inserts.clone()));
+    store.purge(QUEUE).await?;
+    Ok(())
+}
+
+/// Reports a store's throughput figures, each the median of its rounds.
+fn report_throughput(name: &str, s: Samples, r: &mut Report) {
+    r.add(name, "enqueue: put_many x1000", median(s.puts), "jobs/s");
+    if !s.inserts.is_empty() {
+        r.against(median(s.inserts.clone()));
     }
     r.add(
         name,
         "enqueue: put_many x1000, 8 tasks",
-        median(puts_8),
+        median(s.puts_8),
         "jobs/s",
     );
-    if !inserts_8.is_empty() {
-        r.against(median(inserts_8.clone()));
+    if !s.inserts_8.is_empty() {
+        r.against(median(s.inserts_8.clone()));
     }
-    r.add(name, "end-to-end: worker", median(works), "jobs/s");
-    if !loops.is_empty() {
-        r.against(median(loops.clone()));
+    r.add(name, "end-to-end: worker", median(s.works), "jobs/s");
+    if !s.loops.is_empty() {
+        r.against(median(s.loops.clone()));
         r.add(
             name,
             "ceiling: bare insert x1000",
-            median(inserts),
+            median(s.inserts),
             "jobs/s",
         );
         r.add(
             name,
             "ceiling: bare insert x1000, 8 conns",
-            median(inserts_8),
+            median(s.inserts_8),
             "jobs/s",
         );
         r.add(
             name,
             "ceiling: bare claim+complete, 2 conns",
-            median(loops),
+            median(s.loops),
             "jobs/s",
         );
     }
-    Ok(())
 }
 
 /// Runs a worker until the `n` queued jobs are drained, checks each ran exactly once and the
@@ -837,19 +852,32 @@ async fn main() -> Result<(), BoxError> {
     let mut r = Report {
         figures: Vec::new(),
     };
+    let mut stores = Vec::new();
     for kind in args.stores.clone() {
         let (store, table) = open(&kind, &args).await?;
-        let settled = || settle(table.as_ref(), args.url.as_deref());
         store.purge(QUEUE).await?;
-        settled().await?;
+        settle(table.as_ref(), args.url.as_deref()).await?;
         pickup(&store, &kind, &args, &mut r).await?;
         enqueue(&store, &kind, &args, &mut r).await?;
-        throughput(&store, table.as_ref(), &kind, &args, &mut r).await?;
+        stores.push((kind, store, table, Samples::default()));
+    }
+    // Round by round over the stores: the stores are compared with each other too, and a run
+    // takes minutes, over which this host's speed drifts.
+    for round in 0..args.rounds {
+        for (kind, store, table, samples) in &mut stores {
+            throughput_round(store, table.as_ref(), kind, &args, round, samples).await?;
+        }
+    }
+    for (kind, store, table, samples) in stores {
+        report_throughput(&kind, samples, &mut r);
         backlog(&store, table.as_ref(), &kind, &args, &mut r).await?;
         if args.keyed > 0 {
             keyed(&store, table.as_ref(), &kind, &args, &mut r).await?;
         }
     }
+    // One store's figures together, in the order the stores were given.
+    let order = |name: &str| args.stores.iter().position(|s| s == name);
+    r.figures.sort_by_key(|f| order(&f.store));
 
     println!("\n| store | metric | value | unit | ceiling | ratio |");
     println!("|---|---|---:|---|---:|---:|");
