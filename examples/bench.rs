@@ -15,8 +15,9 @@
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
 //! phase starts from a vacuumed, analyzed table. `put_many`, the worker and their ceilings
 //! run in rounds, interleaved with each other and across the stores, and report medians: on
-//! a small shared host, runs of the same code minutes apart differ by a third. The program runs on a current-thread tokio
-//! runtime: with PostgreSQL on the same two cores, more threads only contend for them.
+//! a small shared host, runs of the same code minutes apart differ by a third. The program
+//! runs on a current-thread tokio runtime: with PostgreSQL on the same two cores, more
+//! threads only contend for them.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -455,40 +456,26 @@ async fn throughput_round(
 
 /// Reports a store's throughput figures, each the median of its rounds.
 fn report_throughput(name: &str, s: Samples, r: &mut Report) {
-    r.add(name, "enqueue: put_many x1000", median(s.puts), "jobs/s");
-    if !s.inserts.is_empty() {
-        r.against(median(s.inserts.clone()));
+    let figures = [
+        ("enqueue: put_many x1000", s.puts, &s.inserts),
+        ("enqueue: put_many x1000, 8 tasks", s.puts_8, &s.inserts_8),
+        ("end-to-end: worker", s.works, &s.loops),
+    ];
+    for (metric, samples, ceilings) in figures {
+        r.add(name, metric, median(samples), "jobs/s");
+        if !ceilings.is_empty() {
+            r.against(median(ceilings.clone()));
+        }
     }
-    r.add(
-        name,
-        "enqueue: put_many x1000, 8 tasks",
-        median(s.puts_8),
-        "jobs/s",
-    );
-    if !s.inserts_8.is_empty() {
-        r.against(median(s.inserts_8.clone()));
-    }
-    r.add(name, "end-to-end: worker", median(s.works), "jobs/s");
-    if !s.loops.is_empty() {
-        r.against(median(s.loops.clone()));
-        r.add(
-            name,
-            "ceiling: bare insert x1000",
-            median(s.inserts),
-            "jobs/s",
-        );
-        r.add(
-            name,
-            "ceiling: bare insert x1000, 8 conns",
-            median(s.inserts_8),
-            "jobs/s",
-        );
-        r.add(
-            name,
-            "ceiling: bare claim+complete, 2 conns",
-            median(s.loops),
-            "jobs/s",
-        );
+    let ceilings = [
+        ("ceiling: bare insert x1000", s.inserts),
+        ("ceiling: bare insert x1000, 8 conns", s.inserts_8),
+        ("ceiling: bare claim+complete, 2 conns", s.loops),
+    ];
+    for (metric, samples) in ceilings {
+        if !samples.is_empty() {
+            r.add(name, metric, median(samples), "jobs/s");
+        }
     }
 }
 
