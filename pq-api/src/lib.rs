@@ -55,7 +55,7 @@ pub use job::{
 };
 pub use store::QueueStore;
 pub use task::{
-    Backoff, Cancelled, Completion, JobHandler, Registry, RunTask, Task, TaskContext, TaskDefaults,
-    TaskError,
+    Backoff, CancelHandle, Cancelled, Completion, JobHandler, Registry, RunTask, Task, TaskContext,
+    TaskDefaults, TaskError,
 };
 pub use worker::{StopMode, Worker, WorkerHandle, WorkerState, WorkerStatus};

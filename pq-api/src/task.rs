@@ -8,6 +8,7 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,7 +16,7 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
-use tokio::sync::watch;
+use tokio::sync::Notify;
 
 use crate::codec::Codec;
 use crate::error::{Error, Result};
@@ -324,6 +325,24 @@ pub enum Cancelled {
     Abort,
 }
 
+impl Cancelled {
+    /// Its code in [`ContextInner::cancelled`] (0 means not cancelled).
+    fn code(self) -> u8 {
+        match self {
+            Cancelled::LeaseLost => 1,
+            Cancelled::Abort => 2,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Cancelled::LeaseLost),
+            2 => Some(Cancelled::Abort),
+            _ => None,
+        }
+    }
+}
+
 /// What a handler gets besides its task: the job, its lease, the store, and a cancellation
 /// signal. Cheap to clone.
 #[derive(Clone)]
@@ -335,7 +354,11 @@ struct ContextInner {
     job: Job,
     lease: Lease,
     store: Arc<dyn QueueStore>,
-    cancel: watch::Receiver<Option<Cancelled>>,
+    /// Why the handler was cancelled: 0 if it was not, else [`Cancelled::code`].
+    cancelled: AtomicU8,
+    /// Wakes [`TaskContext::cancelled`] waiters. Nothing is sent when a job simply ends, so
+    /// a job that is never cancelled costs one atomic and no wake-up.
+    cancel_wake: Notify,
     key_state: Option<Value>,
     /// What the handler asked to record on completion: result, new key state.
     record: Mutex<(Option<Value>, Option<Value>)>,
@@ -351,35 +374,42 @@ impl fmt::Debug for TaskContext {
 }
 
 impl TaskContext {
-    /// A context for `job` held under `lease`, and the sender that cancels it. The worker
+    /// A context for `job` held under `lease`, and the handle that cancels it. The worker
     /// builds these; call it to drive a handler by hand (in a test, or a custom runner).
-    pub fn new(
-        job: Job,
-        lease: Lease,
-        store: Arc<dyn QueueStore>,
-    ) -> (Self, watch::Sender<Option<Cancelled>>) {
+    ///
+    /// ```
+    /// use pq_api::{Cancelled, Job, JobId, Lease, TaskContext};
+    /// use std::sync::Arc;
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let job = Job::new(JobId(1), "default", serde_json::json!({}), chrono::Utc::now());
+    /// let lease = Lease { job_id: JobId(1), token: 7 };
+    /// let (cx, cancel) = TaskContext::new(job, lease, Arc::new(pq_memory::MemoryStore::new()));
+    /// assert!(!cx.is_cancelled());
+    /// cancel.cancel(Cancelled::Abort);
+    /// assert_eq!(cx.cancelled().await, Cancelled::Abort);
+    /// # });
+    /// ```
+    pub fn new(job: Job, lease: Lease, store: Arc<dyn QueueStore>) -> (Self, CancelHandle) {
         Self::claimed(ClaimedJob::new(job, lease), store)
     }
 
-    /// A context for a claimed job (with its key state), and the sender that cancels it.
-    pub fn claimed(
-        claimed: ClaimedJob,
-        store: Arc<dyn QueueStore>,
-    ) -> (Self, watch::Sender<Option<Cancelled>>) {
-        let (tx, cancel) = watch::channel(None);
-        let inner = ContextInner {
+    /// A context for a claimed job (with its key state), and the handle that cancels it.
+    pub fn claimed(claimed: ClaimedJob, store: Arc<dyn QueueStore>) -> (Self, CancelHandle) {
+        let inner = Arc::new(ContextInner {
             job: claimed.job,
             lease: claimed.lease,
             store,
-            cancel,
+            cancelled: AtomicU8::new(0),
+            cancel_wake: Notify::new(),
             key_state: claimed.key_state,
             record: Mutex::new((None, None)),
-        };
+        });
         (
             TaskContext {
-                inner: Arc::new(inner),
+                inner: inner.clone(),
             },
-            tx,
+            CancelHandle { inner },
         )
     }
 
@@ -456,7 +486,7 @@ impl TaskContext {
 
     /// Why the handler was cancelled, if it was.
     pub fn cancelled_because(&self) -> Option<Cancelled> {
-        *self.inner.cancel.borrow()
+        Cancelled::from_code(self.inner.cancelled.load(Ordering::Acquire))
     }
 
     /// Whether the handler was cancelled.
@@ -466,15 +496,41 @@ impl TaskContext {
 
     /// Resolves once the handler is cancelled (never, if it is not).
     pub async fn cancelled(&self) -> Cancelled {
-        let mut rx = self.inner.cancel.clone();
         loop {
-            if let Some(why) = *rx.borrow_and_update() {
+            // Registered before looking, so a cancellation between the look and the wait
+            // still wakes it.
+            let woken = self.inner.cancel_wake.notified();
+            tokio::pin!(woken);
+            woken.as_mut().enable();
+            if let Some(why) = self.cancelled_because() {
                 return why;
             }
-            if rx.changed().await.is_err() {
-                return std::future::pending().await;
-            }
+            woken.await;
         }
+    }
+}
+
+/// Cancels a running handler's [`TaskContext`]: the worker keeps one per running job.
+/// Cheap to clone; dropping it cancels nothing.
+#[derive(Clone)]
+pub struct CancelHandle {
+    inner: Arc<ContextInner>,
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("job", &self.inner.job.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CancelHandle {
+    /// Cancels the handler for `why` (a later call replaces the reason) and wakes every
+    /// [`TaskContext::cancelled`] waiting on it.
+    pub fn cancel(&self, why: Cancelled) {
+        self.inner.cancelled.store(why.code(), Ordering::Release);
+        self.inner.cancel_wake.notify_waiters();
     }
 }
 

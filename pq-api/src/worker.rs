@@ -20,7 +20,9 @@ use crate::job::{
     validate_lease, Claim, ClaimedJob, Done, Failure, JobState, Lease, MAX_CLAIM_LIMIT,
 };
 use crate::store::QueueStore;
-use crate::task::{Cancelled, Completion, Registered, Registry, TaskContext, TaskError};
+use crate::task::{
+    CancelHandle, Cancelled, Completion, Registered, Registry, TaskContext, TaskError,
+};
 
 /// How long a worker with few free slots waits for more to free up before it claims anyway.
 const CLAIM_LINGER: Duration = Duration::from_millis(2);
@@ -623,7 +625,7 @@ impl JobRun {
         let result = match result {
             Ok(r) => r,
             Err(Interrupted::Aborted) => {
-                cancel.send_replace(Some(Cancelled::Abort));
+                cancel.cancel(Cancelled::Abort);
                 return self.release(&lease).await;
             }
             Err(Interrupted::LeaseLost) => return Outcome::Settled,
@@ -649,7 +651,7 @@ impl JobRun {
         &mut self,
         mut fut: Pin<&mut F>,
         lease: &Lease,
-        cancel: &watch::Sender<Option<Cancelled>>,
+        cancel: &CancelHandle,
     ) -> std::result::Result<F::Output, Interrupted> {
         let mut beat = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
         beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -659,7 +661,7 @@ impl JobRun {
                 _ = beat.tick() => match self.store.extend(lease, self.lease_for).await {
                     Ok(_) => {}
                     Err(Error::LeaseLost(_) | Error::NotFound(_)) => {
-                        cancel.send_replace(Some(Cancelled::LeaseLost));
+                        cancel.cancel(Cancelled::LeaseLost);
                         tracing::warn!("lease lost while the handler ran; its outcome will not be recorded");
                         // Give the handler the rest of what would have been its lease to
                         // notice, then drop it.
