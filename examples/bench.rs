@@ -198,7 +198,7 @@ struct Counting {
 
 #[async_trait]
 impl JobHandler for Counting {
-    async fn handle(&self, _cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+    async fn handle(&self, _cx: TaskContext, args: &Value) -> Result<Completion, TaskError> {
         let n = args["n"].as_u64().and_then(|n| usize::try_from(n).ok());
         let n = n.ok_or_else(|| TaskError::new("no n").give_up())?;
         let slot = self
@@ -242,7 +242,7 @@ struct Shared(Arc<Counting>);
 
 #[async_trait]
 impl JobHandler for Shared {
-    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+    async fn handle(&self, cx: TaskContext, args: &Value) -> Result<Completion, TaskError> {
         self.0.handle(cx, args).await
     }
 }

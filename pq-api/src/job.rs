@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, TimeDelta, Utc};
@@ -366,8 +367,9 @@ pub struct Job {
     pub id: JobId,
     /// Its queue.
     pub queue: String,
-    /// Its JSON payload.
-    pub payload: Value,
+    /// Its JSON payload, shared: cloning a job (as the in-memory store does for each claim)
+    /// copies no part of it.
+    pub payload: Arc<Value>,
     /// Its priority (higher first).
     pub priority: i32,
     /// Its deadline, if any.
@@ -396,11 +398,16 @@ pub struct Job {
 impl Job {
     /// A ready job with default options, for stores to fill in (the struct is
     /// `#[non_exhaustive]`, so stores outside this crate build jobs through this).
-    pub fn new(id: JobId, queue: impl Into<String>, payload: Value, at: DateTime<Utc>) -> Self {
+    pub fn new(
+        id: JobId,
+        queue: impl Into<String>,
+        payload: impl Into<Arc<Value>>,
+        at: DateTime<Utc>,
+    ) -> Self {
         Job {
             id,
             queue: queue.into(),
-            payload,
+            payload: payload.into(),
             priority: 0,
             expected_at: None,
             run_at: at,
@@ -426,7 +433,7 @@ impl Job {
 
     /// Decodes the payload into a typed value.
     pub fn payload<T: DeserializeOwned>(&self) -> Result<T> {
-        Ok(T::deserialize(&self.payload)?)
+        Ok(T::deserialize(&*self.payload)?)
     }
 }
 
@@ -676,7 +683,7 @@ pub struct FinishedJob {
     /// Its queue.
     pub queue: String,
     /// Its payload.
-    pub payload: Value,
+    pub payload: Arc<Value>,
     /// Its serial key, if it had one.
     pub serial_key: Option<String>,
     /// Its cursor key, if it had one.

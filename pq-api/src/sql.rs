@@ -667,7 +667,7 @@ impl JobRow {
                 .map(std::time::Duration::from_micros),
             id: JobId(self.id),
             queue: self.queue,
-            payload,
+            payload: Arc::new(payload),
             priority: self.priority,
             expected_at: self.expected_at,
             run_at: self.run_at,
@@ -729,7 +729,7 @@ impl FinishedRow {
         let mut job = Job::new(
             JobId(self.id),
             self.queue,
-            serde_json::from_str(&self.payload)?,
+            serde_json::from_str::<Value>(&self.payload)?,
             self.created_at,
         );
         job.serial_key = serial_key;

@@ -413,7 +413,7 @@ impl TaskContext {
         )
     }
 
-    /// The job as claimed (its payload's `args` were handed to the handler and read null here).
+    /// The job as claimed, its payload whole (the handler's `args` are borrowed from it).
     pub fn job(&self) -> &Job {
         &self.inner.job
     }
@@ -604,8 +604,8 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
 
 /// Decodes a task from its job's `args`; a payload that cannot decode gives up (retrying
 /// would not help).
-pub fn decode_args<T: Task>(args: Value) -> Result<T, TaskError> {
-    T::decode(&args).map_err(|e| {
+pub fn decode_args<T: Task>(args: &Value) -> Result<T, TaskError> {
+    T::decode(args).map_err(|e| {
         TaskError::new(format!("cannot decode the args of task {:?}: {e}", T::NAME)).give_up()
     })
 }
@@ -624,15 +624,16 @@ pub enum Completion {
 /// [`Registry::register`]; backends implement it for their transactional variants.
 #[async_trait]
 pub trait JobHandler: Send + Sync + 'static {
-    /// Runs the job whose envelope carried `args`.
-    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError>;
+    /// Runs the job whose envelope carried `args` (borrowed from the job's payload, which
+    /// [`TaskContext::job`] also shows).
+    async fn handle(&self, cx: TaskContext, args: &Value) -> Result<Completion, TaskError>;
 }
 
 struct Typed<T>(std::marker::PhantomData<fn() -> T>);
 
 #[async_trait]
 impl<T: RunTask> JobHandler for Typed<T> {
-    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+    async fn handle(&self, cx: TaskContext, args: &Value) -> Result<Completion, TaskError> {
         decode_args::<T>(args)?.run(cx).await?;
         Ok(Completion::Pending)
     }
@@ -718,10 +719,10 @@ impl Registry {
         set.into_iter().collect()
     }
 
-    /// Finds the handler for a job's payload, taking its `args` out; a payload that is not a
-    /// task envelope, or names an unknown task, is an error that gives up.
-    pub(crate) fn route(&self, payload: &mut Value) -> Result<(&Registered, Value), TaskError> {
-        let Some(obj) = payload.as_object_mut() else {
+    /// Finds the handler for a job's payload; a payload that is not a task envelope, or
+    /// names an unknown task, is an error that gives up.
+    pub(crate) fn route(&self, payload: &Value) -> Result<&Registered, TaskError> {
+        let Some(obj) = payload.as_object() else {
             return Err(not_a_task());
         };
         let Some(name) = obj.get(TASK_FIELD).and_then(Value::as_str) else {
@@ -734,11 +735,7 @@ impl Registry {
             ))
             .give_up());
         };
-        let args = obj
-            .get_mut(ARGS_FIELD)
-            .map(Value::take)
-            .unwrap_or(Value::Null);
-        Ok((entry, args))
+        Ok(entry)
     }
 }
 

@@ -537,20 +537,17 @@ impl Worker {
     async fn start(
         &self,
         running: &mut JoinSet<Outcome>,
-        mut claimed: ClaimedJob,
+        claimed: ClaimedJob,
         heartbeat: Duration,
         abort: &watch::Sender<bool>,
         inline: bool,
     ) -> Option<Outcome> {
-        let routed = self
-            .registry
-            .route(&mut claimed.job.payload)
-            .map(|(entry, args)| (entry.clone(), args));
+        let routed = self.registry.route(&claimed.job.payload).cloned();
         let span = tracing::info_span!(
             "pq.job",
             job.id = claimed.job.id.0,
             queue = %claimed.job.queue,
-            task = routed.as_ref().map_or("?", |(entry, _)| entry.name),
+            task = routed.as_ref().map_or("?", |entry| entry.name),
             attempt = claimed.job.attempts,
         );
         let run = JobRun {
@@ -603,16 +600,21 @@ impl JobRun {
     async fn run(
         mut self,
         claimed: ClaimedJob,
-        routed: std::result::Result<(Registered, serde_json::Value), TaskError>,
+        routed: std::result::Result<Registered, TaskError>,
     ) -> Outcome {
         let lease = claimed.lease;
         let (attempt, max_attempts) = (claimed.job.attempts, claimed.job.max_attempts);
-        let (entry, args) = match routed {
+        let entry = match routed {
             Ok(r) => r,
             Err(e) => return self.record_failure(&lease, attempt, None, e).await,
         };
         let (cx, cancel) = TaskContext::claimed(claimed, self.store.clone());
         let record = cx.clone();
+        let args = record
+            .job()
+            .payload
+            .get(crate::task::ARGS_FIELD)
+            .unwrap_or(&serde_json::Value::Null);
         tracing::debug!("handler started");
         let handler = entry.handler.clone();
         let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());

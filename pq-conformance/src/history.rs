@@ -46,7 +46,7 @@ pub async fn completed_job_is_kept_in_history_when_asked(store: Arc<dyn QueueSto
     let record = store.finished(put[0]).await.unwrap();
     assert_eq!(record.id, put[0]);
     assert_eq!(record.queue, "q");
-    assert_eq!(record.payload, json!({"to": "ada"}));
+    assert_eq!(*record.payload, json!({"to": "ada"}));
     assert_eq!(record.result, Some(json!({"sent": true})));
     assert_eq!(record.serial_key.as_deref(), Some("user-1"));
     assert_eq!((record.priority, record.attempts), (3, 1));

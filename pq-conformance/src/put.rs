@@ -17,7 +17,7 @@ pub async fn put_returns_distinct_ids_of_ready_jobs(store: Arc<dyn QueueStore>) 
     let job = store.job(a).await.unwrap();
     assert_eq!(job.id, a);
     assert_eq!(job.queue, "q");
-    assert_eq!(job.payload, json!({"n": 1}));
+    assert_eq!(*job.payload, json!({"n": 1}));
     assert_eq!(job.state, JobState::Ready);
     assert_eq!(job.attempts, 0);
     assert_eq!(job.priority, 0);
@@ -31,7 +31,7 @@ pub async fn put_many_returns_ids_in_the_order_given(store: Arc<dyn QueueStore>)
     let ids = store.put_many(jobs).await.unwrap();
     assert_eq!(ids.len(), 50);
     for (i, id) in ids.iter().enumerate() {
-        assert_eq!(store.job(*id).await.unwrap().payload, json!(i));
+        assert_eq!(*store.job(*id).await.unwrap().payload, json!(i));
     }
     assert!(store.put_many(vec![]).await.unwrap().is_empty());
 }

@@ -93,7 +93,7 @@ where
     F: Fn(u32, TaskContext) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = Result<(), TaskError>> + Send,
 {
-    async fn handle(&self, cx: TaskContext, args: Value) -> Result<Completion, TaskError> {
+    async fn handle(&self, cx: TaskContext, args: &Value) -> Result<Completion, TaskError> {
         let n = args["n"]
             .as_u64()
             .and_then(|n| u32::try_from(n).ok())
@@ -148,10 +148,10 @@ pub async fn worker_runs_each_job_once_and_completes_it(store: Arc<dyn QueueStor
     let registry = Registry::new()
         .register::<Greet>()
         .unwrap()
-        .register_with::<Work>(Script(move |n, _cx| {
+        .register_with::<Work>(Script(move |n, cx: TaskContext| {
             let seen = seen2.clone();
             async move {
-                seen.lock().unwrap().push(n);
+                seen.lock().unwrap().push((n, (*cx.job().payload).clone()));
                 Ok(())
             }
         }))
@@ -179,8 +179,14 @@ pub async fn worker_runs_each_job_once_and_completes_it(store: Arc<dyn QueueStor
     expected.sort();
     assert_eq!(greeted, expected);
     let mut seen = seen.lock().unwrap().clone();
-    seen.sort_unstable();
-    assert_eq!(seen, (0..20).collect::<Vec<_>>());
+    seen.sort_unstable_by_key(|(n, _)| *n);
+    let envelopes: Vec<(u32, Value)> = (0..20)
+        .map(|n| (n, json!({"task": Work::NAME, "args": {"n": n}})))
+        .collect();
+    assert_eq!(
+        seen, envelopes,
+        "each ran once, its context showing the whole payload"
+    );
     for q in ["work", "greetings"] {
         assert_eq!(
             store.stats(q).await.unwrap().total(),

@@ -772,7 +772,7 @@ impl<T: DieselTask> JobHandler for Transactional<T> {
     async fn handle(
         &self,
         cx: TaskContext,
-        args: serde_json::Value,
+        args: &serde_json::Value,
     ) -> std::result::Result<Completion, TaskError> {
         use diesel_async::{AnsiTransactionManager, TransactionManager};
 

@@ -647,7 +647,7 @@ impl<T: SqlxTask> JobHandler for Transactional<T> {
     async fn handle(
         &self,
         cx: TaskContext,
-        args: serde_json::Value,
+        args: &serde_json::Value,
     ) -> std::result::Result<Completion, TaskError> {
         let task = decode_args::<T>(args)?;
         let lease = *cx.lease();

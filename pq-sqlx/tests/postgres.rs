@@ -188,7 +188,7 @@ async fn a_plain_sql_insert_is_a_valid_enqueue_and_wakes_waiters() {
         .unwrap()
         .unwrap());
     let job = store.claim(&Claim::new(["raw"])).await.unwrap().remove(0);
-    assert_eq!(job.job.payload, json!({"from": "psql"}));
+    assert_eq!(*job.job.payload, json!({"from": "psql"}));
     assert_eq!(
         (job.job.priority, job.job.attempts, job.job.max_attempts),
         (0, 1, pq_api::DEFAULT_MAX_ATTEMPTS)
