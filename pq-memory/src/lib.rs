@@ -94,8 +94,24 @@ impl Entry {
     }
 
     fn view(&self, now: DateTime<Utc>) -> Job {
-        let mut job = self.job.clone();
+        self.view_in(&self.job.queue, now)
+    }
+
+    /// The job as a caller sees it, its queue name copied from `queue` (the same name): a
+    /// claim passes its own, already in cache, rather than read each job's copy.
+    fn view_in(&self, queue: &str, now: DateTime<Utc>) -> Job {
+        let j = &self.job;
+        let mut job = Job::new(j.id, queue, j.payload.clone(), j.created_at);
+        job.priority = j.priority;
+        job.expected_at = j.expected_at;
+        job.run_at = j.run_at;
         job.state = self.state(now);
+        job.attempts = j.attempts;
+        job.max_attempts = j.max_attempts;
+        job.last_error.clone_from(&j.last_error);
+        job.serial_key.clone_from(&j.serial_key);
+        job.cursor_key.clone_from(&j.cursor_key);
+        job.keep_history = j.keep_history;
         job
     }
 }
@@ -134,17 +150,23 @@ impl Index {
         (entry.stored != Stored::Failed).then(|| entry.key())
     }
 
-    /// Moves `entry` from slot `before` to slot `after` (`None`: not indexed).
-    fn shift(&mut self, entry: &Entry, before: Option<OrderKey>, after: Option<OrderKey>) {
+    /// Moves `entry` of `queue` (its own, or the same name from elsewhere) from slot
+    /// `before` to slot `after` (`None`: not indexed).
+    fn shift(
+        &mut self,
+        queue: &str,
+        entry: &Entry,
+        before: Option<OrderKey>,
+        after: Option<OrderKey>,
+    ) {
         if before == after {
             return;
         }
-        let queue = &entry.job.queue;
         match self.order.get_mut(queue) {
             Some(set) => move_in(set, before, after),
             None => {
                 if let Some(new) = after {
-                    self.order.insert(queue.clone(), BTreeSet::from([new]));
+                    self.order.insert(queue.to_owned(), BTreeSet::from([new]));
                 }
             }
         }
@@ -229,11 +251,13 @@ struct Inner {
 
 impl Inner {
     fn index(&mut self, entry: &Entry) {
-        self.index.shift(entry, None, Index::slot(entry));
+        self.index
+            .shift(&entry.job.queue, entry, None, Index::slot(entry));
     }
 
     fn unindex(&mut self, entry: &Entry) {
-        self.index.shift(entry, Index::slot(entry), None);
+        self.index
+            .shift(&entry.job.queue, entry, Index::slot(entry), None);
     }
 
     /// Whether a claim may take this claimable job: it has no key, or it comes first among
@@ -273,10 +297,30 @@ impl Inner {
 
     /// Applies `change` to a job in place, keeping the order index in step.
     fn update<T>(&mut self, id: i64, change: impl FnOnce(&mut Entry) -> T) -> Option<T> {
+        self.update_in(id, None, |e, _| change(e))
+    }
+
+    /// [`Inner::update`] for a job known to be in `queue` (the claim's name for it, so the
+    /// job's own copy is not read); `change` gets the queue name too.
+    fn update_in<T>(
+        &mut self,
+        id: i64,
+        queue: Option<&str>,
+        change: impl FnOnce(&mut Entry, &str) -> T,
+    ) -> Option<T> {
         let entry = self.jobs.get_mut(&id)?;
+        // `change` may not rename the queue, but it holds the entry mutably: a copy.
+        let own;
+        let queue = match queue {
+            Some(q) => q,
+            None => {
+                own = entry.job.queue.clone();
+                own.as_str()
+            }
+        };
         let before = Index::slot(entry);
-        let out = change(entry);
-        self.index.shift(entry, before, Index::slot(entry));
+        let out = change(entry, queue);
+        self.index.shift(queue, entry, before, Index::slot(entry));
         Some(out)
     }
 
@@ -404,9 +448,10 @@ impl QueueStore for MemoryStore {
         let now = now();
         let limit = usize::try_from(claim.limit).unwrap_or(usize::MAX);
         let mut inner = self.lock();
-        let mut picked: Vec<OrderKey> = Vec::new();
-        for q in claim.distinct_queues() {
-            let Some(set) = inner.index.order.get(&q) else {
+        let queues = claim.distinct_queues();
+        let mut picked: Vec<(OrderKey, usize)> = Vec::new();
+        for (qi, q) in queues.iter().enumerate() {
+            let Some(set) = inner.index.order.get(q) else {
                 continue;
             };
             picked.extend(
@@ -418,7 +463,7 @@ impl QueueStore for MemoryStore {
                             .is_some_and(|e| e.claimable(now) && inner.key_allows(e, now))
                     })
                     .take(limit)
-                    .copied(),
+                    .map(|&k| (k, qi)),
             );
         }
         picked.sort_unstable();
@@ -426,9 +471,9 @@ impl QueueStore for MemoryStore {
         let token = Lease::new_token();
         let expires = after(now, claim.lease);
         let mut out = Vec::with_capacity(picked.len());
-        for order in picked {
+        for (order, qi) in picked {
             let id = order.3;
-            let claimed = inner.update(id, |e| {
+            let claimed = inner.update_in(id, Some(&queues[qi]), |e, queue| {
                 e.stored = Stored::Running;
                 e.token = Some(token);
                 e.job.attempts += 1;
@@ -437,7 +482,7 @@ impl QueueStore for MemoryStore {
                     job_id: e.job.id,
                     token,
                 };
-                (ClaimedJob::new(e.view(now), lease), e.key_id())
+                (ClaimedJob::new(e.view_in(queue, now), lease), e.key_id())
             });
             let Some((mut claimed, key)) = claimed else {
                 continue;
