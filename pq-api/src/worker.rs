@@ -557,7 +557,8 @@ impl Worker {
             heartbeat,
             abort: abort.subscribe(),
         };
-        let job = run.run(claimed, routed).instrument(span);
+        let (cx, cancel) = TaskContext::claimed(claimed, self.store.clone());
+        let job = run.run(cx, cancel, routed).instrument(span);
         if !inline {
             running.spawn(job);
             return None;
@@ -597,18 +598,22 @@ struct JobRun {
 }
 
 impl JobRun {
+    /// Runs the job to its outcome. Everything but the handler's first poll is boxed when
+    /// taken: a job that finishes on it (most) then lives in a small future, one allocation
+    /// under the allocator's large-request size (measured: a 1,480-byte future made glibc
+    /// consolidate its free lists at every job).
     async fn run(
         mut self,
-        claimed: ClaimedJob,
+        cx: TaskContext,
+        cancel: CancelHandle,
         routed: std::result::Result<Registered, TaskError>,
     ) -> Outcome {
-        let lease = claimed.lease;
-        let (attempt, max_attempts) = (claimed.job.attempts, claimed.job.max_attempts);
+        let lease = *cx.lease();
+        let (attempt, max_attempts) = (cx.attempt(), cx.job().max_attempts);
         let entry = match routed {
             Ok(r) => r,
-            Err(e) => return self.record_failure(&lease, attempt, None, e).await,
+            Err(e) => return Box::pin(self.record_failure(&lease, attempt, None, e)).await,
         };
-        let (cx, cancel) = TaskContext::claimed(claimed, self.store.clone());
         let record = cx.clone();
         let args = record
             .job()
@@ -622,13 +627,13 @@ impl JobRun {
         let first = std::future::poll_fn(|ctx| Poll::Ready(fut.as_mut().poll(ctx))).await;
         let result = match first {
             Poll::Ready(r) => Ok(r),
-            Poll::Pending => self.beat_until_done(fut.as_mut(), &lease, &cancel).await,
+            Poll::Pending => Box::pin(self.beat_until_done(fut.as_mut(), &lease, &cancel)).await,
         };
         let result = match result {
             Ok(r) => r,
             Err(Interrupted::Aborted) => {
                 cancel.cancel(Cancelled::Abort);
-                return self.release(&lease).await;
+                return Box::pin(self.release(&lease)).await;
             }
             Err(Interrupted::LeaseLost) => return Outcome::Settled,
         };
@@ -640,10 +645,10 @@ impl JobRun {
                 tracing::debug!("completed in the handler's transaction");
                 Outcome::Settled
             }
-            Ok(Err(e)) => self.record_failure(&lease, attempt, retry, e).await,
+            Ok(Err(e)) => Box::pin(self.record_failure(&lease, attempt, retry, e)).await,
             Err(panic) => {
                 let e = TaskError::new(format!("handler panicked: {}", panic_message(&*panic)));
-                self.record_failure(&lease, attempt, retry, e).await
+                Box::pin(self.record_failure(&lease, attempt, retry, e)).await
             }
         }
     }
