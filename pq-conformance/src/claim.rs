@@ -148,6 +148,40 @@ pub async fn expired_lease_is_claimable_again_as_a_new_attempt(store: Arc<dyn Qu
     assert_ne!(second[0].lease, first[0].lease);
 }
 
+/// Jobs whose leases ran out are claimed in claim order with the waiting jobs (a store may
+/// keep running jobs apart, but not order them apart), and only from the queues claimed.
+pub async fn expired_jobs_are_claimed_in_order_with_waiting_ones(store: Arc<dyn QueueStore>) {
+    let put = |queue: &'static str, priority: i32| {
+        let store = store.clone();
+        async move {
+            let job = NewJob::from_json(queue, json!(priority)).priority(priority);
+            store.put_job(job).await.unwrap()
+        }
+    };
+    let low = put("q", 0).await;
+    let high = put("q", 9).await;
+    let elsewhere = put("other", 9).await;
+    for queue in ["q", "other"] {
+        let short = Claim::new([queue]).limit(10).lease(SHORT_LEASE);
+        assert!(!store.claim(&short).await.unwrap().is_empty());
+    }
+    let_short_lease_expire().await;
+    let mid = put("q", 5).await;
+    let got = store
+        .claim(&Claim::new(["q"]).limit(10).lease(LONG_LEASE))
+        .await
+        .unwrap();
+    let ids: Vec<JobId> = got.iter().map(|j| j.id()).collect();
+    assert_eq!(ids, [high, mid, low], "priority order, expired or not");
+    let attempts: Vec<u32> = got.iter().map(|j| j.job.attempts).collect();
+    assert_eq!(attempts, [2, 1, 2]);
+    let other = store.claim(&Claim::new(["other"])).await.unwrap();
+    assert_eq!(
+        other.iter().map(|j| j.id()).collect::<Vec<_>>(),
+        [elsewhere]
+    );
+}
+
 /// Claiming when nothing is claimable returns an empty list, not an error.
 pub async fn claim_of_nothing_returns_empty(store: Arc<dyn QueueStore>) {
     assert!(store

@@ -114,6 +114,7 @@ macro_rules! suite {
             claim::claim_rejects_invalid_requests,
             claim::claimed_job_is_not_claimed_again_while_its_lease_is_live,
             claim::expired_lease_is_claimable_again_as_a_new_attempt,
+            claim::expired_jobs_are_claimed_in_order_with_waiting_ones,
             claim::claim_of_nothing_returns_empty,
             lease::complete_removes_the_job,
             lease::complete_many_completes_only_held_leases,
