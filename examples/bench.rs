@@ -415,37 +415,35 @@ async fn throughput_round(
         settle(table, args.url.as_deref()).await?;
         match (half, bare) {
             (0, _) => {
-                s.puts.push(fill(store, name, args, 1).await?);
+                let one = fill(store, name, args, 1).await?;
                 store.purge(QUEUE).await?;
                 settle(table, args.url.as_deref()).await?;
-                s.puts_8.push(fill(store, name, args, PUT_TASKS).await?);
+                let eight = fill(store, name, args, PUT_TASKS).await?;
                 settle(table, args.url.as_deref()).await?;
                 let label = format!("{name} end-to-end");
-                s.works.push(work_off(store, label, args.jobs, args).await?);
+                let work = work_off(store, label, args.jobs, args).await?;
                 eprintln!(
-                    "\r  {name:<7} round {}: put_many {:.0}/s, x{PUT_TASKS} {:.0}/s, worker {:.0}/s   ",
+                    "\r  {name:<7} round {}: put_many {one:.0}/s, x{PUT_TASKS} {eight:.0}/s, worker {work:.0}/s   ",
                     round + 1,
-                    s.puts[s.puts.len() - 1],
-                    s.puts_8[s.puts_8.len() - 1],
-                    s.works[s.works.len() - 1]
                 );
+                s.puts.push(one);
+                s.puts_8.push(eight);
+                s.works.push(work);
             }
             (_, Some((table, url))) => {
-                s.inserts
-                    .push(bare_insert(store, table, url, args, 1).await?);
+                let one = bare_insert(store, table, url, args, 1).await?;
                 store.purge(QUEUE).await?;
                 settle(Some(table), Some(url)).await?;
-                s.inserts_8
-                    .push(bare_insert(store, table, url, args, PUT_TASKS).await?);
+                let eight = bare_insert(store, table, url, args, PUT_TASKS).await?;
                 settle(Some(table), Some(url)).await?;
-                s.loops.push(ceiling(store, table, url, args).await?);
+                let work = ceiling(store, table, url, args).await?;
                 eprintln!(
-                    "\r  {name:<7} round {}: bare insert {:.0}/s, x{PUT_TASKS} {:.0}/s, bare claim+complete {:.0}/s   ",
+                    "\r  {name:<7} round {}: bare insert {one:.0}/s, x{PUT_TASKS} {eight:.0}/s, bare claim+complete {work:.0}/s   ",
                     round + 1,
-                    s.inserts[s.inserts.len() - 1],
-                    s.inserts_8[s.inserts_8.len() - 1],
-                    s.loops[s.loops.len() - 1]
                 );
+                s.inserts.push(one);
+                s.inserts_8.push(eight);
+                s.loops.push(work);
             }
             _ => {}
         }
