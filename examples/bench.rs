@@ -179,6 +179,29 @@ fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
+/// CPU time this program's main thread has used so far (Linux: `/proc/self/schedstat`), or
+/// `None` where that cannot be read. The runtime is current-thread, so the main thread does
+/// all of the program's work: the stores', the worker's and the bare loops'.
+fn cpu_used() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let ns = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
+/// Measures the client's CPU time over a phase of `n` jobs, in µs per job.
+struct CpuClock(Option<Duration>);
+
+impl CpuClock {
+    fn start() -> Self {
+        CpuClock(cpu_used())
+    }
+
+    fn per_job(&self, n: usize) -> Option<f64> {
+        let used = cpu_used()?.checked_sub(self.0?)?;
+        Some(used.as_secs_f64() * 1e6 / n as f64)
+    }
+}
+
 /// The benchmark's no-op task: `{"task": "noop", "args": {"n": ..}}`.
 #[derive(Serialize, Deserialize)]
 struct Noop {
@@ -393,6 +416,9 @@ struct Samples {
     inserts: Vec<f64>,
     inserts_8: Vec<f64>,
     loops: Vec<f64>,
+    /// The client's CPU µs per job: the worker's, and the bare loop's.
+    work_cpu: Vec<f64>,
+    loop_cpu: Vec<f64>,
 }
 
 /// One round of `put_many` and the worker beside their ceilings: fills the table through the
@@ -421,7 +447,7 @@ async fn throughput_round(
                 let eight = fill(store, name, args, PUT_TASKS).await?;
                 settle(table, args.url.as_deref()).await?;
                 let label = format!("{name} end-to-end");
-                let work = work_off(store, label, args.jobs, args).await?;
+                let (work, cpu) = work_off(store, label, args.jobs, args).await?;
                 eprintln!(
                     "\r  {name:<7} round {}: put_many {one:.0}/s, x{PUT_TASKS} {eight:.0}/s, worker {work:.0}/s   ",
                     round + 1,
@@ -429,6 +455,7 @@ async fn throughput_round(
                 s.puts.push(one);
                 s.puts_8.push(eight);
                 s.works.push(work);
+                s.work_cpu.extend(cpu);
             }
             (_, Some((table, url))) => {
                 let one = bare_insert(store, table, url, args, 1).await?;
@@ -436,7 +463,7 @@ async fn throughput_round(
                 settle(Some(table), Some(url)).await?;
                 let eight = bare_insert(store, table, url, args, PUT_TASKS).await?;
                 settle(Some(table), Some(url)).await?;
-                let work = ceiling(store, table, url, args).await?;
+                let (work, cpu) = ceiling(store, table, url, args).await?;
                 eprintln!(
                     "\r  {name:<7} round {}: bare insert {one:.0}/s, x{PUT_TASKS} {eight:.0}/s, bare claim+complete {work:.0}/s   ",
                     round + 1,
@@ -444,6 +471,7 @@ async fn throughput_round(
                 s.inserts.push(one);
                 s.inserts_8.push(eight);
                 s.loops.push(work);
+                s.loop_cpu.extend(cpu);
             }
             _ => {}
         }
@@ -475,29 +503,37 @@ fn report_throughput(name: &str, s: Samples, r: &mut Report) {
             r.add(name, metric, median(samples), "jobs/s");
         }
     }
+    if !s.work_cpu.is_empty() {
+        r.add(name, "client CPU: worker", median(s.work_cpu), "µs/job");
+        if !s.loop_cpu.is_empty() {
+            r.against(median(s.loop_cpu));
+        }
+    }
 }
 
 /// Runs a worker until the `n` queued jobs are drained, checks each ran exactly once and the
-/// table is empty; returns jobs/s.
+/// table is empty; returns jobs/s and the client's CPU µs per job.
 async fn work_off(
     store: &Arc<dyn QueueStore>,
     label: String,
     n: usize,
     args: &Args,
-) -> Result<f64, BoxError> {
+) -> Result<(f64, Option<f64>), BoxError> {
     let counting = Counting::new(n, false);
     let p = progress(label, counting.done.clone(), n as u64);
     let w = worker(store.clone(), counting.clone(), args)?;
+    let cpu = CpuClock::start();
     let t = Instant::now();
     let status = w.run_until_drained().await?;
     let took = t.elapsed();
+    let cpu = cpu.per_job(n);
     p.abort();
     counting.check_once()?;
     if status.processed != n as u64 {
         return Err(format!("worker processed {} of {n}", status.processed).into());
     }
     expect_empty(&**store).await?;
-    Ok(rate(n, took))
+    Ok((rate(n, took), cpu))
 }
 
 async fn pickup(
@@ -661,7 +697,7 @@ async fn keyed(
         }
         settle(table, args.url.as_deref()).await?;
         let label = format!("{name} keyed end-to-end ({layout})");
-        let jps = work_off(store, label, n, args).await?;
+        let (jps, _) = work_off(store, label, n, args).await?;
         let metric = match layout {
             "interleaved" => "end-to-end: behind 1k keys, interleaved",
             _ => "end-to-end: behind 1k keys, clustered",
@@ -743,13 +779,14 @@ async fn insert_rows(
 }
 
 /// The ceiling of the worker: the shared claim and complete statements in a bare loop on
-/// plain connections, batch = concurrency, over the `args.jobs` queued jobs.
+/// plain connections, batch = concurrency, over the `args.jobs` queued jobs; returns jobs/s
+/// and the client's CPU µs per job.
 async fn ceiling(
     store: &Arc<dyn QueueStore>,
     table: &QueueTable,
     url: &str,
     args: &Args,
-) -> Result<f64, BoxError> {
+) -> Result<(f64, Option<f64>), BoxError> {
     let sql = Statements::new(table);
     // Two connections, as the worker uses: one claims the next batch while the other
     // completes the previous one.
@@ -758,6 +795,7 @@ async fn ceiling(
     let queues = vec![QUEUE.to_string()];
     let claim_sql = sql.claim(queues.len(), args.concurrency);
     let lease_us = i64::try_from(pq_api::DEFAULT_LEASE.as_micros())?;
+    let cpu = CpuClock::start();
     let t = Instant::now();
     let mut done = 0;
     let mut finished: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
@@ -795,11 +833,12 @@ async fn ceiling(
         }
     }
     let took = t.elapsed();
+    let cpu = cpu.per_job(done);
     if done != args.jobs {
         return Err(format!("ceiling loop completed {done} of {}", args.jobs).into());
     }
     expect_empty(&**store).await?;
-    Ok(rate(done, took))
+    Ok((rate(done, took), cpu))
 }
 
 async fn open(
