@@ -926,7 +926,7 @@ async fn main() -> Result<(), BoxError> {
             f.metric,
             f.value,
             f.unit,
-            opt(f.ceiling, 0),
+            opt(f.ceiling, digits),
             opt(f.ratio, 2)
         );
     }
