@@ -5,13 +5,17 @@
 //! send these exact strings, so the two stores run byte-identical SQL.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
 use crate::error::{Error, Result};
 use crate::job::{ClaimedJob, Done, FinishedJob, Job, JobId, JobState, Lease};
+
+/// How many rendered claim texts [`Statements::claim`] keeps; past that it renders each
+/// new one on every call.
+pub const CLAIM_TEXTS_KEPT: usize = 256;
 
 /// Longest schema name (PostgreSQL's identifier limit).
 pub const MAX_SCHEMA_LEN: usize = 63;
@@ -157,6 +161,8 @@ pub struct Statements {
     insert_cursor: Arc<str>,
     /// The claim, with `{queues}` and `{limit}` still to fill in: see [`Statements::claim`].
     claim: Arc<str>,
+    /// Claim texts already filled in, by queue count and limit; shared by clones.
+    claims: Arc<Mutex<HashMap<(usize, u32), Arc<str>>>>,
     /// `$1 int8[]` ids, `$2 int8[]` tokens, `$3 text[]` results (JSON or null), `$4 text[]` key
     /// states (JSON or null) → `id` of each completed job.
     pub complete: Arc<str>,
@@ -202,10 +208,31 @@ impl Statements {
     /// running it). Written in, the generic plan is the same index scan, and after its first
     /// executions a connection stops planning that statement. A worker claims with few
     /// distinct limits (up to its concurrency), so few distinct texts are prepared.
-    pub fn claim(&self, queues: usize, limit: u32) -> String {
-        self.claim
-            .replace("{queues}", &queue_values(queues))
-            .replace("{limit}", &limit.to_string())
+    ///
+    /// The texts are kept (up to [`CLAIM_TEXTS_KEPT`] of them, shared by clones), so a claim
+    /// does not render its statement again.
+    ///
+    /// ```
+    /// use pq_api::sql::{QueueTable, Statements};
+    /// let sql = Statements::new(&QueueTable::default());
+    /// let text = sql.claim(1, 32);
+    /// assert!(text.contains("LIMIT 32"));
+    /// assert!(std::sync::Arc::ptr_eq(&text, &sql.claim(1, 32)));
+    /// ```
+    pub fn claim(&self, queues: usize, limit: u32) -> Arc<str> {
+        let mut kept = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(text) = kept.get(&(queues, limit)) {
+            return text.clone();
+        }
+        let text: Arc<str> = Arc::from(
+            self.claim
+                .replace("{queues}", &queue_values(queues))
+                .replace("{limit}", &limit.to_string()),
+        );
+        if kept.len() < CLAIM_TEXTS_KEPT {
+            kept.insert((queues, limit), text.clone());
+        }
+        text
     }
 
     /// The insert of `rows`: `$1 text[]` queue, `$2 text[]` payload, `$3 int4[]` priority,
@@ -427,6 +454,7 @@ impl Statements {
             // Jobs without a key: the earliest `run_at` per queue. Keyed jobs: per live key
             // (found by skipping through the key index), its earliest `run_at`, but not before
             // a live lease on the key runs out.
+            claims: Arc::default(),
             next_run: s(format!(
                 "WITH RECURSIVE qs AS (SELECT DISTINCT name FROM (VALUES {{queues}}) AS q(name) \
                  WHERE name IS NOT NULL), \

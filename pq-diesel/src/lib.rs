@@ -407,7 +407,7 @@ impl DieselStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<InsertedRow> = prepared(&**self.inner.sql.insert(&a))
+        let rows: Vec<InsertedRow> = prepared(self.inner.sql.insert(&a))
             .bind::<Array<Text>, _>(&a.queue)
             .bind::<Array<Text>, _>(&a.payload)
             .bind::<Array<Integer>, _>(&a.priority)
@@ -434,7 +434,7 @@ impl DieselStore {
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let queues = claim.distinct_queues();
-        let rows: Vec<Row> = prepared(self.inner.sql.claim(queues.len(), claim.limit))
+        let rows: Vec<Row> = prepared(&self.inner.sql.claim(queues.len(), claim.limit))
             .bind::<Array<Text>, _>(queues)
             .bind::<BigInt, _>(micros(claim.lease))
             .bind::<BigInt, _>(Lease::new_token())
@@ -457,7 +457,7 @@ impl DieselStore {
             return Ok(Vec::new());
         }
         let a = DoneArrays::new(done)?;
-        let completed: Vec<IdRow> = prepared(&*self.inner.sql.complete)
+        let completed: Vec<IdRow> = prepared(&self.inner.sql.complete)
             .bind::<Array<BigInt>, _>(a.id)
             .bind::<Array<BigInt>, _>(a.token)
             .bind::<Array<Nullable<Text>>, _>(a.result)
@@ -556,7 +556,7 @@ impl QueueStore for DieselStore {
         failure.validate()?;
         let (at, within) = sql::retry_params(&failure);
         let mut conn = self.conn().await?;
-        let rows: Vec<StateRow> = prepared(&*self.inner.sql.fail)
+        let rows: Vec<StateRow> = prepared(&self.inner.sql.fail)
             .bind::<BigInt, _>(lease.job_id.0)
             .bind::<BigInt, _>(lease.token)
             .bind::<Nullable<Timestamptz>, _>(at)
@@ -572,7 +572,7 @@ impl QueueStore for DieselStore {
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
         pq_api::validate_lease(lease_for)?;
         let mut conn = self.conn().await?;
-        let rows: Vec<RunAtRow> = prepared(&*self.inner.sql.extend)
+        let rows: Vec<RunAtRow> = prepared(&self.inner.sql.extend)
             .bind::<BigInt, _>(lease.job_id.0)
             .bind::<BigInt, _>(lease.token)
             .bind::<BigInt, _>(micros(lease_for))
@@ -587,7 +587,7 @@ impl QueueStore for DieselStore {
 
     async fn release(&self, lease: &Lease) -> Result<()> {
         let mut conn = self.conn().await?;
-        let rows: Vec<IdRow> = prepared(&*self.inner.sql.release)
+        let rows: Vec<IdRow> = prepared(&self.inner.sql.release)
             .bind::<BigInt, _>(lease.job_id.0)
             .bind::<BigInt, _>(lease.token)
             .load(&mut conn)
@@ -602,7 +602,7 @@ impl QueueStore for DieselStore {
 
     async fn cancel(&self, id: JobId) -> Result<()> {
         let mut conn = self.conn().await?;
-        let rows: Vec<StateRow> = prepared(&*self.inner.sql.cancel)
+        let rows: Vec<StateRow> = prepared(&self.inner.sql.cancel)
             .bind::<BigInt, _>(id.0)
             .load(&mut conn)
             .await
@@ -618,7 +618,7 @@ impl QueueStore for DieselStore {
 
     async fn retry(&self, id: JobId) -> Result<()> {
         let mut conn = self.conn().await?;
-        let rows: Vec<StateRow> = prepared(&*self.inner.sql.retry)
+        let rows: Vec<StateRow> = prepared(&self.inner.sql.retry)
             .bind::<BigInt, _>(id.0)
             .load(&mut conn)
             .await
@@ -631,7 +631,7 @@ impl QueueStore for DieselStore {
 
     async fn job(&self, id: JobId) -> Result<Job> {
         let mut conn = self.conn().await?;
-        let rows: Vec<Row> = prepared(&*self.inner.sql.job)
+        let rows: Vec<Row> = prepared(&self.inner.sql.job)
             .bind::<BigInt, _>(id.0)
             .load(&mut conn)
             .await
@@ -642,7 +642,7 @@ impl QueueStore for DieselStore {
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
         let mut conn = self.conn().await?;
-        let rows: Vec<CountRow> = prepared(&*self.inner.sql.stats)
+        let rows: Vec<CountRow> = prepared(&self.inner.sql.stats)
             .bind::<Text, _>(queue)
             .load(&mut conn)
             .await
@@ -656,7 +656,7 @@ impl QueueStore for DieselStore {
 
     async fn purge(&self, queue: &str) -> Result<u64> {
         let mut conn = self.conn().await?;
-        let rows: Vec<NRow> = prepared(&*self.inner.sql.purge)
+        let rows: Vec<NRow> = prepared(&self.inner.sql.purge)
             .bind::<Text, _>(queue)
             .load(&mut conn)
             .await
@@ -669,7 +669,7 @@ impl QueueStore for DieselStore {
 
     async fn key_state(&self, queue: &str, key: &str) -> Result<Option<serde_json::Value>> {
         let mut conn = self.conn().await?;
-        let rows: Vec<KeyStateRow> = prepared(&*self.inner.sql.key_state)
+        let rows: Vec<KeyStateRow> = prepared(&self.inner.sql.key_state)
             .bind::<Text, _>(queue)
             .bind::<Text, _>(key)
             .load(&mut conn)
@@ -684,7 +684,7 @@ impl QueueStore for DieselStore {
 
     async fn finished(&self, id: JobId) -> Result<FinishedJob> {
         let mut conn = self.conn().await?;
-        let rows: Vec<HistoryRow> = prepared(&*self.inner.sql.finished)
+        let rows: Vec<HistoryRow> = prepared(&self.inner.sql.finished)
             .bind::<BigInt, _>(id.0)
             .load(&mut conn)
             .await
@@ -695,7 +695,7 @@ impl QueueStore for DieselStore {
 
     async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
         let mut conn = self.conn().await?;
-        let rows: Vec<HistoryRow> = prepared(&*self.inner.sql.history)
+        let rows: Vec<HistoryRow> = prepared(&self.inner.sql.history)
             .bind::<Text, _>(queue)
             .bind::<BigInt, _>(i64::from(limit))
             .load(&mut conn)
@@ -708,7 +708,7 @@ impl QueueStore for DieselStore {
 
     async fn cleanup_history(&self) -> Result<u64> {
         let mut conn = self.conn().await?;
-        let rows: Vec<NRow> = prepared(&*self.inner.sql.cleanup_history)
+        let rows: Vec<NRow> = prepared(&self.inner.sql.cleanup_history)
             .load(&mut conn)
             .await
             .map_err(map_err)?;
@@ -722,7 +722,7 @@ impl QueueStore for DieselStore {
         self.ensure_listener();
         let next_run = || async {
             let mut conn = self.conn().await?;
-            let rows: Vec<NextRunRow> = prepared(self.inner.sql.next_run(queues.len()))
+            let rows: Vec<NextRunRow> = prepared(&Arc::from(self.inner.sql.next_run(queues.len())))
                 .bind::<Array<Text>, _>(queues)
                 .load(&mut conn)
                 .await

@@ -6,6 +6,7 @@
 //! `pq_api::sql`, safe to keep prepared per connection, keyed by their text, as sqlx does.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
 
 use diesel::pg::{Pg, PgQueryBuilder};
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
@@ -16,14 +17,14 @@ use diesel::QueryResult;
 /// `text` with the values bound so far (`B`, a chain of [`Bound`]).
 #[must_use = "a statement does nothing until it is run"]
 pub(crate) struct Prepared<B> {
-    sql: String,
+    sql: Arc<str>,
     binds: B,
 }
 
 /// A statement to keep prepared, with no value bound yet.
-pub(crate) fn prepared(sql: impl Into<String>) -> Prepared<()> {
+pub(crate) fn prepared(sql: &Arc<str>) -> Prepared<()> {
     Prepared {
-        sql: sql.into(),
+        sql: sql.clone(),
         binds: (),
     }
 }

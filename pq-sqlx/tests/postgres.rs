@@ -549,7 +549,7 @@ async fn diesel_keeps_its_statements_prepared_and_stops_planning_the_claim() {
     let counts: Vec<PlanCounts> = diesel::sql_query(
         "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
     )
-    .bind::<diesel::sql_types::Text, _>(&sql)
+    .bind::<diesel::sql_types::Text, _>(sql.to_string())
     .load(&mut conn)
     .await
     .unwrap();
