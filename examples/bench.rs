@@ -188,17 +188,41 @@ fn cpu_used() -> Option<Duration> {
     Some(Duration::from_nanos(ns))
 }
 
-/// Measures the client's CPU time over a phase of `n` jobs, in µs per job.
-struct CpuClock(Option<Duration>);
+/// User-mode CPU time this process has used so far (Linux: `/proc/self/stat`, in ticks of
+/// 10 ms): the part of [`cpu_used`] spent outside the kernel's sends, receives and wakeups.
+fn user_cpu_used() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name (which may hold spaces), from field 3: utime is field 14.
+    let rest = stat.get(stat.rfind(')')? + 1..)?;
+    let ticks: u64 = rest.split_whitespace().nth(11)?.parse().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+/// Measures the client's CPU time over a phase of `n` jobs, in µs per job: all of it, and
+/// the user-mode part.
+struct CpuClock(Option<Duration>, Option<Duration>);
+
+/// The client's CPU µs per job over a phase: all of it, and the user-mode part.
+#[derive(Clone, Copy, Default)]
+struct CpuPerJob {
+    all: Option<f64>,
+    user: Option<f64>,
+}
 
 impl CpuClock {
     fn start() -> Self {
-        CpuClock(cpu_used())
+        CpuClock(cpu_used(), user_cpu_used())
     }
 
-    fn per_job(&self, n: usize) -> Option<f64> {
-        let used = cpu_used()?.checked_sub(self.0?)?;
-        Some(used.as_secs_f64() * 1e6 / n as f64)
+    fn per_job(&self, n: usize) -> CpuPerJob {
+        let per_job = |now: Option<Duration>, then: Option<Duration>| {
+            let used = now?.checked_sub(then?)?;
+            Some(used.as_secs_f64() * 1e6 / n as f64)
+        };
+        CpuPerJob {
+            all: per_job(cpu_used(), self.0),
+            user: per_job(user_cpu_used(), self.1),
+        }
     }
 }
 
@@ -416,9 +440,11 @@ struct Samples {
     inserts: Vec<f64>,
     inserts_8: Vec<f64>,
     loops: Vec<f64>,
-    /// The client's CPU µs per job: the worker's, and the bare loop's.
+    /// The client's CPU µs per job (all, user-mode): the worker's, and the bare loop's.
     work_cpu: Vec<f64>,
     loop_cpu: Vec<f64>,
+    work_user: Vec<f64>,
+    loop_user: Vec<f64>,
 }
 
 /// One round of `put_many` and the worker beside their ceilings: fills the table through the
@@ -455,7 +481,8 @@ async fn throughput_round(
                 s.puts.push(one);
                 s.puts_8.push(eight);
                 s.works.push(work);
-                s.work_cpu.extend(cpu);
+                s.work_cpu.extend(cpu.all);
+                s.work_user.extend(cpu.user);
             }
             (_, Some((table, url))) => {
                 let one = bare_insert(store, table, url, args, 1).await?;
@@ -471,7 +498,8 @@ async fn throughput_round(
                 s.inserts.push(one);
                 s.inserts_8.push(eight);
                 s.loops.push(work);
-                s.loop_cpu.extend(cpu);
+                s.loop_cpu.extend(cpu.all);
+                s.loop_user.extend(cpu.user);
             }
             _ => {}
         }
@@ -503,10 +531,16 @@ fn report_throughput(name: &str, s: Samples, r: &mut Report) {
             r.add(name, metric, median(samples), "jobs/s");
         }
     }
-    if !s.work_cpu.is_empty() {
-        r.add(name, "client CPU: worker", median(s.work_cpu), "µs/job");
-        if !s.loop_cpu.is_empty() {
-            r.against(median(s.loop_cpu));
+    let cpu = [
+        ("client CPU: worker", s.work_cpu, s.loop_cpu),
+        ("client CPU, user mode: worker", s.work_user, s.loop_user),
+    ];
+    for (metric, samples, ceilings) in cpu {
+        if !samples.is_empty() {
+            r.add(name, metric, median(samples), "µs/job");
+            if !ceilings.is_empty() {
+                r.against(median(ceilings));
+            }
         }
     }
 }
@@ -518,7 +552,7 @@ async fn work_off(
     label: String,
     n: usize,
     args: &Args,
-) -> Result<(f64, Option<f64>), BoxError> {
+) -> Result<(f64, CpuPerJob), BoxError> {
     let counting = Counting::new(n, false);
     let p = progress(label, counting.done.clone(), n as u64);
     let w = worker(store.clone(), counting.clone(), args)?;
@@ -786,7 +820,7 @@ async fn ceiling(
     table: &QueueTable,
     url: &str,
     args: &Args,
-) -> Result<(f64, Option<f64>), BoxError> {
+) -> Result<(f64, CpuPerJob), BoxError> {
     let sql = Statements::new(table);
     // Two connections, as the worker uses: one claims the next batch while the other
     // completes the previous one.
