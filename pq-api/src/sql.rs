@@ -4,6 +4,7 @@
 //! a validated [`QueueTable`] and are quoted here, in one place. `pq-sqlx` and `pq-diesel`
 //! send these exact strings, so the two stores run byte-identical SQL.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -658,17 +659,18 @@ pub fn schema_ddl(table: &QueueTable) -> String {
 }
 
 /// A job row as the SQL stores decode it from [`Statements::claim`] and [`Statements::job`]:
-/// plain column values, converted to a [`Job`] in one place.
+/// plain column values, converted to a [`Job`] in one place. The payload and the state may
+/// borrow from the driver's row (a claim parses each payload straight from it).
 #[derive(Debug, Clone)]
 #[allow(missing_docs)]
-pub struct JobRow {
+pub struct JobRow<'r> {
     pub id: i64,
     pub queue: String,
-    pub payload: String,
+    pub payload: Cow<'r, str>,
     pub priority: i32,
     pub expected_at: Option<DateTime<Utc>>,
     pub run_at: DateTime<Utc>,
-    pub state: String,
+    pub state: Cow<'r, str>,
     pub attempts: i32,
     pub max_attempts: i32,
     pub last_error: Option<String>,
@@ -680,7 +682,7 @@ pub struct JobRow {
     pub key_state: Option<String>,
 }
 
-impl JobRow {
+impl JobRow<'_> {
     /// Converts the row into a [`Job`].
     pub fn into_job(self) -> Result<Job> {
         let state = parse_state(&self.state)?;

@@ -152,16 +152,16 @@ struct Row {
     key_state: Option<String>,
 }
 
-impl From<Row> for JobRow {
+impl From<Row> for JobRow<'static> {
     fn from(r: Row) -> Self {
         JobRow {
             id: r.id,
             queue: r.queue,
-            payload: r.payload,
+            payload: r.payload.into(),
             priority: r.priority,
             expected_at: r.expected_at,
             run_at: r.run_at,
-            state: r.state,
+            state: r.state.into(),
             attempts: r.attempts,
             max_attempts: r.max_attempts,
             last_error: r.last_error,

@@ -35,11 +35,13 @@
 //! For the worker, a [`SqlxTask`] runs inside a transaction that also removes its job:
 //! register it with [`SqlxStore::transactional`].
 
+use std::borrow::Cow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
 use pq_api::sql::{
     self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements,
 };
@@ -108,16 +110,16 @@ fn q(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(text.clone())
 }
 
-fn job_row(row: &PgRow) -> Result<JobRow> {
+fn job_row(row: &PgRow) -> Result<JobRow<'_>> {
     let get = |e: sqlx::Error| map_err(e);
     Ok(JobRow {
         id: row.try_get(0).map_err(get)?,
         queue: row.try_get(1).map_err(get)?,
-        payload: row.try_get(2).map_err(get)?,
+        payload: Cow::Borrowed(row.try_get(2).map_err(get)?),
         priority: row.try_get(3).map_err(get)?,
         expected_at: row.try_get(4).map_err(get)?,
         run_at: row.try_get(5).map_err(get)?,
-        state: row.try_get(6).map_err(get)?,
+        state: Cow::Borrowed(row.try_get(6).map_err(get)?),
         attempts: row.try_get(7).map_err(get)?,
         max_attempts: row.try_get(8).map_err(get)?,
         last_error: row.try_get(9).map_err(get)?,
@@ -316,14 +318,17 @@ impl SqlxStore {
         claim.validate()?;
         let queues = claim.distinct_queues();
         let sql = self.inner.sql.claim(queues.len(), claim.limit);
-        let rows = sqlx::query(AssertSqlSafe(sql))
+        let mut rows = sqlx::query(AssertSqlSafe(sql))
             .bind(queues)
             .bind(micros(claim.lease))
             .bind(Lease::new_token())
-            .fetch_all(e)
-            .await
-            .map_err(map_err)?;
-        rows.iter().map(|r| job_row(r)?.into_claimed()).collect()
+            .fetch(e);
+        // Each row becomes a job as it is read: no vector of rows in between.
+        let mut jobs = Vec::with_capacity(usize::try_from(claim.limit.min(256)).unwrap_or(0));
+        while let Some(row) = rows.try_next().await.map_err(map_err)? {
+            jobs.push(job_row(&row)?.into_claimed()?);
+        }
+        Ok(jobs)
     }
 
     async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(
