@@ -18,7 +18,8 @@
 //! a small shared host, runs of the same code minutes apart differ by a third. The backlog
 //! figures are medians of five samples each. The program
 //! runs on a current-thread tokio runtime: with PostgreSQL on the same two cores, more
-//! threads only contend for them.
+//! threads only contend for them. On Linux it also reports the client's CPU per job over
+//! the worker's run and the bare loop's (all of it, and the user-mode part).
 
 use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -98,7 +99,7 @@ fn parse_args() -> Result<Args, BoxError> {
                     "{}",
                     include_str!("bench.rs")
                         .lines()
-                        .take(21)
+                        .take(23)
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
@@ -179,19 +180,20 @@ fn rate(n: usize, took: Duration) -> f64 {
     n as f64 / took.as_secs_f64()
 }
 
-/// CPU time this program's main thread has used so far (Linux: `/proc/self/schedstat`), or
-/// `None` where that cannot be read. The runtime is current-thread, so the main thread does
+/// CPU time the calling thread has used so far (Linux: `/proc/thread-self/schedstat`), or
+/// `None` where that cannot be read. The runtime is current-thread, so its one thread does
 /// all of the program's work: the stores', the worker's and the bare loops'.
 fn cpu_used() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/schedstat").ok()?;
+    let stat = std::fs::read_to_string("/proc/thread-self/schedstat").ok()?;
     let ns = stat.split_whitespace().next()?.parse().ok()?;
     Some(Duration::from_nanos(ns))
 }
 
-/// User-mode CPU time this process has used so far (Linux: `/proc/self/stat`, in ticks of
-/// 10 ms): the part of [`cpu_used`] spent outside the kernel's sends, receives and wakeups.
+/// User-mode CPU time the calling thread has used so far (Linux: `/proc/thread-self/stat`,
+/// in ticks of 10 ms, scaled by the kernel to match [`cpu_used`]): the part of it spent
+/// outside the kernel's sends, receives and wakeups.
 fn user_cpu_used() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").ok()?;
     // Fields after the command name (which may hold spaces), from field 3: utime is field 14.
     let rest = stat.get(stat.rfind(')')? + 1..)?;
     let ticks: u64 = rest.split_whitespace().nth(11)?.parse().ok()?;
