@@ -149,6 +149,9 @@ const JOB_COLUMNS: &str = "id, queue, payload::text AS payload, priority, expect
 const FINISHED_COLUMNS: &str = "id, queue, payload::text AS payload, key, cursor, priority, \
      attempts, result::text AS result, created_at, finished_at, keep_until";
 
+/// Rendered claim texts by queue count and limit.
+type ClaimTexts = HashMap<(usize, u32), Arc<str>>;
+
 /// Every statement pq runs against one [`QueueTable`]. Cheap to clone.
 ///
 /// Parameters (all typed explicitly in the text, so the drivers need no inference):
@@ -162,8 +165,8 @@ pub struct Statements {
     insert_cursor: Arc<str>,
     /// The claim, with `{queues}` and `{limit}` still to fill in: see [`Statements::claim`].
     claim: Arc<str>,
-    /// Claim texts already filled in, by queue count and limit; shared by clones.
-    claims: Arc<Mutex<HashMap<(usize, u32), Arc<str>>>>,
+    /// Claim texts already filled in; shared by clones.
+    claims: Arc<Mutex<ClaimTexts>>,
     /// `$1 int8[]` ids, `$2 int8[]` tokens, `$3 text[]` results (JSON or null), `$4 text[]` key
     /// states (JSON or null) → `id` of each completed job.
     pub complete: Arc<str>,
