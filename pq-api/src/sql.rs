@@ -455,10 +455,10 @@ impl Statements {
                 "WITH gone AS (DELETE FROM {history} WHERE keep_until <= statement_timestamp() \
                  RETURNING 1) SELECT count(*)::int8 AS n FROM gone"
             )),
+            claims: Arc::default(),
             // Jobs without a key: the earliest `run_at` per queue. Keyed jobs: per live key
             // (found by skipping through the key index), its earliest `run_at`, but not before
             // a live lease on the key runs out.
-            claims: Arc::default(),
             next_run: s(format!(
                 "WITH RECURSIVE qs AS (SELECT DISTINCT name FROM (VALUES {{queues}}) AS q(name) \
                  WHERE name IS NOT NULL), \
