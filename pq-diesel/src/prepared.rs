@@ -14,24 +14,34 @@ use diesel::serialize::ToSql;
 use diesel::sql_types::{HasSqlType, Untyped};
 use diesel::QueryResult;
 
-/// `text` with the values bound so far (`B`, a chain of [`Bound`]).
+/// `text` with the values bound so far (`B`, a chain of [`Bound`]), returning rows of SQL
+/// type `R`: `Untyped` (loaded by column name, through `QueryableByName`, as with
+/// `sql_query`), or a tuple of the columns' types (loaded by position, through `Queryable`).
 #[must_use = "a statement does nothing until it is run"]
-pub(crate) struct Prepared<B> {
+pub(crate) struct Prepared<B, R = Untyped> {
     sql: Arc<str>,
     binds: B,
+    row: PhantomData<fn() -> R>,
 }
 
-/// A statement to keep prepared, with no value bound yet.
+/// A statement to keep prepared, with no value bound yet, its rows loaded by column name.
 pub(crate) fn prepared(sql: &Arc<str>) -> Prepared<()> {
+    prepared_as(sql)
+}
+
+/// A statement to keep prepared, with no value bound yet, its rows of SQL type `R` loaded
+/// by position: no lookup of each column by its name in each row.
+pub(crate) fn prepared_as<R>(sql: &Arc<str>) -> Prepared<(), R> {
     Prepared {
         sql: sql.clone(),
         binds: (),
+        row: PhantomData,
     }
 }
 
-impl<B> Prepared<B> {
+impl<B, R> Prepared<B, R> {
     /// Binds the next `$n` to `value`, as SQL type `ST`.
-    pub(crate) fn bind<ST, V>(self, value: V) -> Prepared<Bound<B, ST, V>> {
+    pub(crate) fn bind<ST, V>(self, value: V) -> Prepared<Bound<B, ST, V>, R> {
         Prepared {
             sql: self.sql,
             binds: Bound {
@@ -39,6 +49,7 @@ impl<B> Prepared<B> {
                 value,
                 sql_type: PhantomData,
             },
+            row: PhantomData,
         }
     }
 }
@@ -72,7 +83,7 @@ where
     }
 }
 
-impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
+impl<B: Binds, R> QueryFragment<Pg> for Prepared<B, R> {
     /// Collects the bound values (the text already holds their `$n`).
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
         self.binds.push(&mut out)
@@ -86,12 +97,12 @@ impl<B: Binds> QueryFragment<Pg> for Prepared<B> {
 }
 
 /// No static id: diesel's statement cache keys the statement by its text.
-impl<B> QueryId for Prepared<B> {
+impl<B, R> QueryId for Prepared<B, R> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
-/// Rows load through `QueryableByName`, as with `sql_query`.
-impl<B> Query for Prepared<B> {
-    type SqlType = Untyped;
+/// Rows load as `R` says (see [`Prepared`]).
+impl<B, R> Query for Prepared<B, R> {
+    type SqlType = R;
 }
