@@ -13,7 +13,7 @@
 //! `--quick` (small counts), `--json` (the summary as JSON too).
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
-//! phase starts from a vacuumed, analyzed table. `put_many`, the worker and their ceilings
+//! phase starts from vacuumed, analyzed tables. `put_many`, the worker and their ceilings
 //! run in rounds, interleaved with each other and across the stores, and report medians: on
 //! a small shared host, runs of the same code minutes apart differ by a third. The backlog
 //! figures are medians of five samples each. The program
@@ -332,13 +332,25 @@ async fn put_many(
 /// load or a burst of deletes, so that each phase starts from a settled table. (With
 /// statistics taken while the table was empty, PostgreSQL may plan the claim as a bitmap scan
 /// and sort of the whole backlog; dead rows left by earlier phases slow every index scan until
-/// vacuumed.)
+/// vacuumed.) Every other table of its schema is vacuumed too: a table another
+/// store has just emptied would otherwise be vacuumed by autovacuum while this phase runs (seen:
+/// one store's million deleted rows vacuumed through the next store's backlog samples).
 async fn settle(table: Option<&QueueTable>, url: Option<&str>) -> Result<(), BoxError> {
     if let (Some(table), Some(url)) = (table, url) {
         let mut conn = PgConnection::connect(url).await?;
+        let mut tables: Vec<String> = sqlx::query_scalar(
+            "SELECT format('%I.%I', schemaname, tablename) FROM pg_tables \
+             WHERE schemaname = $1 ORDER BY tablename",
+        )
+        .bind(table.schema())
+        .fetch_all(&mut conn)
+        .await?;
+        if tables.is_empty() {
+            tables.push(table.qualified());
+        }
         sqlx::query(AssertSqlSafe(format!(
             "VACUUM ANALYZE {}",
-            table.qualified()
+            tables.join(", ")
         )))
         .execute(&mut conn)
         .await?;
