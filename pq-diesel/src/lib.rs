@@ -232,8 +232,8 @@ struct InsertedRow {
     id: i64,
     #[diesel(sql_type = Bool)]
     cursor: bool,
-    #[diesel(sql_type = Text)]
-    queue: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    queue: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
     key: Option<String>,
 }
@@ -414,7 +414,7 @@ impl DieselStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<InsertedRow> = prepared(self.inner.sql.insert(&a))
+        let insert = prepared(self.inner.sql.insert(&a))
             .bind::<Array<Text>, _>(&a.queue)
             .bind::<Array<Text>, _>(&a.payload)
             .bind::<Array<Integer>, _>(&a.priority)
@@ -426,9 +426,8 @@ impl DieselStore {
             .bind::<Array<Nullable<Text>>, _>(&a.key)
             .bind::<Array<Bool>, _>(&a.cursor)
             .bind::<Array<Nullable<BigInt>>, _>(&a.keep_for)
-            .load(conn)
-            .await
-            .map_err(map_err)?;
+            .load(conn);
+        let rows: Vec<InsertedRow> = sql::freeing(insert, jobs).await.map_err(map_err)?;
         a.ids(rows.into_iter().map(|r| (r.id, r.cursor, r.queue, r.key)))
     }
 

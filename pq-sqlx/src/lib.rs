@@ -291,22 +291,21 @@ impl SqlxStore {
         if jobs.is_empty() {
             return Ok(Vec::new());
         }
-        let rows: Vec<(i64, bool, String, Option<String>)> =
-            sqlx::query_as(q(self.inner.sql.insert(&a)))
-                .bind(&a.queue)
-                .bind(&a.payload)
-                .bind(&a.priority)
-                .bind(&a.run_at)
-                .bind(&a.run_in)
-                .bind(&a.expected_at)
-                .bind(&a.expected_in)
-                .bind(&a.max_attempts)
-                .bind(&a.key)
-                .bind(&a.cursor)
-                .bind(&a.keep_for)
-                .fetch_all(e)
-                .await
-                .map_err(map_err)?;
+        let insert = sqlx::query_as(q(self.inner.sql.insert(&a)))
+            .bind(&a.queue)
+            .bind(&a.payload)
+            .bind(&a.priority)
+            .bind(&a.run_at)
+            .bind(&a.run_in)
+            .bind(&a.expected_at)
+            .bind(&a.expected_in)
+            .bind(&a.max_attempts)
+            .bind(&a.key)
+            .bind(&a.cursor)
+            .bind(&a.keep_for)
+            .fetch_all(e);
+        let rows: Vec<(i64, bool, Option<String>, Option<String>)> =
+            sql::freeing(insert, jobs).await.map_err(map_err)?;
         a.ids(rows)
     }
 
