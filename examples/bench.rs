@@ -358,6 +358,25 @@ async fn settle(table: Option<&QueueTable>, url: Option<&str>) -> Result<(), Box
     Ok(())
 }
 
+/// Has PostgreSQL write a checkpoint, so that one does not begin during the next timed
+/// sample: the first change to each page after a checkpoint begins writes the whole page to
+/// the WAL, and PostgreSQL checkpoints every ~20 s through a run at the default
+/// `max_wal_size`, so a sample a checkpoint fell into wrote more than one that it missed.
+/// After this, both backlogs' pages are older than the last checkpoint, as a backlog's pages
+/// are once it has waited through one. Needs the `pg_checkpoint` role (or superuser); without
+/// it, says so once and goes on.
+async fn checkpoint(url: Option<&str>, warned: &mut bool) -> Result<(), BoxError> {
+    if let Some(url) = url {
+        let mut conn = PgConnection::connect(url).await?;
+        if let Err(e) = sqlx::query("CHECKPOINT").execute(&mut conn).await {
+            if !std::mem::replace(warned, true) {
+                eprintln!("\n  (no CHECKPOINT before backlog samples: {e})");
+            }
+        }
+    }
+    Ok(())
+}
+
 async fn expect_empty(store: &dyn QueueStore) -> Result<(), BoxError> {
     let left = store.stats(QUEUE).await?.total();
     if left != 0 {
@@ -689,7 +708,8 @@ const BACKLOG_SAMPLES: usize = 5;
 
 /// Claim+complete throughput with [`SMALL_BACKLOG`] jobs queued (refilled before each
 /// sample) and with `args.backlog` queued (filled once; the samples together take a sixth
-/// of it at most), each the median of [`BACKLOG_SAMPLES`].
+/// of it at most), each the median of [`BACKLOG_SAMPLES`], each sample right after a
+/// [`checkpoint`].
 async fn backlog(
     store: &Arc<dyn QueueStore>,
     table: Option<&QueueTable>,
@@ -698,11 +718,13 @@ async fn backlog(
     r: &mut Report,
 ) -> Result<(), BoxError> {
     let done = Arc::new(AtomicU64::new(0));
+    let mut warned = false;
     let mut small = Vec::with_capacity(BACKLOG_SAMPLES);
     for _ in 0..BACKLOG_SAMPLES {
         store.purge(QUEUE).await?;
         put_many(store, SMALL_BACKLOG, 1, &done).await?;
         settle(table, args.url.as_deref()).await?;
+        checkpoint(table.and(args.url.as_deref()), &mut warned).await?;
         let sample = args.backlog_sample.min(SMALL_BACKLOG / 2);
         small.push(claim_complete(&**store, sample, args.concurrency).await?);
     }
@@ -719,6 +741,7 @@ async fn backlog(
     settle(table, args.url.as_deref()).await?;
     let mut large = Vec::with_capacity(BACKLOG_SAMPLES);
     for _ in 0..BACKLOG_SAMPLES {
+        checkpoint(table.and(args.url.as_deref()), &mut warned).await?;
         let sample = args
             .backlog_sample
             .min(args.backlog / (2 * BACKLOG_SAMPLES));
