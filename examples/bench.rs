@@ -488,24 +488,35 @@ fn median(mut samples: Vec<f64>) -> f64 {
     samples.get(samples.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
-/// One store's samples of `put_many`, the worker and their ceilings, a figure per round.
+/// One store's samples of `put_many` and the worker (`store`) and of their ceilings, the
+/// bare insert and the bare claim+complete loop (`bare`), a figure per round.
 #[derive(Default)]
 struct Samples {
-    puts: Vec<f64>,
-    puts_8: Vec<f64>,
-    /// The client's CPU µs per job: `put_many` from one task, and the bare insert on one
-    /// connection.
-    put_cpu: Vec<f64>,
-    insert_cpu: Vec<f64>,
-    works: Vec<f64>,
-    inserts: Vec<f64>,
-    inserts_8: Vec<f64>,
-    loops: Vec<f64>,
-    /// The client's CPU µs per job (all, user-mode): the worker's, and the bare loop's.
+    store: Series,
+    bare: Series,
+}
+
+/// One half's figures over the rounds: jobs/s from one task (connection) and from 8, jobs/s
+/// end-to-end, and the client's CPU µs per job (from one task; end-to-end, all and user-mode).
+#[derive(Default)]
+struct Series {
+    one: Vec<f64>,
+    eight: Vec<f64>,
+    one_cpu: Vec<f64>,
+    work: Vec<f64>,
     work_cpu: Vec<f64>,
-    loop_cpu: Vec<f64>,
     work_user: Vec<f64>,
-    loop_user: Vec<f64>,
+}
+
+impl Series {
+    fn record(&mut self, one: (f64, CpuPerJob), eight: f64, work: (f64, CpuPerJob)) {
+        self.one.push(one.0);
+        self.one_cpu.extend(one.1.all);
+        self.eight.push(eight);
+        self.work.push(work.0);
+        self.work_cpu.extend(work.1.all);
+        self.work_user.extend(work.1.user);
+    }
 }
 
 /// One round of `put_many` and the worker beside their ceilings: fills the table through the
@@ -528,41 +539,35 @@ async fn throughput_round(
         settle(table, args.url.as_deref()).await?;
         match (half, bare) {
             (0, _) => {
-                let (one, put_cpu) = fill(store, name, args, 1).await?;
+                let one = fill(store, name, args, 1).await?;
                 store.purge(QUEUE).await?;
                 settle(table, args.url.as_deref()).await?;
                 let (eight, _) = fill(store, name, args, PUT_TASKS).await?;
                 settle(table, args.url.as_deref()).await?;
                 let label = format!("{name} end-to-end");
-                let (work, cpu) = work_off(store, label, args.jobs, args).await?;
+                let work = work_off(store, label, args.jobs, args).await?;
                 eprintln!(
-                    "\r  {name:<7} round {}: put_many {one:.0}/s, x{PUT_TASKS} {eight:.0}/s, worker {work:.0}/s   ",
+                    "\r  {name:<7} round {}: put_many {:.0}/s, x{PUT_TASKS} {eight:.0}/s, worker {:.0}/s   ",
                     round + 1,
+                    one.0,
+                    work.0,
                 );
-                s.puts.push(one);
-                s.puts_8.push(eight);
-                s.put_cpu.extend(put_cpu.all);
-                s.works.push(work);
-                s.work_cpu.extend(cpu.all);
-                s.work_user.extend(cpu.user);
+                s.store.record(one, eight, work);
             }
             (_, Some((table, url))) => {
-                let (one, insert_cpu) = bare_insert(store, table, url, args, 1).await?;
+                let one = bare_insert(store, table, url, args, 1).await?;
                 store.purge(QUEUE).await?;
                 settle(Some(table), Some(url)).await?;
                 let (eight, _) = bare_insert(store, table, url, args, PUT_TASKS).await?;
                 settle(Some(table), Some(url)).await?;
-                let (work, cpu) = ceiling(store, table, url, args).await?;
+                let work = ceiling(store, table, url, args).await?;
                 eprintln!(
-                    "\r  {name:<7} round {}: bare insert {one:.0}/s, x{PUT_TASKS} {eight:.0}/s, bare claim+complete {work:.0}/s   ",
+                    "\r  {name:<7} round {}: bare insert {:.0}/s, x{PUT_TASKS} {eight:.0}/s, bare claim+complete {:.0}/s   ",
                     round + 1,
+                    one.0,
+                    work.0,
                 );
-                s.inserts.push(one);
-                s.inserts_8.push(eight);
-                s.insert_cpu.extend(insert_cpu.all);
-                s.loops.push(work);
-                s.loop_cpu.extend(cpu.all);
-                s.loop_user.extend(cpu.user);
+                s.bare.record(one, eight, work);
             }
             _ => {}
         }
@@ -573,10 +578,11 @@ async fn throughput_round(
 
 /// Reports a store's throughput figures, each the median of its rounds.
 fn report_throughput(name: &str, s: Samples, r: &mut Report) {
+    let Samples { store, bare } = s;
     let figures = [
-        ("enqueue: put_many x1000", s.puts, &s.inserts),
-        ("enqueue: put_many x1000, 8 tasks", s.puts_8, &s.inserts_8),
-        ("end-to-end: worker", s.works, &s.loops),
+        ("enqueue: put_many x1000", store.one, &bare.one),
+        ("enqueue: put_many x1000, 8 tasks", store.eight, &bare.eight),
+        ("end-to-end: worker", store.work, &bare.work),
     ];
     for (metric, samples, ceilings) in figures {
         r.add(name, metric, median(samples), "jobs/s");
@@ -585,9 +591,9 @@ fn report_throughput(name: &str, s: Samples, r: &mut Report) {
         }
     }
     let ceilings = [
-        ("ceiling: bare insert x1000", s.inserts),
-        ("ceiling: bare insert x1000, 8 conns", s.inserts_8),
-        ("ceiling: bare claim+complete, 2 conns", s.loops),
+        ("ceiling: bare insert x1000", bare.one),
+        ("ceiling: bare insert x1000, 8 conns", bare.eight),
+        ("ceiling: bare claim+complete, 2 conns", bare.work),
     ];
     for (metric, samples) in ceilings {
         if !samples.is_empty() {
@@ -595,9 +601,13 @@ fn report_throughput(name: &str, s: Samples, r: &mut Report) {
         }
     }
     let cpu = [
-        ("client CPU: put_many x1000", s.put_cpu, s.insert_cpu),
-        ("client CPU: worker", s.work_cpu, s.loop_cpu),
-        ("client CPU, user mode: worker", s.work_user, s.loop_user),
+        ("client CPU: put_many x1000", store.one_cpu, bare.one_cpu),
+        ("client CPU: worker", store.work_cpu, bare.work_cpu),
+        (
+            "client CPU, user mode: worker",
+            store.work_user,
+            bare.work_user,
+        ),
     ];
     for (metric, samples, ceilings) in cpu {
         if !samples.is_empty() {
