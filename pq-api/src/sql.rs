@@ -150,7 +150,21 @@ const FINISHED_COLUMNS: &str = "id, queue, payload::text AS payload, key, cursor
      attempts, result::text AS result, created_at, finished_at, keep_until";
 
 /// Rendered claim texts by queue count and limit.
-type ClaimTexts = HashMap<(usize, u32), Arc<str>>;
+type ClaimTexts = HashMap<(usize, u32, Commit), Arc<str>>;
+
+/// How a claim's transaction commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Commit {
+    /// Without waiting for the WAL to reach the disk: the claim is the whole transaction.
+    Async,
+    /// As the caller's transaction is set to: the claim is one statement of it.
+    AsSet,
+}
+
+/// Added to the claim's final `SELECT` for [`Commit::Async`]: the claim's own transaction
+/// commits without waiting for its WAL flush. A one-time filter, evaluated once per claim.
+const ASYNC_COMMIT: &str =
+    "WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL ";
 
 /// Every statement pq runs against one [`QueueTable`]. Cheap to clone.
 ///
@@ -163,7 +177,8 @@ pub struct Statements {
     insert_plain: Arc<str>,
     /// The insert for rows with cursor keys: see [`Statements::insert`].
     insert_cursor: Arc<str>,
-    /// The claim, with `{queues}` and `{limit}` still to fill in: see [`Statements::claim`].
+    /// The claim, with `{queues}`, `{limit}` and `{commit}` still to fill in: see
+    /// [`Statements::claim`].
     claim: Arc<str>,
     /// Claim texts already filled in; shared by clones.
     claims: Arc<Mutex<ClaimTexts>>,
@@ -216,25 +231,61 @@ impl Statements {
     /// The texts are kept (up to [`CLAIM_TEXTS_KEPT`] of them, shared by clones), so a claim
     /// does not render its statement again.
     ///
+    /// This text is for a claim that is a transaction of its own (a store's
+    /// [`QueueStore::claim`](crate::QueueStore::claim)): it sets `synchronous_commit` off for
+    /// that transaction, so PostgreSQL acknowledges the claim without waiting for its WAL to be
+    /// flushed to disk. Nothing is lost by that but the claim itself, and only if the server
+    /// crashes before the WAL is flushed (within a few hundred milliseconds, or sooner by
+    /// any later synchronous commit, such as the job's completion): the job is then queued
+    /// again, unclaimed, and runs again, as it would had its lease expired — the queue's
+    /// at-least-once promise. Completions, puts and failures stay synchronous. For a claim
+    /// inside a transaction of the caller's, use [`Statements::claim_in_transaction`], which
+    /// leaves that transaction's commit as it is.
+    ///
     /// ```
     /// use pq_api::sql::{QueueTable, Statements};
     /// let sql = Statements::new(&QueueTable::default());
     /// let text = sql.claim(1, 32);
     /// assert!(text.contains("LIMIT 32"));
+    /// assert!(text.contains("synchronous_commit"));
     /// assert!(std::sync::Arc::ptr_eq(&text, &sql.claim(1, 32)));
     /// ```
     pub fn claim(&self, queues: usize, limit: u32) -> Arc<str> {
+        self.claim_text(queues, limit, Commit::Async)
+    }
+
+    /// The claim of [`Statements::claim`] for a statement inside a transaction of the
+    /// caller's (a store's `claim_in`): the same text without the asynchronous commit, so the
+    /// caller's transaction commits as the caller has set it.
+    ///
+    /// ```
+    /// use pq_api::sql::{QueueTable, Statements};
+    /// let sql = Statements::new(&QueueTable::default());
+    /// let text = sql.claim_in_transaction(1, 32);
+    /// assert!(text.contains("LIMIT 32"));
+    /// assert!(!text.contains("synchronous_commit"));
+    /// ```
+    pub fn claim_in_transaction(&self, queues: usize, limit: u32) -> Arc<str> {
+        self.claim_text(queues, limit, Commit::AsSet)
+    }
+
+    fn claim_text(&self, queues: usize, limit: u32, commit: Commit) -> Arc<str> {
         let mut kept = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(text) = kept.get(&(queues, limit)) {
+        if let Some(text) = kept.get(&(queues, limit, commit)) {
             return text.clone();
         }
+        let commit_filter = match commit {
+            Commit::Async => ASYNC_COMMIT,
+            Commit::AsSet => "",
+        };
         let text: Arc<str> = Arc::from(
             self.claim
                 .replace("{queues}", &queue_values(queues))
-                .replace("{limit}", &limit.to_string()),
+                .replace("{limit}", &limit.to_string())
+                .replace("{commit}", commit_filter),
         );
         if kept.len() < CLAIM_TEXTS_KEPT {
-            kept.insert((queues, limit), text.clone());
+            kept.insert((queues, limit, commit), text.clone());
         }
         text
     }
@@ -360,7 +411,7 @@ impl Statements {
                  SELECT {claim_cols}, \
                  CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state \
                  FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key \
-                 ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC"
+                 {{commit}}ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC"
             )),
             // The payload is carried along only for jobs that keep a history record.
             complete: s(format!(

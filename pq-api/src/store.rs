@@ -67,6 +67,14 @@ pub trait QueueStore: Send + Sync + Debug {
     /// - Returns an empty list, not an error, when nothing is claimable.
     /// - An invalid claim (no queues, bad queue name, limit 0 or above
     ///   [`MAX_CLAIM_LIMIT`](crate::MAX_CLAIM_LIMIT), a zero lease) is rejected.
+    ///
+    /// Durability: a store may acknowledge a claim before it is durable, since losing one
+    /// loses nothing the queue promises: after a crash the job is claimable again and runs
+    /// again, as after an expired lease (delivery is at least once). pq's PostgreSQL stores
+    /// do: their own claims commit without waiting for the WAL flush (see
+    /// [`Statements::claim`](crate::sql::Statements::claim)); claims in a caller's transaction
+    /// commit as that transaction does. Puts, completions and failures are durable when they
+    /// return.
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>>;
 
     /// Completes jobs: each one whose lease is still held is removed.

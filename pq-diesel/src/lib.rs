@@ -438,10 +438,23 @@ impl DieselStore {
         conn: &mut AsyncPgConnection,
         claim: &Claim,
     ) -> Result<Vec<ClaimedJob>> {
+        self.claim_on(conn, claim, Statements::claim_in_transaction)
+            .await
+    }
+
+    /// Claims on `conn` with the claim text `text` gives (see [`Statements::claim`]: the
+    /// store's own claims commit asynchronously, claims in a caller's transaction as it is
+    /// set).
+    async fn claim_on(
+        &self,
+        conn: &mut AsyncPgConnection,
+        claim: &Claim,
+        text: fn(&Statements, usize, u32) -> Arc<str>,
+    ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let queues = claim.distinct_queues();
         let rows: Vec<Row> =
-            prepared_as::<RowSql>(&self.inner.sql.claim(queues.len(), claim.limit))
+            prepared_as::<RowSql>(&text(&self.inner.sql, queues.len(), claim.limit))
                 .bind::<Array<Text>, _>(queues)
                 .bind::<BigInt, _>(micros(claim.lease))
                 .bind::<BigInt, _>(Lease::new_token())
@@ -551,7 +564,7 @@ impl QueueStore for DieselStore {
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
         let mut conn = self.conn().await?;
-        self.claim_in(&mut conn, claim).await
+        self.claim_on(&mut conn, claim, Statements::claim).await
     }
 
     async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>> {

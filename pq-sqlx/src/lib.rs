@@ -240,7 +240,8 @@ impl SqlxStore {
         conn: &mut PgConnection,
         claim: &Claim,
     ) -> Result<Vec<ClaimedJob>> {
-        self.claim_on(conn, claim).await
+        self.claim_on(conn, claim, Statements::claim_in_transaction)
+            .await
     }
 
     /// [`QueueStore::complete_many`] on your connection or transaction: the jobs are removed
@@ -309,14 +310,17 @@ impl SqlxStore {
         a.ids(rows)
     }
 
+    /// Claims on `e` with the claim text `text` gives (see [`Statements::claim`]: the store's
+    /// own claims commit asynchronously, claims in a caller's transaction as it is set).
     async fn claim_on<'e, E: Executor<'e, Database = Postgres>>(
         &self,
         e: E,
         claim: &Claim,
+        text: fn(&Statements, usize, u32) -> Arc<str>,
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let queues = claim.distinct_queues();
-        let sql = self.inner.sql.claim(queues.len(), claim.limit);
+        let sql = text(&self.inner.sql, queues.len(), claim.limit);
         let mut rows = sqlx::query(AssertSqlSafe(sql))
             .bind(queues)
             .bind(micros(claim.lease))
@@ -432,7 +436,7 @@ impl QueueStore for SqlxStore {
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
         let mut c = self.inner.warm.get(Lane::Claim).await?;
-        let claimed = self.claim_on(&mut *c, claim).await?;
+        let claimed = self.claim_on(&mut *c, claim, Statements::claim).await?;
         self.keep(c);
         Ok(claimed)
     }

@@ -492,7 +492,7 @@ async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
     .await
     .unwrap();
     let mut conn = store.pool().acquire().await.unwrap();
-    let sql = pq_api::sql::Statements::new(store.table()).claim(1, 16);
+    let sql = pq_api::sql::Statements::new(store.table()).claim_in_transaction(1, 16);
     for _ in 0..12 {
         let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
         store
@@ -512,6 +512,145 @@ async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
     assert!(
         custom <= 5 && generic >= 7,
         "generic {generic}, custom {custom}"
+    );
+}
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    synchronous_commit: String,
+}
+
+/// A store's own claim is a transaction by itself and commits without waiting for its WAL to
+/// reach the disk (a server crash could lose the claim, and the job would run again, as after
+/// a lost lease). A claim in the caller's transaction leaves that transaction's commit as the
+/// caller set it: the business writes beside it stay as durable as ever.
+#[tokio::test]
+async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_as_set() {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    const ASYNC: &str = "set_config('synchronous_commit', 'off', true)";
+    let url = database_url().await;
+    let jobs = || {
+        (0..4)
+            .map(|n| NewJob::new("q", &json!(n)).unwrap())
+            .collect()
+    };
+
+    // The store's own claims, on one connection each: the statement prepared on it is the
+    // claim text that commits asynchronously.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let sql = pq_api::sql::Statements::new(&table);
+    let own = sql.claim(1, 1);
+    assert!(own.contains(ASYNC));
+    let sqlx_store = SqlxStore::with_table(pool.clone(), table.clone())
+        .await
+        .unwrap();
+    sqlx_store.put_many(jobs()).await.unwrap();
+    let job = sqlx_store
+        .claim(&Claim::new(["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        sqlx_store.job(job.id()).await.unwrap().state,
+        JobState::Running
+    );
+    // The store gives its kept connection back to the pool once idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let prepared: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1")
+            .bind(&*own)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(prepared, 1);
+
+    let diesel_table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&url, 1).unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool.clone(), diesel_table.clone())
+        .await
+        .unwrap();
+    diesel_store.put_many(jobs()).await.unwrap();
+    let job = diesel_store
+        .claim(&Claim::new(["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(
+        diesel_store.job(job.id()).await.unwrap().state,
+        JobState::Running
+    );
+    let mut conn = diesel_pool.get().await.unwrap();
+    let own = pq_api::sql::Statements::new(&diesel_table).claim(1, 1);
+    let prepared: Vec<PlanCounts> = diesel::sql_query(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(own.to_string())
+    .load(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(prepared.len(), 1);
+    drop(conn);
+
+    // That text really turns synchronous_commit off for its transaction: run inside an
+    // explicit one, the setting shows.
+    let other = self::pool().await;
+    let mut tx = other.begin().await.unwrap();
+    let rows = sqlx::query(AssertSqlSafe(sql.claim(1, 1)))
+        .bind(vec!["q".to_string()])
+        .bind(30_000_000_i64)
+        .bind(7_i64)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(setting, "off");
+    tx.rollback().await.unwrap();
+
+    // In the caller's transaction, on either driver: as set.
+    let mut tx = other.begin().await.unwrap();
+    let job = sqlx_store
+        .claim_in(&mut tx, &Claim::new(["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(setting, "on");
+    tx.commit().await.unwrap();
+    assert_eq!(
+        sqlx_store.job(job.id()).await.unwrap().state,
+        JobState::Running
+    );
+
+    let mut conn = diesel_pool.get().await.unwrap();
+    conn.batch_execute("BEGIN").await.unwrap();
+    let job = diesel_store
+        .claim_in(&mut conn, &Claim::new(["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    let setting: Vec<Setting> = diesel::sql_query("SHOW synchronous_commit")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(setting[0].synchronous_commit, "on");
+    conn.batch_execute("COMMIT").await.unwrap();
+    drop(conn);
+    assert_eq!(
+        diesel_store.job(job.id()).await.unwrap().state,
+        JobState::Running
     );
 }
 
