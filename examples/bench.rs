@@ -895,7 +895,8 @@ async fn insert_rows(
 
 /// The ceiling of the worker: the shared claim and complete statements in a bare loop on
 /// plain connections, batch = concurrency, over the `args.jobs` queued jobs; returns jobs/s
-/// and the client's CPU µs per job.
+/// and the client's CPU µs per job. The claim is the store's own text, asynchronous commit
+/// included ([`Statements::claim`]).
 async fn ceiling(
     store: &Arc<dyn QueueStore>,
     table: &QueueTable,

@@ -74,7 +74,7 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     }
 
     /// Encodes the task into its job's `args`: serde JSON unless overridden. To store a task
-    /// in another format, override this and [`Task::decode`] with a [`Codec`](crate::Codec):
+    /// in another format, override this and [`Task::decode`] with a [`Codec`]:
     ///
     /// ```
     /// # #[cfg(feature = "msgpack")] {
