@@ -515,6 +515,25 @@ async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
     );
 }
 
+/// Asserts the job `id` is running, as read by the store on another connection.
+async fn assert_running(store: &dyn QueueStore, id: pq_api::JobId) {
+    assert_eq!(store.job(id).await.unwrap().state, JobState::Running);
+}
+
+/// Sets `synchronous_commit` on for the transaction `tx` is in.
+async fn sync_commit_on(tx: &mut sqlx::PgConnection) {
+    sqlx::query("SET LOCAL synchronous_commit = on")
+        .execute(tx)
+        .await
+        .unwrap();
+}
+
+/// Claims one job of queue `q` with the store's own claim and checks it is running.
+async fn claim_running(store: &dyn QueueStore) {
+    let job = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
+    assert_running(store, job.id()).await;
+}
+
 #[derive(diesel::QueryableByName)]
 struct Setting {
     #[diesel(sql_type = diesel::sql_types::Text)]
@@ -551,15 +570,7 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .await
         .unwrap();
     sqlx_store.put_many(jobs()).await.unwrap();
-    let job = sqlx_store
-        .claim(&Claim::new(["q"]))
-        .await
-        .unwrap()
-        .remove(0);
-    assert_eq!(
-        sqlx_store.job(job.id()).await.unwrap().state,
-        JobState::Running
-    );
+    claim_running(&sqlx_store).await;
     // The store gives its kept connection back to the pool once idle.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let prepared: i64 =
@@ -576,15 +587,7 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .await
         .unwrap();
     diesel_store.put_many(jobs()).await.unwrap();
-    let job = diesel_store
-        .claim(&Claim::new(["q"]))
-        .await
-        .unwrap()
-        .remove(0);
-    assert_eq!(
-        diesel_store.job(job.id()).await.unwrap().state,
-        JobState::Running
-    );
+    claim_running(&diesel_store).await;
     let mut conn = diesel_pool.get().await.unwrap();
     let own = pq_api::sql::Statements::new(&diesel_table).claim(1, 1);
     let prepared: Vec<PlanCounts> = diesel::sql_query(
@@ -598,9 +601,11 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
     drop(conn);
 
     // That text really turns synchronous_commit off for its transaction: run inside an
-    // explicit one, the setting shows.
+    // explicit one that set it on, the setting shows. (Set explicitly: the test server may
+    // run with it off.)
     let other = self::pool().await;
     let mut tx = other.begin().await.unwrap();
+    sync_commit_on(&mut *tx).await;
     let rows = sqlx::query(AssertSqlSafe(sql.claim(1, 1)))
         .bind(vec!["q".to_string()])
         .bind(30_000_000_i64)
@@ -616,8 +621,9 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
     assert_eq!(setting, "off");
     tx.rollback().await.unwrap();
 
-    // In the caller's transaction, on either driver: as set.
+    // In the caller's transaction, on either driver: as the caller set it.
     let mut tx = other.begin().await.unwrap();
+    sync_commit_on(&mut *tx).await;
     let job = sqlx_store
         .claim_in(&mut tx, &Claim::new(["q"]))
         .await
@@ -629,13 +635,12 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .unwrap();
     assert_eq!(setting, "on");
     tx.commit().await.unwrap();
-    assert_eq!(
-        sqlx_store.job(job.id()).await.unwrap().state,
-        JobState::Running
-    );
+    assert_running(&sqlx_store, job.id()).await;
 
     let mut conn = diesel_pool.get().await.unwrap();
-    conn.batch_execute("BEGIN").await.unwrap();
+    conn.batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+        .await
+        .unwrap();
     let job = diesel_store
         .claim_in(&mut conn, &Claim::new(["q"]))
         .await
@@ -648,10 +653,7 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
     assert_eq!(setting[0].synchronous_commit, "on");
     conn.batch_execute("COMMIT").await.unwrap();
     drop(conn);
-    assert_eq!(
-        diesel_store.job(job.id()).await.unwrap().state,
-        JobState::Running
-    );
+    assert_running(&diesel_store, job.id()).await;
 }
 
 #[derive(diesel::QueryableByName)]
