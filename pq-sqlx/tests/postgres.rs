@@ -528,6 +528,14 @@ async fn sync_commit_on(tx: &mut sqlx::PgConnection) {
         .unwrap();
 }
 
+/// `synchronous_commit` as the transaction `tx` is in sees it.
+async fn sync_commit(tx: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(tx)
+        .await
+        .unwrap()
+}
+
 /// Claims one job of queue `q` with the store's own claim and checks it is running.
 async fn claim_running(store: &dyn QueueStore) {
     let job = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
@@ -588,24 +596,15 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .unwrap();
     diesel_store.put_many(jobs()).await.unwrap();
     claim_running(&diesel_store).await;
-    let mut conn = diesel_pool.get().await.unwrap();
     let own = pq_api::sql::Statements::new(&diesel_table).claim(1, 1);
-    let prepared: Vec<PlanCounts> = diesel::sql_query(
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-    )
-    .bind::<diesel::sql_types::Text, _>(own.to_string())
-    .load(&mut conn)
-    .await
-    .unwrap();
-    assert_eq!(prepared.len(), 1);
-    drop(conn);
+    assert_eq!(diesel_plan_counts(&diesel_pool, &own).await.len(), 1);
 
     // That text really turns synchronous_commit off for its transaction: run inside an
     // explicit one that set it on, the setting shows. (Set explicitly: the test server may
     // run with it off.)
     let other = self::pool().await;
     let mut tx = other.begin().await.unwrap();
-    sync_commit_on(&mut *tx).await;
+    sync_commit_on(&mut tx).await;
     let rows = sqlx::query(AssertSqlSafe(sql.claim(1, 1)))
         .bind(vec!["q".to_string()])
         .bind(30_000_000_i64)
@@ -614,26 +613,18 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .await
         .unwrap();
     assert_eq!(rows.len(), 1);
-    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(setting, "off");
+    assert_eq!(sync_commit(&mut tx).await, "off");
     tx.rollback().await.unwrap();
 
     // In the caller's transaction, on either driver: as the caller set it.
     let mut tx = other.begin().await.unwrap();
-    sync_commit_on(&mut *tx).await;
+    sync_commit_on(&mut tx).await;
     let job = sqlx_store
         .claim_in(&mut tx, &Claim::new(["q"]))
         .await
         .unwrap()
         .remove(0);
-    let setting: String = sqlx::query_scalar("SHOW synchronous_commit")
-        .fetch_one(&mut *tx)
-        .await
-        .unwrap();
-    assert_eq!(setting, "on");
+    assert_eq!(sync_commit(&mut tx).await, "on");
     tx.commit().await.unwrap();
     assert_running(&sqlx_store, job.id()).await;
 
@@ -664,9 +655,22 @@ struct PlanCounts {
     custom_plans: i64,
 }
 
+/// How often the statement `text` prepared on a connection of `pool` (one row per connection
+/// it is prepared on) was planned generically and for its parameters.
+async fn diesel_plan_counts(pool: &pq_diesel::PgPool, text: &str) -> Vec<PlanCounts> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(text.to_string())
+    .load(&mut conn)
+    .await
+    .unwrap()
+}
+
 #[tokio::test]
 async fn diesel_keeps_its_statements_prepared_and_stops_planning_the_claim() {
-    use diesel_async::RunQueryDsl;
     let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
     // One connection: every call below runs on it.
     let diesel_pool = DieselStore::pool(&database_url().await, 1).unwrap();
@@ -686,14 +690,7 @@ async fn diesel_keeps_its_statements_prepared_and_stops_planning_the_claim() {
         );
     }
     let sql = pq_api::sql::Statements::new(&table).claim(1, 16);
-    let mut conn = diesel_pool.get().await.unwrap();
-    let counts: Vec<PlanCounts> = diesel::sql_query(
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-    )
-    .bind::<diesel::sql_types::Text, _>(sql.to_string())
-    .load(&mut conn)
-    .await
-    .unwrap();
+    let counts = diesel_plan_counts(&diesel_pool, &sql).await;
     let [c] = counts.as_slice() else {
         panic!(
             "the claim is not prepared on the connection: {}",
