@@ -149,7 +149,7 @@ const JOB_COLUMNS: &str = "id, queue, payload::text AS payload, priority, expect
 const FINISHED_COLUMNS: &str = "id, queue, payload::text AS payload, key, cursor, priority, \
      attempts, result::text AS result, created_at, finished_at, keep_until";
 
-/// Rendered claim texts by queue count and limit.
+/// Rendered claim texts by queue count, limit and how the claim commits.
 type ClaimTexts = HashMap<(usize, u32, Commit), Arc<str>>;
 
 /// How a claim's transaction commits.

@@ -235,6 +235,9 @@ impl SqlxStore {
 
     /// [`QueueStore::claim`] on your connection or transaction. Inside a transaction the claim
     /// is undone with it: the jobs are claimable again at once, their attempt not counted.
+    /// It commits as your transaction (or, outside one, your session) is set to: unlike the
+    /// store's own claim, which commits without waiting for the WAL flush
+    /// ([`Statements::claim`]), it leaves `synchronous_commit` alone.
     pub async fn claim_in(
         &self,
         conn: &mut PgConnection,
