@@ -6,7 +6,9 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use serde_json::Value;
@@ -214,6 +216,9 @@ pub struct Statements {
     next_run: Arc<str>,
     /// `LISTEN` on this table's channel (no parameters).
     pub listen: Arc<str>,
+    /// `VACUUM` of the jobs table and its indexes, skipped if another vacuum of it is running
+    /// (no parameters; run outside a transaction, as a simple query). See [`Vacuuming`].
+    pub vacuum: Arc<str>,
 }
 
 impl Statements {
@@ -531,6 +536,10 @@ impl Statements {
                  ) AS next_at, statement_timestamp() AS now"
             )),
             listen: s(format!("LISTEN \"{}\"", table.channel())),
+            // INDEX_CLEANUP ON: left to its default, PostgreSQL skips the index pass when few
+            // heap pages hold dead rows (under 2% of them, as on a large backlog), and the
+            // index entries the claims scan past are what this vacuum is for.
+            vacuum: s(format!("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {t}")),
         }
     }
 }
@@ -1004,5 +1013,113 @@ pub fn retry_params(failure: &crate::Failure) -> (Option<DateTime<Utc>>, i64) {
         Some(crate::When::At(at)) => (Some(at), 0),
         Some(crate::When::In(d)) => (None, crate::micros(d)),
         None => (None, 0),
+    }
+}
+
+/// When a store vacuums its jobs table: every [`Vacuuming::DEFAULT_EVERY`] claimed jobs by
+/// default, one vacuum at a time per store, and never more than a tenth of the time (after a
+/// vacuum that took `d`, the next waits at least `9 × d`).
+///
+/// Why a store vacuums at all: a claim walks the claim index in claim order from its start,
+/// and every job claimed leaves an index entry there, pointing at the row's version from
+/// before the claim, that only `VACUUM` removes. Each claim then steps over all the entries
+/// the claims before it left: measured on the development machine, a claim of 32 took
+/// 1.1 ms with a freshly vacuumed table and 5.4 ms after 384,000 jobs, growing in a straight
+/// line, and autovacuum had not come round in that minute (it visits each database once per
+/// `autovacuum_naptime`, 1 min by default, and a busy queue claims far more than that in a
+/// minute). Vacuumed every 10,000 jobs, the claim stayed at ~1 ms; a vacuum took ~20 ms on a
+/// table of 100,000 jobs and ~120–260 ms on one of a million.
+///
+/// The vacuum needs the table's owner (or, from PostgreSQL 16, the `MAINTAIN` privilege);
+/// without it PostgreSQL skips it with a warning and only autovacuum tidies the table.
+///
+/// ```
+/// use pq_api::sql::Vacuuming;
+/// use std::time::Duration;
+///
+/// let v = Vacuuming::new(100);
+/// assert!(!v.claimed(60));
+/// assert!(v.claimed(60)); // 120 claimed: vacuum now
+/// assert!(!v.claimed(500)); // one at a time
+/// v.finished(Duration::from_secs(3600));
+/// assert!(!v.claimed(500)); // and not again for nine times as long as it took
+///
+/// let off = Vacuuming::new(0);
+/// assert!(!off.claimed(1_000_000));
+/// ```
+#[derive(Debug)]
+pub struct Vacuuming {
+    every: AtomicU64,
+    claimed: AtomicU64,
+    busy: AtomicBool,
+    not_before: Mutex<Option<Instant>>,
+}
+
+impl Default for Vacuuming {
+    fn default() -> Self {
+        Vacuuming::new(Vacuuming::DEFAULT_EVERY)
+    }
+}
+
+impl Vacuuming {
+    /// Claimed jobs between vacuums by default.
+    pub const DEFAULT_EVERY: u64 = 10_000;
+
+    /// Vacuums after every `every` claimed jobs; 0 never does.
+    pub fn new(every: u64) -> Self {
+        Vacuuming {
+            every: AtomicU64::new(every),
+            claimed: AtomicU64::new(0),
+            busy: AtomicBool::new(false),
+            not_before: Mutex::new(None),
+        }
+    }
+
+    /// Changes how many claimed jobs come between vacuums; 0 stops vacuuming.
+    pub fn set_every(&self, every: u64) {
+        self.every.store(every, Ordering::Relaxed);
+    }
+
+    /// How many claimed jobs come between vacuums (0: never).
+    pub fn every(&self) -> u64 {
+        self.every.load(Ordering::Relaxed)
+    }
+
+    /// Counts `n` jobs just claimed. True means vacuum now: the caller then owns this vacuum
+    /// and must call [`Vacuuming::finished`] once it has run, failed or not.
+    pub fn claimed(&self, n: usize) -> bool {
+        let every = self.every();
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        if every == 0 || n == 0 {
+            return false;
+        }
+        let total = self
+            .claimed
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
+        if total < every || self.busy.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        let waiting = self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| Instant::now() < t);
+        if waiting {
+            self.busy.store(false, Ordering::Release);
+            return false;
+        }
+        self.claimed.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// Ends the vacuum [`Vacuuming::claimed`] started, which took `took`.
+    pub fn finished(&self, took: Duration) {
+        let next = Instant::now().checked_add(took.saturating_mul(9));
+        *self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = next;
+        self.busy.store(false, Ordering::Release);
     }
 }

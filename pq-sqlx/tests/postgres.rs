@@ -768,3 +768,73 @@ async fn a_busy_store_keeps_one_warm_connection_and_gives_it_back_when_idle() {
         held.push(conn.expect("a connection the store still holds").unwrap());
     }
 }
+
+/// How many times the table was vacuumed by a `VACUUM` statement (autovacuum not counted).
+async fn vacuum_count(pool: &PgPool, table: &QueueTable) -> i64 {
+    sqlx::query_scalar("SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = $1::regclass")
+        .bind(table.qualified())
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Works 128 jobs through `store` in claims of 32.
+async fn claim_and_complete_128(store: &dyn QueueStore) {
+    let jobs = (0..128).map(|n| NewJob::new("q", &json!(n)).unwrap());
+    store.put_many(jobs.collect()).await.unwrap();
+    for _ in 0..4 {
+        let claimed = store.claim(&Claim::new(["q"]).limit(32)).await.unwrap();
+        assert_eq!(claimed.len(), 32);
+        let done: Vec<pq_api::Done> = claimed.iter().map(|c| (&c.lease).into()).collect();
+        assert_eq!(store.complete_many(&done).await.unwrap().len(), 32);
+    }
+}
+
+/// Every claim leaves an index entry at the head of the claim index that only a vacuum
+/// removes, so each store vacuums its table after so many claimed jobs (here 64), unless told
+/// not to (0).
+#[tokio::test]
+async fn both_stores_vacuum_their_table_after_so_many_claimed_jobs_unless_told_not_to() {
+    let url = database_url().await;
+    let pool = pool().await;
+    let table = || QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let (sqlx_on, sqlx_off, diesel_on, diesel_off) = (table(), table(), table(), table());
+    let sqlx_store = |t: &QueueTable| SqlxStore::with_table(pool.clone(), t.clone());
+    let diesel_store =
+        |t: &QueueTable| DieselStore::with_table(DieselStore::pool(&url, 4).unwrap(), t.clone());
+    let stores: Vec<(Box<dyn QueueStore>, &QueueTable)> = vec![
+        (
+            Box::new(sqlx_store(&sqlx_on).await.unwrap().vacuum_every(64)),
+            &sqlx_on,
+        ),
+        (
+            Box::new(sqlx_store(&sqlx_off).await.unwrap().vacuum_every(0)),
+            &sqlx_off,
+        ),
+        (
+            Box::new(diesel_store(&diesel_on).await.unwrap().vacuum_every(64)),
+            &diesel_on,
+        ),
+        (
+            Box::new(diesel_store(&diesel_off).await.unwrap().vacuum_every(0)),
+            &diesel_off,
+        ),
+    ];
+    for (store, _) in &stores {
+        claim_and_complete_128(&**store).await;
+    }
+    // The vacuums run in the background, and PostgreSQL reports them a little later.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while vacuum_count(&pool, &sqlx_on).await == 0 || vacuum_count(&pool, &diesel_on).await == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a store with vacuum_every(64) did not vacuum after 128 claimed jobs"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(vacuum_count(&pool, &sqlx_off).await, 0);
+    assert_eq!(vacuum_count(&pool, &diesel_off).await, 0);
+    for (store, _) in &stores {
+        assert_eq!(store.stats("q").await.unwrap().ready, 0);
+    }
+}
