@@ -10,7 +10,9 @@
 //! (repeatable; default all three with `DATABASE_URL`, memory without), `--backlog N` (the large
 //! backlog, default 1000000), `--keyed N` (jobs behind 1,000 serial keys, default 100000; 0
 //! skips), `--rounds N` (rounds of put_many + worker and of their ceilings, default 3),
-//! `--quick` (small counts), `--json` (the summary as JSON too).
+//! `--vacuum-every N` (claimed jobs between the SQL stores' and the bare loop's vacuums,
+//! default the stores' 10000; 0 leaves the tables to autovacuum), `--quick` (small counts),
+//! `--json` (the summary as JSON too).
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
 //! phase starts from vacuumed, analyzed tables. `put_many`, the worker and their ceilings
@@ -29,7 +31,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pq_api::sql::{InsertArrays, QueueTable, Statements};
+use pq_api::sql::{InsertArrays, QueueTable, Statements, Vacuuming};
 use pq_api::{
     Claim, Completion, Done, JobHandler, NewJob, QueueStore, QueueStoreExt, Registry, StopMode,
     Task, TaskContext, TaskError, Worker,
@@ -57,6 +59,7 @@ struct Args {
     backlog_sample: usize,
     keyed: usize,
     rounds: usize,
+    vacuum_every: u64,
     stores: Vec<String>,
     json: bool,
     url: Option<String>,
@@ -73,6 +76,7 @@ fn parse_args() -> Result<Args, BoxError> {
         backlog_sample: 10_000,
         keyed: 100_000,
         rounds: 3,
+        vacuum_every: Vacuuming::DEFAULT_EVERY,
         stores: Vec::new(),
         json: false,
         url,
@@ -87,6 +91,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--backlog" => args.backlog = value()?.parse()?,
             "--keyed" => args.keyed = value()?.parse()?,
             "--rounds" => args.rounds = value()?.parse::<usize>()?.max(1),
+            "--vacuum-every" => args.vacuum_every = value()?.parse()?,
             "--store" => args.stores.push(value()?),
             "--json" => args.json = true,
             "--quick" => {
@@ -101,7 +106,7 @@ fn parse_args() -> Result<Args, BoxError> {
                     "{}",
                     include_str!("bench.rs")
                         .lines()
-                        .take(23)
+                        .take_while(|l| l.starts_with("//!"))
                         .collect::<Vec<_>>()
                         .join("\n")
                 );
@@ -896,7 +901,8 @@ async fn insert_rows(
 /// The ceiling of the worker: the shared claim and complete statements in a bare loop on
 /// plain connections, batch = concurrency, over the `args.jobs` queued jobs; returns jobs/s
 /// and the client's CPU µs per job. The claim is the store's own text, asynchronous commit
-/// included ([`Statements::claim`]).
+/// included ([`Statements::claim`]), and the loop vacuums the table as a store does, with
+/// the store's statement on a third connection, paced the same ([`Vacuuming`]).
 async fn ceiling(
     store: &Arc<dyn QueueStore>,
     table: &QueueTable,
@@ -915,6 +921,8 @@ async fn ceiling(
     let t = Instant::now();
     let mut done = 0;
     let mut finished: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
+    let vacuuming = Arc::new(Vacuuming::new(args.vacuum_every));
+    let vacuumer = Arc::new(tokio::sync::Mutex::new(PgConnection::connect(url).await?));
     loop {
         let claim = sqlx::query(AssertSqlSafe(&*claim_sql))
             .bind(&queues)
@@ -942,6 +950,20 @@ async fn ceiling(
         finished.1.clear();
         if rows.is_empty() {
             break;
+        }
+        if vacuuming.claimed(rows.len()) {
+            let (vacuuming, vacuumer, text) =
+                (vacuuming.clone(), vacuumer.clone(), sql.vacuum.clone());
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let ran = sqlx::raw_sql(AssertSqlSafe(text))
+                    .execute(&mut *vacuumer.lock().await)
+                    .await;
+                if let Err(e) = ran {
+                    eprintln!("\n  the bare loop's vacuum failed: {e}");
+                }
+                vacuuming.finished(started.elapsed());
+            });
         }
         for row in &rows {
             finished.0.push(row.try_get::<i64, _>("id")?);
@@ -971,7 +993,9 @@ async fn open(
                 .test_before_acquire(false)
                 .connect(url)
                 .await?;
-            let store = pq_sqlx::SqlxStore::with_table(pool, table.clone()).await?;
+            let store = pq_sqlx::SqlxStore::with_table(pool, table.clone())
+                .await?
+                .vacuum_every(args.vacuum_every);
             Ok((Arc::new(store), Some(table)))
         }
         "diesel" => {
@@ -980,7 +1004,8 @@ async fn open(
                 pq_diesel::DieselStore::pool(url, usize::try_from(size)?)?,
                 table.clone(),
             )
-            .await?;
+            .await?
+            .vacuum_every(args.vacuum_every);
             Ok((Arc::new(store), Some(table)))
         }
         _ => Ok((Arc::new(pq_memory::MemoryStore::new()), None)),
