@@ -951,20 +951,18 @@ async fn ceiling(
         if rows.is_empty() {
             break;
         }
-        if vacuuming.claimed(rows.len()) {
-            let (vacuuming, vacuumer, text) =
-                (vacuuming.clone(), vacuumer.clone(), sql.vacuum.clone());
-            tokio::spawn(async move {
-                let started = std::time::Instant::now();
+        vacuuming.after_claim(rows.len(), || {
+            let (vacuumer, text) = (vacuumer.clone(), sql.vacuum.clone());
+            async move {
                 let ran = sqlx::raw_sql(AssertSqlSafe(text))
                     .execute(&mut *vacuumer.lock().await)
                     .await;
-                if let Err(e) = ran {
+                ran.map(drop).map_err(|e| {
                     eprintln!("\n  the bare loop's vacuum failed: {e}");
-                }
-                vacuuming.finished(started.elapsed());
-            });
-        }
+                    pq_sqlx::map_err(e)
+                })
+            }
+        });
         for row in &rows {
             finished.0.push(row.try_get::<i64, _>("id")?);
             finished.1.push(row.try_get::<i64, _>("lease_token")?);

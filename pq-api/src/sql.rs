@@ -1113,6 +1113,28 @@ impl Vacuuming {
         true
     }
 
+    /// Counts `n` jobs just claimed and, if that makes a vacuum due, runs the one `vacuum`
+    /// returns in a task of its own (on the current tokio runtime), logging how it went. A
+    /// store calls it after each claim, with a closure that clones what the vacuum needs only
+    /// when one is due.
+    pub fn after_claim<F>(self: &Arc<Self>, n: usize, vacuum: impl FnOnce() -> F)
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        if !self.claimed(n) {
+            return;
+        }
+        let (pacer, ran) = (self.clone(), vacuum());
+        tokio::spawn(async move {
+            let started = Instant::now();
+            match ran.await {
+                Ok(()) => tracing::debug!(took = ?started.elapsed(), "vacuumed the jobs table"),
+                Err(e) => tracing::warn!(error = %e, "could not vacuum the jobs table"),
+            }
+            pacer.finished(started.elapsed());
+        });
+    }
+
     /// Ends the vacuum [`Vacuuming::claimed`] started, which took `took`.
     pub fn finished(&self, took: Duration) {
         let next = Instant::now().checked_add(took.saturating_mul(9));

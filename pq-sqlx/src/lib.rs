@@ -180,10 +180,9 @@ impl SqlxStore {
         }
     }
 
-    /// Vacuums the jobs table after every `claimed_jobs` jobs this store claims (default
-    /// [`Vacuuming::DEFAULT_EVERY`]; 0 never does), on a connection of its pool, in the
-    /// background, one vacuum at a time, for at most a tenth of the time. Without it the
-    /// claims slow down as jobs go through, until autovacuum comes round: see [`Vacuuming`].
+    /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
+    /// this store claims (default [`Vacuuming::DEFAULT_EVERY`]; 0 never does): see
+    /// [`Vacuuming`] for why and how often.
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
@@ -196,28 +195,15 @@ impl SqlxStore {
         self
     }
 
-    /// Starts the store's vacuum if `claimed` more claimed jobs make it due.
+    /// Counts `claimed` jobs, and starts the store's vacuum if that makes it due.
     fn vacuum_if_due(&self, claimed: usize) {
-        let vacuuming = &self.inner.vacuuming;
-        if !vacuuming.claimed(claimed) {
-            return;
-        }
-        let (pool, text, vacuuming) = (
-            self.inner.pool.clone(),
-            self.inner.sql.vacuum.clone(),
-            vacuuming.clone(),
-        );
-        tokio::spawn(async move {
-            let started = std::time::Instant::now();
-            let ran = async {
-                let mut c = pool.acquire().await?;
-                sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *c).await
-            };
-            match ran.await {
-                Ok(_) => tracing::debug!(took = ?started.elapsed(), "vacuumed the jobs table"),
-                Err(e) => tracing::warn!(error = %e, "could not vacuum the jobs table"),
+        self.inner.vacuuming.after_claim(claimed, || {
+            let (pool, text) = (self.inner.pool.clone(), self.inner.sql.vacuum.clone());
+            async move {
+                let mut c = pool.acquire().await.map_err(map_err)?;
+                let ran = sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *c).await;
+                ran.map(drop).map_err(map_err)
             }
-            vacuuming.finished(started.elapsed());
         });
     }
 
