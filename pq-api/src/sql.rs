@@ -1016,6 +1016,18 @@ pub fn retry_params(failure: &crate::Failure) -> (Option<DateTime<Utc>>, i64) {
     }
 }
 
+/// A vacuum under way; ends it with [`Vacuuming::finished`] when dropped.
+struct Running {
+    pacer: Arc<Vacuuming>,
+    started: Instant,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.pacer.finished(self.started.elapsed());
+    }
+}
+
 /// When a store vacuums its jobs table: every [`Vacuuming::DEFAULT_EVERY`] claimed jobs by
 /// default, one vacuum at a time per store, and never more than a tenth of the time (after a
 /// vacuum that took `d`, the next waits at least `9 × d`).
@@ -1026,8 +1038,8 @@ pub fn retry_params(failure: &crate::Failure) -> (Option<DateTime<Utc>>, i64) {
 /// the claims before it left: measured on the development machine, a claim of 32 took
 /// 1.1 ms with a freshly vacuumed table and 5.4 ms after 384,000 jobs, growing in a straight
 /// line, and autovacuum had not come round in that minute (it visits each database once per
-/// `autovacuum_naptime`, 1 min by default, and a busy queue claims far more than that in a
-/// minute). Vacuumed every 10,000 jobs, the claim stayed at ~1 ms; a vacuum took ~20 ms on a
+/// `autovacuum_naptime`, 1 min by default, while a busy queue claims hundreds of thousands of
+/// jobs a minute). Vacuumed every 10,000 jobs, the claim stayed at ~1 ms; a vacuum took ~20 ms on a
 /// table of 100,000 jobs and ~120–260 ms on one of a million.
 ///
 /// The vacuum needs the table's owner (or, from PostgreSQL 16, the `MAINTAIN` privilege);
@@ -1114,9 +1126,9 @@ impl Vacuuming {
     }
 
     /// Counts `n` jobs just claimed and, if that makes a vacuum due, runs the one `vacuum`
-    /// returns in a task of its own (on the current tokio runtime), logging how it went. A
-    /// store calls it after each claim, with a closure that clones what the vacuum needs only
-    /// when one is due.
+    /// returns in a task of its own on the current tokio runtime (outside one, it skips this
+    /// vacuum), logging how it went. A store calls it after each claim, with a closure that
+    /// clones what the vacuum needs only when one is due.
     pub fn after_claim<F>(self: &Arc<Self>, n: usize, vacuum: impl FnOnce() -> F)
     where
         F: std::future::Future<Output = Result<()>> + Send + 'static,
@@ -1124,14 +1136,25 @@ impl Vacuuming {
         if !self.claimed(n) {
             return;
         }
-        let (pacer, ran) = (self.clone(), vacuum());
-        tokio::spawn(async move {
-            let started = Instant::now();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            self.finished(Duration::ZERO);
+            return;
+        };
+        // Ends the vacuum even if its task is dropped unfinished (its runtime shutting down):
+        // else this store would never vacuum again.
+        let running = Running {
+            pacer: self.clone(),
+            started: Instant::now(),
+        };
+        let ran = vacuum();
+        runtime.spawn(async move {
             match ran.await {
-                Ok(()) => tracing::debug!(took = ?started.elapsed(), "vacuumed the jobs table"),
+                Ok(()) => {
+                    tracing::debug!(took = ?running.started.elapsed(), "vacuumed the jobs table")
+                }
                 Err(e) => tracing::warn!(error = %e, "could not vacuum the jobs table"),
             }
-            pacer.finished(started.elapsed());
+            drop(running);
         });
     }
 
@@ -1143,5 +1166,49 @@ impl Vacuuming {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = next;
         self.busy.store(false, Ordering::Release);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
+
+    use super::*;
+
+    /// A due vacuum runs once, and the next one waits out its duty gap.
+    #[tokio::test]
+    async fn a_due_vacuum_runs_once_and_ends() {
+        let pacer = Arc::new(Vacuuming::new(10));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..3 {
+            let tx = tx.clone();
+            pacer.after_claim(10, move || async move {
+                tx.send(()).unwrap();
+                Ok(())
+            });
+        }
+        rx.recv().await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "only one vacuum at a time");
+        assert!(!pacer.busy.load(Ordering::Acquire), "the vacuum ended");
+    }
+
+    /// A vacuum whose task is dropped unfinished (its runtime shut down) still ends: the
+    /// store vacuums again later.
+    #[test]
+    fn a_vacuum_dropped_unfinished_still_ends() {
+        let pacer = Arc::new(Vacuuming::new(10));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            pacer.after_claim(10, std::future::pending::<Result<()>>);
+        });
+        assert!(pacer.busy.load(Ordering::Acquire));
+        drop(runtime);
+        assert!(!pacer.busy.load(Ordering::Acquire));
+        // Outside a runtime a due vacuum is skipped, and ends at once.
+        pacer.after_claim(10, || async { Ok(()) });
+        assert!(!pacer.busy.load(Ordering::Acquire));
     }
 }
