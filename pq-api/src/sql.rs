@@ -1175,7 +1175,7 @@ mod tests {
 
     use super::*;
 
-    /// A due vacuum runs once, and the next one waits out its duty gap.
+    /// A due vacuum runs once (not again while it runs), and ends once it has run.
     #[tokio::test]
     async fn a_due_vacuum_runs_once_and_ends() {
         let pacer = Arc::new(Vacuuming::new(10));
