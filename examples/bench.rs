@@ -9,7 +9,7 @@
 //! `--batch N` (worker claim batch, default: its free capacity), `--store memory|sqlx|diesel`
 //! (repeatable; default all three with `DATABASE_URL`, memory without), `--backlog N` (the large
 //! backlog, default 1000000), `--keyed N` (jobs behind 1,000 serial keys, default 100000; 0
-//! skips), `--rounds N` (rounds of put_many + worker and of their ceilings, default 3),
+//! skips), `--rounds N` (rounds of put_many + worker and of their ceilings, default 5),
 //! `--vacuum-every N` (claimed jobs between the SQL stores' and the bare loop's vacuums,
 //! default the stores' 10000; 0 leaves the tables to autovacuum), `--quick` (small counts),
 //! `--json` (the summary as JSON too).
@@ -17,7 +17,9 @@
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
 //! phase starts from vacuumed, analyzed tables. `put_many`, the worker and their ceilings
 //! run in rounds, interleaved with each other and across the stores, and report medians: on
-//! a small shared host, runs of the same code minutes apart differ by a third. The jobs
+//! a small shared host, runs of the same code minutes apart differ by a third. Beside the
+//! worker's ratio to its ceiling (the medians'), it reports each round's worker against the
+//! bare loop of the same round: their median, lowest and highest. The jobs
 //! handed to `put_many` are built before its clock starts, as the bare insert's arrays are.
 //! The backlog figures are medians of five samples each, each taken right after a
 //! `CHECKPOINT`. The program runs on a current-thread tokio runtime: with PostgreSQL on the
@@ -75,7 +77,7 @@ fn parse_args() -> Result<Args, BoxError> {
         backlog: 1_000_000,
         backlog_sample: 10_000,
         keyed: 100_000,
-        rounds: 3,
+        rounds: 5,
         vacuum_every: Vacuuming::DEFAULT_EVERY,
         stores: Vec::new(),
         json: false,
@@ -584,6 +586,14 @@ async fn throughput_round(
 /// Reports a store's throughput figures, each the median of its rounds.
 fn report_throughput(name: &str, s: Samples, r: &mut Report) {
     let Samples { store, bare } = s;
+    // Each round's worker beside the bare loop of the same round: the host drifts by more
+    // than the figures differ, and a pair minutes apart shows how far.
+    let paired: Vec<f64> = store
+        .work
+        .iter()
+        .zip(&bare.work)
+        .map(|(w, b)| w / b)
+        .collect();
     let figures = [
         ("enqueue: put_many x1000", store.one, &bare.one),
         ("enqueue: put_many x1000, 8 tasks", store.eight, &bare.eight),
@@ -594,6 +604,23 @@ fn report_throughput(name: &str, s: Samples, r: &mut Report) {
         if !ceilings.is_empty() {
             r.against(median(ceilings.clone()));
         }
+    }
+    if !paired.is_empty() {
+        let lowest = paired.iter().copied().fold(f64::INFINITY, f64::min);
+        let highest = paired.iter().copied().fold(0.0, f64::max);
+        r.add(
+            name,
+            "end-to-end / ceiling, round by round",
+            median(paired),
+            "ratio",
+        );
+        r.add(name, "end-to-end / ceiling, lowest round", lowest, "ratio");
+        r.add(
+            name,
+            "end-to-end / ceiling, highest round",
+            highest,
+            "ratio",
+        );
     }
     let ceilings = [
         ("ceiling: bare insert x1000", bare.one),
