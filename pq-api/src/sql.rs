@@ -219,6 +219,10 @@ pub struct Statements {
     /// `VACUUM` of the jobs table and its indexes, skipped if another vacuum of it is running
     /// (no parameters; run outside a transaction, as a simple query). See [`Vacuuming`].
     pub vacuum: Arc<str>,
+    /// `ANALYZE` of the jobs table if its planner statistics lag far behind it: none yet, or
+    /// under half the rows it holds, with over 1,000 held; skipped if the role does not own
+    /// the table (no parameters; a simple query). See [`Analyzing`].
+    pub analyze_if_stale: Arc<str>,
 }
 
 impl Statements {
@@ -540,6 +544,16 @@ impl Statements {
             // heap pages hold dead rows (under 2% of them, as on a large backlog), and the
             // index entries the claims scan past are what this vacuum is for.
             vacuum: s(format!("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {t}")),
+            // Ownership checked first: without it PostgreSQL would skip the ANALYZE with a
+            // warning, at every check. (Other roles allowed to analyze it, such as the
+            // database's owner, are left to autovacuum.)
+            analyze_if_stale: s(format!(
+                "DO $$BEGIN IF (SELECT s.n_live_tup > 1000 \
+                 AND (c.reltuples < 0 OR c.reltuples * 2 < s.n_live_tup) \
+                 AND pg_has_role(c.relowner, 'USAGE') \
+                 FROM pg_class AS c JOIN pg_stat_user_tables AS s ON s.relid = c.oid \
+                 WHERE c.oid = '{t}'::regclass) THEN ANALYZE {t}; END IF; END$$"
+            )),
         }
     }
 }
@@ -1016,16 +1030,48 @@ pub fn retry_params(failure: &crate::Failure) -> (Option<DateTime<Utc>>, i64) {
     }
 }
 
-/// A vacuum under way; ends it with [`Vacuuming::finished`] when dropped.
-struct Running {
-    pacer: Arc<Vacuuming>,
+/// A pacer of a store's background upkeep ([`Vacuuming`], [`Analyzing`]).
+trait Pacer: Send + Sync + 'static {
+    /// Ends the upkeep the pacer started, which took `took`.
+    fn finished(&self, took: Duration);
+}
+
+/// Upkeep under way; ends it with its pacer's `finished` when dropped, so that it ends even
+/// if its task is dropped unfinished (its runtime shutting down): else the store would never
+/// run that upkeep again.
+struct Running<P: Pacer> {
+    pacer: Arc<P>,
     started: Instant,
 }
 
-impl Drop for Running {
+impl<P: Pacer> Drop for Running<P> {
     fn drop(&mut self) {
         self.pacer.finished(self.started.elapsed());
     }
+}
+
+/// Runs the upkeep `pacer` has just started, the future `upkeep` returns, in a task of its
+/// own on the current tokio runtime (outside one, it skips it), logging how it went.
+fn run_upkeep<P: Pacer, F>(pacer: &Arc<P>, what: &'static str, upkeep: impl FnOnce() -> F)
+where
+    F: std::future::Future<Output = Result<()>> + Send + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        pacer.finished(Duration::ZERO);
+        return;
+    };
+    let running = Running {
+        pacer: pacer.clone(),
+        started: Instant::now(),
+    };
+    let ran = upkeep();
+    runtime.spawn(async move {
+        match ran.await {
+            Ok(()) => tracing::debug!(took = ?running.started.elapsed(), "{what}: done"),
+            Err(e) => tracing::warn!(error = %e, "{what}: failed"),
+        }
+        drop(running);
+    });
 }
 
 /// When a store vacuums its jobs table: every [`Vacuuming::DEFAULT_EVERY`] claimed jobs by
@@ -1133,29 +1179,9 @@ impl Vacuuming {
     where
         F: std::future::Future<Output = Result<()>> + Send + 'static,
     {
-        if !self.claimed(n) {
-            return;
+        if self.claimed(n) {
+            run_upkeep(self, "vacuum of the jobs table", vacuum);
         }
-        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            self.finished(Duration::ZERO);
-            return;
-        };
-        // Ends the vacuum even if its task is dropped unfinished (its runtime shutting down):
-        // else this store would never vacuum again.
-        let running = Running {
-            pacer: self.clone(),
-            started: Instant::now(),
-        };
-        let ran = vacuum();
-        runtime.spawn(async move {
-            match ran.await {
-                Ok(()) => {
-                    tracing::debug!(took = ?running.started.elapsed(), "vacuumed the jobs table")
-                }
-                Err(e) => tracing::warn!(error = %e, "could not vacuum the jobs table"),
-            }
-            drop(running);
-        });
     }
 
     /// Ends the vacuum [`Vacuuming::claimed`] started, which took `took`.
@@ -1166,6 +1192,123 @@ impl Vacuuming {
             .lock()
             .unwrap_or_else(PoisonError::into_inner) = next;
         self.busy.store(false, Ordering::Release);
+    }
+}
+
+impl Pacer for Vacuuming {
+    fn finished(&self, took: Duration) {
+        Vacuuming::finished(self, took);
+    }
+}
+
+/// When a store checks its jobs table's planner statistics, and `ANALYZE`s the table if they
+/// lag far behind it ([`Statements::analyze_if_stale`]): while it claims, at most once every
+/// [`Analyzing::EVERY`], one check at a time, and never more than a tenth of the time (after a
+/// check that took `d`, the next waits at least `9 × d`).
+///
+/// Why: a table's statistics come from `ANALYZE`, which autovacuum runs once enough rows have
+/// changed, on its next visit to the database (`autovacuum_naptime`, 1 min by default, longer
+/// when its workers are busy elsewhere). A table created empty and then filled — the first
+/// backlog a new deployment queues, or a bulk load — has none until then, and PostgreSQL,
+/// guessing that few rows match the claim, plans it as a scan of the whole backlog and a sort.
+/// Measured on the development machine, a worker on a new table filled with 100,000 jobs
+/// (autovacuum off for it, as if its workers were busy elsewhere): 45 ms per claim of 32 (a
+/// bitmap scan of 99,776 rows and a sort spilling to disk), 1,375 jobs/s without the check,
+/// 35,304 with it, 38,587 with the table analyzed before the worker started; with 300,000
+/// jobs, 757 jobs/s without it and 35,821 with it. The check is one catalog query; the
+/// `ANALYZE` it may run samples at most 30,000 rows (0.2–0.3 s with a million queued).
+///
+/// ```
+/// use pq_api::sql::Analyzing;
+/// use std::time::Duration;
+///
+/// let a = Analyzing::new(true);
+/// assert!(a.due()); // the first claim checks at once
+/// assert!(!a.due()); // one check at a time
+/// a.finished(Duration::from_millis(1));
+/// assert!(!a.due()); // and then not again for a second
+///
+/// let off = Analyzing::new(false);
+/// assert!(!off.due());
+/// ```
+#[derive(Debug)]
+pub struct Analyzing {
+    on: AtomicBool,
+    busy: AtomicBool,
+    not_before: Mutex<Option<Instant>>,
+}
+
+impl Default for Analyzing {
+    fn default() -> Self {
+        Analyzing::new(true)
+    }
+}
+
+impl Analyzing {
+    /// The shortest time between two checks.
+    pub const EVERY: Duration = Duration::from_secs(1);
+
+    /// A pacer that checks (`on`) or never does.
+    pub fn new(on: bool) -> Self {
+        Analyzing {
+            on: AtomicBool::new(on),
+            busy: AtomicBool::new(false),
+            not_before: Mutex::new(None),
+        }
+    }
+
+    /// Turns the checks on or off.
+    pub fn set_on(&self, on: bool) {
+        self.on.store(on, Ordering::Relaxed);
+    }
+
+    /// Whether the checks are on.
+    pub fn is_on(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// True means check now: the caller then owns this check and must call
+    /// [`Analyzing::finished`] once it has run, failed or not.
+    pub fn due(&self) -> bool {
+        if !self.is_on() || self.busy.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        let waiting = self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| Instant::now() < t);
+        if waiting {
+            self.busy.store(false, Ordering::Release);
+        }
+        !waiting
+    }
+
+    /// Starts the check `check` returns if one is due ([`Analyzing::due`]), as
+    /// [`Vacuuming::after_claim`] starts a vacuum. A store calls it after each claim.
+    pub fn after_claim<F>(self: &Arc<Self>, check: impl FnOnce() -> F)
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        if self.due() {
+            run_upkeep(self, "statistics check of the jobs table", check);
+        }
+    }
+
+    /// Ends the check [`Analyzing::due`] started, which took `took`.
+    pub fn finished(&self, took: Duration) {
+        let next = Instant::now().checked_add(took.saturating_mul(9).max(Self::EVERY));
+        *self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = next;
+        self.busy.store(false, Ordering::Release);
+    }
+}
+
+impl Pacer for Analyzing {
+    fn finished(&self, took: Duration) {
+        Analyzing::finished(self, took);
     }
 }
 
@@ -1191,6 +1334,25 @@ mod tests {
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_err(), "only one vacuum at a time");
         assert!(!pacer.busy.load(Ordering::Acquire), "the vacuum ended");
+    }
+
+    /// A due statistics check runs once, and the next waits at least [`Analyzing::EVERY`].
+    #[tokio::test]
+    async fn a_due_statistics_check_runs_once_then_waits() {
+        let pacer = Arc::new(Analyzing::new(true));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..3 {
+            let tx = tx.clone();
+            pacer.after_claim(move || async move {
+                tx.send(()).unwrap();
+                Ok(())
+            });
+        }
+        rx.recv().await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(rx.try_recv().is_err(), "only one check at a time");
+        assert!(!pacer.busy.load(Ordering::Acquire), "the check ended");
+        assert!(!pacer.due(), "and the next waits");
     }
 
     /// A vacuum whose task is dropped unfinished (its runtime shut down) still ends: the

@@ -44,7 +44,8 @@ use futures_util::StreamExt;
 mod prepared;
 
 use pq_api::sql::{
-    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements, Vacuuming,
+    self, Analyzing, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements,
+    Statements, Vacuuming,
 };
 use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
@@ -77,6 +78,9 @@ struct Inner {
     stop_listener: Mutex<Option<oneshot::Sender<()>>>,
     /// When the store vacuums its table (see [`DieselStore::vacuum_every`]).
     vacuuming: Arc<Vacuuming>,
+    /// When the store checks its table's statistics (see
+    /// [`DieselStore::analyze_when_stale`]).
+    analyzing: Arc<Analyzing>,
 }
 
 impl std::fmt::Debug for DieselStore {
@@ -112,6 +116,18 @@ pub fn map_err(e: diesel::result::Error) -> Error {
         }
     }
     Error::from_sqlstate(code, Box::new(e))
+}
+
+/// Runs `text` on a connection of `pool` as a simple query (no parameters, no transaction).
+fn simple_query(
+    pool: &PgPool,
+    text: &Arc<str>,
+) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    let (pool, text) = (pool.clone(), text.clone());
+    async move {
+        let mut c = pool.get().await.map_err(pool_err)?;
+        c.batch_execute(&text).await.map_err(map_err)
+    }
 }
 
 fn pool_err(e: PoolError) -> Error {
@@ -333,6 +349,7 @@ impl DieselStore {
                 wakeups: Arc::new(Wakeups::default()),
                 stop_listener: Mutex::new(None),
                 vacuuming: Arc::new(Vacuuming::default()),
+                analyzing: Arc::new(Analyzing::default()),
             }),
         }
     }
@@ -353,15 +370,35 @@ impl DieselStore {
         self
     }
 
-    /// Counts `claimed` jobs, and starts the store's vacuum if that makes it due.
-    fn vacuum_if_due(&self, claimed: usize) {
-        self.inner.vacuuming.after_claim(claimed, || {
-            let (pool, text) = (self.inner.pool.clone(), self.inner.sql.vacuum.clone());
-            async move {
-                let mut c = pool.get().await.map_err(pool_err)?;
-                c.batch_execute(&text).await.map_err(map_err)
-            }
-        });
+    /// Checks the jobs table's planner statistics about once a second while the store claims
+    /// jobs, and `ANALYZE`s the table, on a connection of the pool, when they lag far behind
+    /// it (default on): see [`Analyzing`] for why.
+    ///
+    /// ```no_run
+    /// # async fn demo(url: &str) -> pq_api::Result<()> {
+    /// use pq_diesel::DieselStore;
+    /// // Leave the statistics to autovacuum.
+    /// let store = DieselStore::new(DieselStore::pool(url, 8)?).await?.analyze_when_stale(false);
+    /// # Ok(()) }
+    /// ```
+    pub fn analyze_when_stale(self, on: bool) -> Self {
+        self.inner.analyzing.set_on(on);
+        self
+    }
+
+    /// After a claim of `claimed` jobs: starts the store's vacuum or statistics check if due.
+    fn upkeep_after_claim(&self, claimed: usize) {
+        if claimed == 0 {
+            return;
+        }
+        let sql = &self.inner.sql;
+        let pool = &self.inner.pool;
+        self.inner
+            .vacuuming
+            .after_claim(claimed, || simple_query(pool, &sql.vacuum));
+        self.inner
+            .analyzing
+            .after_claim(|| simple_query(pool, &sql.analyze_if_stale));
     }
 
     /// A worker handler for `T` that runs it inside a transaction which also completes its
@@ -494,7 +531,7 @@ impl DieselStore {
                 .load(conn)
                 .await
                 .map_err(map_err)?;
-        self.vacuum_if_due(rows.len());
+        self.upkeep_after_claim(rows.len());
         rows.into_iter()
             .map(|r| JobRow::from(r).into_claimed())
             .collect()

@@ -43,7 +43,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use pq_api::sql::{
-    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements, Vacuuming,
+    self, Analyzing, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements,
+    Statements, Vacuuming,
 };
 use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
@@ -88,6 +89,8 @@ struct Inner {
     warm: Arc<Warm>,
     /// When the store vacuums its table (see [`SqlxStore::vacuum_every`]).
     vacuuming: Arc<Vacuuming>,
+    /// When the store checks its table's statistics (see [`SqlxStore::analyze_when_stale`]).
+    analyzing: Arc<Analyzing>,
     /// Dropping this stops the listener task.
     stop_listener: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -105,6 +108,19 @@ pub fn map_err(e: sqlx::Error) -> Error {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed) => Error::Unavailable(Box::new(e)),
         e => Error::Backend(Box::new(e)),
+    }
+}
+
+/// Runs `text` on a connection of `pool` as a simple query (no parameters, no transaction).
+fn simple_query(
+    pool: &PgPool,
+    text: &Arc<str>,
+) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+    let (pool, text) = (pool.clone(), text.clone());
+    async move {
+        let mut c = pool.acquire().await.map_err(map_err)?;
+        let ran = sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *c).await;
+        ran.map(drop).map_err(map_err)
     }
 }
 
@@ -172,6 +188,7 @@ impl SqlxStore {
                 sql: Statements::new(&table),
                 warm: Warm::new(pool.clone()),
                 vacuuming: Arc::new(Vacuuming::default()),
+                analyzing: Arc::new(Analyzing::default()),
                 pool,
                 table,
                 wakeups: Arc::new(Wakeups::default()),
@@ -195,16 +212,34 @@ impl SqlxStore {
         self
     }
 
-    /// Counts `claimed` jobs, and starts the store's vacuum if that makes it due.
-    fn vacuum_if_due(&self, claimed: usize) {
-        self.inner.vacuuming.after_claim(claimed, || {
-            let (pool, text) = (self.inner.pool.clone(), self.inner.sql.vacuum.clone());
-            async move {
-                let mut c = pool.acquire().await.map_err(map_err)?;
-                let ran = sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *c).await;
-                ran.map(drop).map_err(map_err)
-            }
-        });
+    /// Checks the jobs table's planner statistics about once a second while the store claims
+    /// jobs, and `ANALYZE`s the table, on a connection of the pool, when they lag far behind
+    /// it (default on): see [`Analyzing`] for why.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
+    /// // Leave the statistics to autovacuum.
+    /// let store = pq_sqlx::SqlxStore::new(pool).await?.analyze_when_stale(false);
+    /// # Ok(()) }
+    /// ```
+    pub fn analyze_when_stale(self, on: bool) -> Self {
+        self.inner.analyzing.set_on(on);
+        self
+    }
+
+    /// After a claim of `claimed` jobs: starts the store's vacuum or statistics check if due.
+    fn upkeep_after_claim(&self, claimed: usize) {
+        if claimed == 0 {
+            return;
+        }
+        let sql = &self.inner.sql;
+        let pool = &self.inner.pool;
+        self.inner
+            .vacuuming
+            .after_claim(claimed, || simple_query(pool, &sql.vacuum));
+        self.inner
+            .analyzing
+            .after_claim(|| simple_query(pool, &sql.analyze_if_stale));
     }
 
     /// The pool the store runs on.
@@ -364,7 +399,7 @@ impl SqlxStore {
         while let Some(row) = rows.try_next().await.map_err(map_err)? {
             jobs.push(job_row(&row)?.into_claimed()?);
         }
-        self.vacuum_if_due(jobs.len());
+        self.upkeep_after_claim(jobs.len());
         Ok(jobs)
     }
 

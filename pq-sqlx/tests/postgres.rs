@@ -771,11 +771,18 @@ async fn a_busy_store_keeps_one_warm_connection_and_gives_it_back_when_idle() {
 
 /// How many times the table was vacuumed by a `VACUUM` statement (autovacuum not counted).
 async fn vacuum_count(pool: &PgPool, table: &QueueTable) -> i64 {
-    sqlx::query_scalar("SELECT vacuum_count FROM pg_stat_user_tables WHERE relid = $1::regclass")
-        .bind(table.qualified())
-        .fetch_one(pool)
-        .await
-        .unwrap()
+    table_stat(pool, table, "vacuum_count").await
+}
+
+/// `column` of `table`'s row in `pg_stat_user_tables`.
+async fn table_stat(pool: &PgPool, table: &QueueTable, column: &str) -> i64 {
+    sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT {column} FROM pg_stat_user_tables WHERE relid = $1::regclass"
+    )))
+    .bind(table.qualified())
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 /// Works 128 jobs through `store` in claims of 32.
@@ -836,5 +843,83 @@ async fn both_stores_vacuum_their_table_after_so_many_claimed_jobs_unless_told_n
     assert_eq!(vacuum_count(&pool, &diesel_off).await, 0);
     for (store, _) in &stores {
         assert_eq!(store.stats("q").await.unwrap().ready, 0);
+    }
+}
+
+/// A table filled after it was created has no planner statistics until autovacuum analyzes
+/// it, and the claim is planned as a scan of the whole backlog meanwhile; so each store
+/// checks while it claims, and analyzes such a table itself, unless told not to.
+#[tokio::test]
+async fn both_stores_analyze_a_table_filled_without_statistics_unless_told_not_to() {
+    let url = database_url().await;
+    let pool = pool().await;
+    let table = || QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let (sqlx_on, sqlx_off, diesel_on, diesel_off) = (table(), table(), table(), table());
+    let sqlx_store = |t: &QueueTable| SqlxStore::with_table(pool.clone(), t.clone());
+    let diesel_store =
+        |t: &QueueTable| DieselStore::with_table(DieselStore::pool(&url, 4).unwrap(), t.clone());
+    let stores: Vec<(Box<dyn QueueStore>, &QueueTable)> = vec![
+        (Box::new(sqlx_store(&sqlx_on).await.unwrap()), &sqlx_on),
+        (
+            Box::new(
+                sqlx_store(&sqlx_off)
+                    .await
+                    .unwrap()
+                    .analyze_when_stale(false),
+            ),
+            &sqlx_off,
+        ),
+        (
+            Box::new(diesel_store(&diesel_on).await.unwrap()),
+            &diesel_on,
+        ),
+        (
+            Box::new(
+                diesel_store(&diesel_off)
+                    .await
+                    .unwrap()
+                    .analyze_when_stale(false),
+            ),
+            &diesel_off,
+        ),
+    ];
+    for (store, table) in &stores {
+        // Only the store may analyze it here.
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER TABLE {} SET (autovacuum_enabled = false)",
+            table.qualified()
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
+        let jobs = (0..5000).map(|n| NewJob::new("q", &json!(n)).unwrap());
+        store.put_many(jobs.collect()).await.unwrap();
+    }
+    let analyzed = |t| table_stat(&pool, t, "analyze_count");
+    // The server reports the inserted rows within a second or so, and each store checks at
+    // most once a second: claim, a batch per store, until both checking stores have analyzed.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let (mut rounds, mut rounds_after) = (0, 0);
+    while rounds_after < 8 {
+        rounds += 1;
+        for (store, _) in &stores {
+            let claimed = store.claim(&Claim::new(["q"]).limit(32)).await.unwrap();
+            assert_eq!(claimed.len(), 32);
+        }
+        if analyzed(&sqlx_on).await > 0 && analyzed(&diesel_on).await > 0 {
+            // Claims for a few seconds more: the other two had as long to analyze, and more.
+            rounds_after += 1;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a checking store did not analyze a table of 5,000 jobs without statistics"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(analyzed(&sqlx_off).await, 0);
+    assert_eq!(analyzed(&diesel_off).await, 0);
+    for (store, table) in &stores {
+        assert_eq!(table_stat(&pool, table, "autoanalyze_count").await, 0);
+        assert_eq!(store.stats("q").await.unwrap().running, 32 * rounds);
     }
 }
