@@ -1036,6 +1036,46 @@ trait Pacer: Send + Sync + 'static {
     fn finished(&self, took: Duration);
 }
 
+/// One piece of upkeep at a time, none before a set time.
+#[derive(Debug, Default)]
+struct Duty {
+    busy: AtomicBool,
+    not_before: Mutex<Option<Instant>>,
+}
+
+impl Duty {
+    /// True if the upkeep may start now: it is not running and its wait is over. The caller
+    /// then owns it and must [`Duty::end`] it.
+    fn start(&self) -> bool {
+        if self.busy.swap(true, Ordering::Acquire) {
+            return false;
+        }
+        let waiting = self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some_and(|t| Instant::now() < t);
+        if waiting {
+            self.busy.store(false, Ordering::Release);
+        }
+        !waiting
+    }
+
+    /// Ends the upkeep [`Duty::start`] started; the next may start after `wait`.
+    fn end(&self, wait: Duration) {
+        *self
+            .not_before
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now().checked_add(wait);
+        self.busy.store(false, Ordering::Release);
+    }
+
+    #[cfg(test)]
+    fn is_busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+}
+
 /// Upkeep under way; ends it with its pacer's `finished` when dropped, so that it ends even
 /// if its task is dropped unfinished (its runtime shutting down): else the store would never
 /// run that upkeep again.
@@ -1109,8 +1149,7 @@ where
 pub struct Vacuuming {
     every: AtomicU64,
     claimed: AtomicU64,
-    busy: AtomicBool,
-    not_before: Mutex<Option<Instant>>,
+    duty: Duty,
 }
 
 impl Default for Vacuuming {
@@ -1128,8 +1167,7 @@ impl Vacuuming {
         Vacuuming {
             every: AtomicU64::new(every),
             claimed: AtomicU64::new(0),
-            busy: AtomicBool::new(false),
-            not_before: Mutex::new(None),
+            duty: Duty::default(),
         }
     }
 
@@ -1155,16 +1193,7 @@ impl Vacuuming {
             .claimed
             .fetch_add(n, Ordering::Relaxed)
             .saturating_add(n);
-        if total < every || self.busy.swap(true, Ordering::Acquire) {
-            return false;
-        }
-        let waiting = self
-            .not_before
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|t| Instant::now() < t);
-        if waiting {
-            self.busy.store(false, Ordering::Release);
+        if total < every || !self.duty.start() {
             return false;
         }
         self.claimed.store(0, Ordering::Relaxed);
@@ -1186,12 +1215,7 @@ impl Vacuuming {
 
     /// Ends the vacuum [`Vacuuming::claimed`] started, which took `took`.
     pub fn finished(&self, took: Duration) {
-        let next = Instant::now().checked_add(took.saturating_mul(9));
-        *self
-            .not_before
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = next;
-        self.busy.store(false, Ordering::Release);
+        self.duty.end(took.saturating_mul(9));
     }
 }
 
@@ -1234,8 +1258,7 @@ impl Pacer for Vacuuming {
 #[derive(Debug)]
 pub struct Analyzing {
     on: AtomicBool,
-    busy: AtomicBool,
-    not_before: Mutex<Option<Instant>>,
+    duty: Duty,
 }
 
 impl Default for Analyzing {
@@ -1252,8 +1275,7 @@ impl Analyzing {
     pub fn new(on: bool) -> Self {
         Analyzing {
             on: AtomicBool::new(on),
-            busy: AtomicBool::new(false),
-            not_before: Mutex::new(None),
+            duty: Duty::default(),
         }
     }
 
@@ -1270,18 +1292,7 @@ impl Analyzing {
     /// True means check now: the caller then owns this check and must call
     /// [`Analyzing::finished`] once it has run, failed or not.
     pub fn due(&self) -> bool {
-        if !self.is_on() || self.busy.swap(true, Ordering::Acquire) {
-            return false;
-        }
-        let waiting = self
-            .not_before
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .is_some_and(|t| Instant::now() < t);
-        if waiting {
-            self.busy.store(false, Ordering::Release);
-        }
-        !waiting
+        self.is_on() && self.duty.start()
     }
 
     /// Starts the check `check` returns if one is due ([`Analyzing::due`]), as
@@ -1297,18 +1308,39 @@ impl Analyzing {
 
     /// Ends the check [`Analyzing::due`] started, which took `took`.
     pub fn finished(&self, took: Duration) {
-        let next = Instant::now().checked_add(took.saturating_mul(9).max(Self::EVERY));
-        *self
-            .not_before
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = next;
-        self.busy.store(false, Ordering::Release);
+        self.duty.end(took.saturating_mul(9).max(Self::EVERY));
     }
 }
 
 impl Pacer for Analyzing {
     fn finished(&self, took: Duration) {
         Analyzing::finished(self, took);
+    }
+}
+
+/// A SQL store's background upkeep of its jobs table, started after its claims: the vacuum
+/// ([`Vacuuming`]) and the statistics check ([`Analyzing`]).
+#[derive(Debug, Default)]
+pub struct Upkeep {
+    /// When the store vacuums the table.
+    pub vacuuming: Arc<Vacuuming>,
+    /// When the store checks the table's statistics.
+    pub analyzing: Arc<Analyzing>,
+}
+
+impl Upkeep {
+    /// After a claim of `claimed` jobs, starts what is due: the vacuum, the statistics check,
+    /// each a statement of `sql` that `run` runs as a simple query on a connection of the
+    /// store's own (not the claim's: that may be in a caller's transaction).
+    pub fn after_claim<F>(&self, claimed: usize, sql: &Statements, run: impl Fn(&Arc<str>) -> F)
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        if claimed == 0 {
+            return;
+        }
+        self.vacuuming.after_claim(claimed, || run(&sql.vacuum));
+        self.analyzing.after_claim(|| run(&sql.analyze_if_stale));
     }
 }
 
@@ -1333,7 +1365,7 @@ mod tests {
         rx.recv().await.unwrap();
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_err(), "only one vacuum at a time");
-        assert!(!pacer.busy.load(Ordering::Acquire), "the vacuum ended");
+        assert!(!pacer.duty.is_busy(), "the vacuum ended");
     }
 
     /// A due statistics check runs once, and the next waits at least [`Analyzing::EVERY`].
@@ -1351,7 +1383,7 @@ mod tests {
         rx.recv().await.unwrap();
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_err(), "only one check at a time");
-        assert!(!pacer.busy.load(Ordering::Acquire), "the check ended");
+        assert!(!pacer.duty.is_busy(), "the check ended");
         assert!(!pacer.due(), "and the next waits");
     }
 
@@ -1366,11 +1398,11 @@ mod tests {
         runtime.block_on(async {
             pacer.after_claim(10, std::future::pending::<Result<()>>);
         });
-        assert!(pacer.busy.load(Ordering::Acquire));
+        assert!(pacer.duty.is_busy());
         drop(runtime);
-        assert!(!pacer.busy.load(Ordering::Acquire));
+        assert!(!pacer.duty.is_busy());
         // Outside a runtime a due vacuum is skipped, and ends at once.
         pacer.after_claim(10, || async { Ok(()) });
-        assert!(!pacer.busy.load(Ordering::Acquire));
+        assert!(!pacer.duty.is_busy());
     }
 }

@@ -44,8 +44,7 @@ use futures_util::StreamExt;
 mod prepared;
 
 use pq_api::sql::{
-    self, Analyzing, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements,
-    Statements, Vacuuming,
+    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements, Upkeep,
 };
 use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
@@ -76,11 +75,9 @@ struct Inner {
     sql: Statements,
     wakeups: Arc<Wakeups>,
     stop_listener: Mutex<Option<oneshot::Sender<()>>>,
-    /// When the store vacuums its table (see [`DieselStore::vacuum_every`]).
-    vacuuming: Arc<Vacuuming>,
-    /// When the store checks its table's statistics (see
-    /// [`DieselStore::analyze_when_stale`]).
-    analyzing: Arc<Analyzing>,
+    /// When the store vacuums its table and checks its statistics (see
+    /// [`DieselStore::vacuum_every`], [`DieselStore::analyze_when_stale`]).
+    upkeep: Upkeep,
 }
 
 impl std::fmt::Debug for DieselStore {
@@ -348,15 +345,15 @@ impl DieselStore {
                 table,
                 wakeups: Arc::new(Wakeups::default()),
                 stop_listener: Mutex::new(None),
-                vacuuming: Arc::new(Vacuuming::default()),
-                analyzing: Arc::new(Analyzing::default()),
+                upkeep: Upkeep::default(),
             }),
         }
     }
 
     /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
-    /// this store claims (default [`Vacuuming::DEFAULT_EVERY`]; 0 never does): see
-    /// [`Vacuuming`] for why and how often.
+    /// this store claims (default
+    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does): see
+    /// [`Vacuuming`](sql::Vacuuming) for why and how often.
     ///
     /// ```no_run
     /// # async fn demo(url: &str) -> pq_api::Result<()> {
@@ -366,13 +363,13 @@ impl DieselStore {
     /// # Ok(()) }
     /// ```
     pub fn vacuum_every(self, claimed_jobs: u64) -> Self {
-        self.inner.vacuuming.set_every(claimed_jobs);
+        self.inner.upkeep.vacuuming.set_every(claimed_jobs);
         self
     }
 
     /// Checks the jobs table's planner statistics about once a second while the store claims
     /// jobs, and `ANALYZE`s the table, on a connection of the pool, when they lag far behind
-    /// it (default on): see [`Analyzing`] for why.
+    /// it (default on): see [`Analyzing`](sql::Analyzing) for why.
     ///
     /// ```no_run
     /// # async fn demo(url: &str) -> pq_api::Result<()> {
@@ -382,23 +379,15 @@ impl DieselStore {
     /// # Ok(()) }
     /// ```
     pub fn analyze_when_stale(self, on: bool) -> Self {
-        self.inner.analyzing.set_on(on);
+        self.inner.upkeep.analyzing.set_on(on);
         self
     }
 
     /// After a claim of `claimed` jobs: starts the store's vacuum or statistics check if due.
     fn upkeep_after_claim(&self, claimed: usize) {
-        if claimed == 0 {
-            return;
-        }
-        let sql = &self.inner.sql;
         let pool = &self.inner.pool;
-        self.inner
-            .vacuuming
-            .after_claim(claimed, || simple_query(pool, &sql.vacuum));
-        self.inner
-            .analyzing
-            .after_claim(|| simple_query(pool, &sql.analyze_if_stale));
+        let run = |text: &Arc<str>| simple_query(pool, text);
+        self.inner.upkeep.after_claim(claimed, &self.inner.sql, run);
     }
 
     /// A worker handler for `T` that runs it inside a transaction which also completes its

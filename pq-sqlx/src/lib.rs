@@ -43,8 +43,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use pq_api::sql::{
-    self, Analyzing, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements,
-    Statements, Vacuuming,
+    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements, Upkeep,
 };
 use pq_api::task::decode_args;
 use pq_api::wake::Wakeups;
@@ -87,10 +86,9 @@ struct Inner {
     wakeups: Arc<Wakeups>,
     /// Connections kept between the store's own statements.
     warm: Arc<Warm>,
-    /// When the store vacuums its table (see [`SqlxStore::vacuum_every`]).
-    vacuuming: Arc<Vacuuming>,
-    /// When the store checks its table's statistics (see [`SqlxStore::analyze_when_stale`]).
-    analyzing: Arc<Analyzing>,
+    /// When the store vacuums its table and checks its statistics (see
+    /// [`SqlxStore::vacuum_every`], [`SqlxStore::analyze_when_stale`]).
+    upkeep: Upkeep,
     /// Dropping this stops the listener task.
     stop_listener: Mutex<Option<oneshot::Sender<()>>>,
 }
@@ -187,8 +185,7 @@ impl SqlxStore {
             inner: Arc::new(Inner {
                 sql: Statements::new(&table),
                 warm: Warm::new(pool.clone()),
-                vacuuming: Arc::new(Vacuuming::default()),
-                analyzing: Arc::new(Analyzing::default()),
+                upkeep: Upkeep::default(),
                 pool,
                 table,
                 wakeups: Arc::new(Wakeups::default()),
@@ -198,8 +195,9 @@ impl SqlxStore {
     }
 
     /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
-    /// this store claims (default [`Vacuuming::DEFAULT_EVERY`]; 0 never does): see
-    /// [`Vacuuming`] for why and how often.
+    /// this store claims (default
+    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does): see
+    /// [`Vacuuming`](sql::Vacuuming) for why and how often.
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
@@ -208,13 +206,13 @@ impl SqlxStore {
     /// # Ok(()) }
     /// ```
     pub fn vacuum_every(self, claimed_jobs: u64) -> Self {
-        self.inner.vacuuming.set_every(claimed_jobs);
+        self.inner.upkeep.vacuuming.set_every(claimed_jobs);
         self
     }
 
     /// Checks the jobs table's planner statistics about once a second while the store claims
     /// jobs, and `ANALYZE`s the table, on a connection of the pool, when they lag far behind
-    /// it (default on): see [`Analyzing`] for why.
+    /// it (default on): see [`Analyzing`](sql::Analyzing) for why.
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
@@ -223,23 +221,15 @@ impl SqlxStore {
     /// # Ok(()) }
     /// ```
     pub fn analyze_when_stale(self, on: bool) -> Self {
-        self.inner.analyzing.set_on(on);
+        self.inner.upkeep.analyzing.set_on(on);
         self
     }
 
     /// After a claim of `claimed` jobs: starts the store's vacuum or statistics check if due.
     fn upkeep_after_claim(&self, claimed: usize) {
-        if claimed == 0 {
-            return;
-        }
-        let sql = &self.inner.sql;
         let pool = &self.inner.pool;
-        self.inner
-            .vacuuming
-            .after_claim(claimed, || simple_query(pool, &sql.vacuum));
-        self.inner
-            .analyzing
-            .after_claim(|| simple_query(pool, &sql.analyze_if_stale));
+        let run = |text: &Arc<str>| simple_query(pool, text);
+        self.inner.upkeep.after_claim(claimed, &self.inner.sql, run);
     }
 
     /// The pool the store runs on.

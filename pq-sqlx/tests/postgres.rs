@@ -785,6 +785,28 @@ async fn table_stat(pool: &PgPool, table: &QueueTable, column: &str) -> i64 {
     .unwrap()
 }
 
+/// Four stores, each on a fresh table: sqlx built as `sqlx[0]` makes it (on) and as `sqlx[1]`
+/// makes it (off), then diesel the same.
+async fn on_and_off(
+    pool: &PgPool,
+    sqlx: [fn(SqlxStore) -> SqlxStore; 2],
+    diesel: [fn(DieselStore) -> DieselStore; 2],
+) -> Vec<(Box<dyn QueueStore>, QueueTable)> {
+    let url = database_url().await;
+    let mut stores: Vec<(Box<dyn QueueStore>, QueueTable)> = Vec::new();
+    for build in sqlx {
+        let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+        let store = SqlxStore::with_table(pool.clone(), table.clone());
+        stores.push((Box::new(build(store.await.unwrap())), table));
+    }
+    for build in diesel {
+        let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+        let store = DieselStore::with_table(DieselStore::pool(&url, 4).unwrap(), table.clone());
+        stores.push((Box::new(build(store.await.unwrap())), table));
+    }
+    stores
+}
+
 /// Works 128 jobs through `store` in claims of 32.
 async fn claim_and_complete_128(store: &dyn QueueStore) {
     let jobs = (0..128).map(|n| NewJob::new("q", &json!(n)).unwrap());
@@ -802,31 +824,14 @@ async fn claim_and_complete_128(store: &dyn QueueStore) {
 /// not to (0).
 #[tokio::test]
 async fn both_stores_vacuum_their_table_after_so_many_claimed_jobs_unless_told_not_to() {
-    let url = database_url().await;
     let pool = pool().await;
-    let table = || QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
-    let (sqlx_on, sqlx_off, diesel_on, diesel_off) = (table(), table(), table(), table());
-    let sqlx_store = |t: &QueueTable| SqlxStore::with_table(pool.clone(), t.clone());
-    let diesel_store =
-        |t: &QueueTable| DieselStore::with_table(DieselStore::pool(&url, 4).unwrap(), t.clone());
-    let stores: Vec<(Box<dyn QueueStore>, &QueueTable)> = vec![
-        (
-            Box::new(sqlx_store(&sqlx_on).await.unwrap().vacuum_every(64)),
-            &sqlx_on,
-        ),
-        (
-            Box::new(sqlx_store(&sqlx_off).await.unwrap().vacuum_every(0)),
-            &sqlx_off,
-        ),
-        (
-            Box::new(diesel_store(&diesel_on).await.unwrap().vacuum_every(64)),
-            &diesel_on,
-        ),
-        (
-            Box::new(diesel_store(&diesel_off).await.unwrap().vacuum_every(0)),
-            &diesel_off,
-        ),
-    ];
+    let stores = on_and_off(
+        &pool,
+        [|s| s.vacuum_every(64), |s| s.vacuum_every(0)],
+        [|s| s.vacuum_every(64), |s| s.vacuum_every(0)],
+    )
+    .await;
+    let [sqlx_on, sqlx_off, diesel_on, diesel_off] = [0, 1, 2, 3].map(|i| stores[i].1.clone());
     for (store, _) in &stores {
         claim_and_complete_128(&**store).await;
     }
@@ -851,38 +856,14 @@ async fn both_stores_vacuum_their_table_after_so_many_claimed_jobs_unless_told_n
 /// checks while it claims, and analyzes such a table itself, unless told not to.
 #[tokio::test]
 async fn both_stores_analyze_a_table_filled_without_statistics_unless_told_not_to() {
-    let url = database_url().await;
     let pool = pool().await;
-    let table = || QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
-    let (sqlx_on, sqlx_off, diesel_on, diesel_off) = (table(), table(), table(), table());
-    let sqlx_store = |t: &QueueTable| SqlxStore::with_table(pool.clone(), t.clone());
-    let diesel_store =
-        |t: &QueueTable| DieselStore::with_table(DieselStore::pool(&url, 4).unwrap(), t.clone());
-    let stores: Vec<(Box<dyn QueueStore>, &QueueTable)> = vec![
-        (Box::new(sqlx_store(&sqlx_on).await.unwrap()), &sqlx_on),
-        (
-            Box::new(
-                sqlx_store(&sqlx_off)
-                    .await
-                    .unwrap()
-                    .analyze_when_stale(false),
-            ),
-            &sqlx_off,
-        ),
-        (
-            Box::new(diesel_store(&diesel_on).await.unwrap()),
-            &diesel_on,
-        ),
-        (
-            Box::new(
-                diesel_store(&diesel_off)
-                    .await
-                    .unwrap()
-                    .analyze_when_stale(false),
-            ),
-            &diesel_off,
-        ),
-    ];
+    let stores = on_and_off(
+        &pool,
+        [|s| s, |s| s.analyze_when_stale(false)],
+        [|s| s, |s| s.analyze_when_stale(false)],
+    )
+    .await;
+    let [sqlx_on, sqlx_off, diesel_on, diesel_off] = [0, 1, 2, 3].map(|i| stores[i].1.clone());
     for (store, table) in &stores {
         // Only the store may analyze it here.
         sqlx::query(AssertSqlSafe(format!(
