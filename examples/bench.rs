@@ -15,20 +15,21 @@
 //! `--json` (the summary as JSON too).
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
-//! phase starts from vacuumed, analyzed tables. `put_many`, the worker and their ceilings
+//! timed phase starts from vacuumed, analyzed tables, right after a `CHECKPOINT` (so that
+//! none begins while it runs). `put_many`, the worker and their ceilings
 //! run in rounds, interleaved with each other and across the stores, and report medians: on
 //! a small shared host, runs of the same code minutes apart differ by a third. Beside the
 //! worker's ratio to its ceiling (the medians'), it reports each round's worker against the
 //! bare loop of the same round: their median, lowest and highest. The jobs
 //! handed to `put_many` are built before its clock starts, as the bare insert's arrays are.
 //! The backlog figures are medians of five samples each, each taken right after a
-//! `CHECKPOINT`. The program runs on a current-thread tokio runtime: with PostgreSQL on the
+//! `CHECKPOINT` too. The program runs on a current-thread tokio runtime: with PostgreSQL on the
 //! same two cores, more threads only contend for them. On Linux it also reports the client's
 //! CPU per job over the worker's run and the bare loop's (all of it, and the user-mode part),
 //! and over `put_many` from one task and the bare insert on one connection.
 
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -344,6 +345,8 @@ async fn put_many(
 /// vacuumed.) Every other table of its schema is vacuumed too: a table another
 /// store has just emptied would otherwise be vacuumed by autovacuum while this phase runs (seen:
 /// one store's million deleted rows vacuumed through the next store's backlog samples).
+/// Then it has PostgreSQL write a [`checkpoint`], so that every timed phase starts right
+/// after one.
 async fn settle(table: Option<&QueueTable>, url: Option<&str>) -> Result<(), BoxError> {
     if let (Some(table), Some(url)) = (table, url) {
         let mut conn = PgConnection::connect(url).await?;
@@ -363,23 +366,27 @@ async fn settle(table: Option<&QueueTable>, url: Option<&str>) -> Result<(), Box
         )))
         .execute(&mut conn)
         .await?;
+        checkpoint(Some(url)).await?;
     }
     Ok(())
 }
 
 /// Has PostgreSQL write a checkpoint, so that one does not begin during the next timed
-/// sample: the first change to each page after a checkpoint begins writes the whole page to
-/// the WAL, and PostgreSQL checkpoints every ~20 s through a run at the default
-/// `max_wal_size`, so a sample a checkpoint fell into wrote more than one that it missed.
+/// phase or sample: the first change to each page after a checkpoint begins writes the whole
+/// page to the WAL, so a phase a checkpoint began in wrote more than one it missed, and the
+/// store and its ceiling would be measured unalike. Seen in a run of the SQL stores' rounds
+/// without it: a checkpoint began every 31–36 s, by WAL volume, in whichever phase was
+/// running (each round's halves take ~10 s each); with it, none began during a timed phase.
 /// After this, both backlogs' pages are older than the last checkpoint, as a backlog's pages
 /// are once it has waited through one. Needs the `pg_checkpoint` role (or superuser); without
 /// it, says so once and goes on.
-async fn checkpoint(url: Option<&str>, warned: &mut bool) -> Result<(), BoxError> {
+async fn checkpoint(url: Option<&str>) -> Result<(), BoxError> {
+    static WARNED: AtomicBool = AtomicBool::new(false);
     if let Some(url) = url {
         let mut conn = PgConnection::connect(url).await?;
         if let Err(e) = sqlx::query("CHECKPOINT").execute(&mut conn).await {
-            if !std::mem::replace(warned, true) {
-                eprintln!("\n  (no CHECKPOINT before backlog samples: {e})");
+            if !WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!("\n  (no CHECKPOINT before timed phases: {e})");
             }
         }
     }
@@ -762,13 +769,11 @@ async fn backlog(
     r: &mut Report,
 ) -> Result<(), BoxError> {
     let done = Arc::new(AtomicU64::new(0));
-    let mut warned = false;
     let mut small = Vec::with_capacity(BACKLOG_SAMPLES);
     for _ in 0..BACKLOG_SAMPLES {
         store.purge(QUEUE).await?;
         put_many(store, SMALL_BACKLOG, 1, &done).await?;
         settle(table, args.url.as_deref()).await?;
-        checkpoint(table.and(args.url.as_deref()), &mut warned).await?;
         let sample = args.backlog_sample.min(SMALL_BACKLOG / 2);
         small.push(claim_complete(&**store, sample, args.concurrency).await?);
     }
@@ -785,7 +790,7 @@ async fn backlog(
     settle(table, args.url.as_deref()).await?;
     let mut large = Vec::with_capacity(BACKLOG_SAMPLES);
     for _ in 0..BACKLOG_SAMPLES {
-        checkpoint(table.and(args.url.as_deref()), &mut warned).await?;
+        checkpoint(table.and(args.url.as_deref())).await?;
         let sample = args
             .backlog_sample
             .min(args.backlog / (2 * BACKLOG_SAMPLES));
