@@ -376,7 +376,7 @@ async fn settle(table: Option<&QueueTable>, url: Option<&str>) -> Result<(), Box
 /// page to the WAL, so a phase a checkpoint began in wrote more than one it missed, and the
 /// store and its ceiling would be measured unalike. Seen in a run of the SQL stores' rounds
 /// without it: a checkpoint began every 31–36 s, by WAL volume, in whichever phase was
-/// running (each round's halves take ~10 s each); with it, none began during a timed phase.
+/// running (a half of a round takes ~10 s); with it, none began during a timed phase.
 /// After this, both backlogs' pages are older than the last checkpoint, as a backlog's pages
 /// are once it has waited through one. Needs the `pg_checkpoint` role (or superuser); without
 /// it, says so once and goes on.
