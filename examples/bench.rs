@@ -983,7 +983,7 @@ async fn ceiling(
         if rows.is_empty() {
             break;
         }
-        vacuuming.after_claim(rows.len(), || {
+        let vacuum = || {
             let (vacuumer, text) = (vacuumer.clone(), sql.vacuum.clone());
             async move {
                 let ran = sqlx::raw_sql(AssertSqlSafe(text))
@@ -994,7 +994,17 @@ async fn ceiling(
                     pq_sqlx::map_err(e)
                 })
             }
-        });
+        };
+        let may = || {
+            let (vacuumer, text) = (vacuumer.clone(), sql.may_vacuum.clone());
+            async move {
+                sqlx::query_scalar::<_, bool>(AssertSqlSafe(text))
+                    .fetch_one(&mut *vacuumer.lock().await)
+                    .await
+                    .map_err(pq_sqlx::map_err)
+            }
+        };
+        vacuuming.after_claim(rows.len(), vacuum, may);
         for row in &rows {
             finished.0.push(row.try_get::<i64, _>("id")?);
             finished.1.push(row.try_get::<i64, _>("lease_token")?);

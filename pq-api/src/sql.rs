@@ -6,7 +6,7 @@
 
 use std::borrow::Cow;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -219,6 +219,10 @@ pub struct Statements {
     /// `VACUUM` of the jobs table and its indexes, skipped if another vacuum of it is running
     /// (no parameters; run outside a transaction, as a simple query). See [`Vacuuming`].
     pub vacuum: Arc<str>,
+    /// Whether the role may vacuum the jobs table, as its owner (or a member of the owner's
+    /// role) → one row, `may bool`. Without that PostgreSQL skips a `VACUUM` with a warning.
+    /// See [`Vacuuming`].
+    pub may_vacuum: Arc<str>,
     /// `ANALYZE` of the jobs table if its planner statistics lag far behind it: none yet, or
     /// under half the rows it holds, with over 1,000 held; skipped if the role does not own
     /// the table (no parameters; a simple query). See [`Analyzing`].
@@ -544,6 +548,10 @@ impl Statements {
             // heap pages hold dead rows (under 2% of them, as on a large backlog), and the
             // index entries the claims scan past are what this vacuum is for.
             vacuum: s(format!("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {t}")),
+            may_vacuum: s(format!(
+                "SELECT pg_has_role(c.relowner, 'USAGE') AS may FROM pg_class AS c \
+                 WHERE c.oid = '{t}'::regclass"
+            )),
             // Ownership checked first: without it PostgreSQL would skip the ANALYZE with a
             // warning, at every check. (Other roles allowed to analyze it, such as the
             // database's owner, are left to autovacuum.)
@@ -1128,8 +1136,12 @@ where
 /// jobs a minute). Vacuumed every 10,000 jobs, the claim stayed at ~1 ms; a vacuum took ~20 ms on a
 /// table of 100,000 jobs and ~120–260 ms on one of a million.
 ///
-/// The vacuum needs the table's owner (or, from PostgreSQL 16, the `MAINTAIN` privilege);
-/// without it PostgreSQL skips it with a warning and only autovacuum tidies the table.
+/// The vacuum needs the table's owner: without that, PostgreSQL skips it with a warning. So
+/// before its first vacuum a store asks whether its role owns the table
+/// ([`Statements::may_vacuum`]), and if it does not, it says so once (an `info` event) and
+/// leaves the table to autovacuum from then on; if the question fails, it asks again at the
+/// next vacuum due. (Other roles PostgreSQL lets vacuum a table, such as the database's owner,
+/// are left to autovacuum too, as with the statistics check.)
 ///
 /// ```
 /// use pq_api::sql::Vacuuming;
@@ -1150,7 +1162,16 @@ pub struct Vacuuming {
     every: AtomicU64,
     claimed: AtomicU64,
     duty: Duty,
+    /// Whether the role may vacuum the table: [`MAY_UNKNOWN`] until asked.
+    may: AtomicU8,
 }
+
+/// [`Vacuuming`] has not yet learned whether its role may vacuum the table.
+const MAY_UNKNOWN: u8 = 0;
+/// The role may vacuum the table.
+const MAY: u8 = 1;
+/// The role may not: the table is left to autovacuum.
+const MAY_NOT: u8 = 2;
 
 impl Default for Vacuuming {
     fn default() -> Self {
@@ -1168,6 +1189,7 @@ impl Vacuuming {
             every: AtomicU64::new(every),
             claimed: AtomicU64::new(0),
             duty: Duty::default(),
+            may: AtomicU8::new(MAY_UNKNOWN),
         }
     }
 
@@ -1202,15 +1224,42 @@ impl Vacuuming {
 
     /// Counts `n` jobs just claimed and, if that makes a vacuum due, runs the one `vacuum`
     /// returns in a task of its own on the current tokio runtime (outside one, it skips this
-    /// vacuum), logging how it went. A store calls it after each claim, with a closure that
-    /// clones what the vacuum needs only when one is due.
-    pub fn after_claim<F>(self: &Arc<Self>, n: usize, vacuum: impl FnOnce() -> F)
-    where
+    /// vacuum), logging how it went. Before the first, it asks the question `may` returns
+    /// ([`Statements::may_vacuum`]): if the answer is no, it vacuums no more. A store calls it
+    /// after each claim, with closures that clone what they need only when a vacuum is due.
+    pub fn after_claim<F, G>(
+        self: &Arc<Self>,
+        n: usize,
+        vacuum: impl FnOnce() -> F,
+        may: impl FnOnce() -> G,
+    ) where
         F: std::future::Future<Output = Result<()>> + Send + 'static,
+        G: std::future::Future<Output = Result<bool>> + Send + 'static,
     {
-        if self.claimed(n) {
-            run_upkeep(self, "vacuum of the jobs table", vacuum);
+        if self.may.load(Ordering::Relaxed) == MAY_NOT || !self.claimed(n) {
+            return;
         }
+        let asking = (self.may.load(Ordering::Relaxed) == MAY_UNKNOWN).then(may);
+        let pacer = self.clone();
+        run_upkeep(self, "vacuum of the jobs table", move || {
+            let vacuum = vacuum();
+            async move {
+                if let Some(asking) = asking {
+                    let may = asking.await?;
+                    pacer
+                        .may
+                        .store(if may { MAY } else { MAY_NOT }, Ordering::Relaxed);
+                    if !may {
+                        tracing::info!(
+                            "the store's role does not own the jobs table, which PostgreSQL \
+                             requires to vacuum it: left to autovacuum"
+                        );
+                        return Ok(());
+                    }
+                }
+                vacuum.await
+            }
+        });
     }
 
     /// Ends the vacuum [`Vacuuming::claimed`] started, which took `took`.
@@ -1332,15 +1381,24 @@ pub struct Upkeep {
 impl Upkeep {
     /// After a claim of `claimed` jobs, starts what is due: the vacuum, the statistics check,
     /// each a statement of `sql` that `run` runs as a simple query on a connection of the
-    /// store's own (not the claim's: that may be in a caller's transaction).
-    pub fn after_claim<F>(&self, claimed: usize, sql: &Statements, run: impl Fn(&Arc<str>) -> F)
-    where
+    /// store's own (not the claim's: that may be in a caller's transaction), and before the
+    /// first vacuum, the question of [`Statements::may_vacuum`], which `ask` asks likewise and
+    /// answers with its one boolean.
+    pub fn after_claim<F, G>(
+        &self,
+        claimed: usize,
+        sql: &Statements,
+        run: impl Fn(&Arc<str>) -> F,
+        ask: impl Fn(&Arc<str>) -> G,
+    ) where
         F: std::future::Future<Output = Result<()>> + Send + 'static,
+        G: std::future::Future<Output = Result<bool>> + Send + 'static,
     {
         if claimed == 0 {
             return;
         }
-        self.vacuuming.after_claim(claimed, || run(&sql.vacuum));
+        self.vacuuming
+            .after_claim(claimed, || run(&sql.vacuum), || ask(&sql.may_vacuum));
         self.analyzing.after_claim(|| run(&sql.analyze_if_stale));
     }
 }
@@ -1358,15 +1416,81 @@ mod tests {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         for _ in 0..3 {
             let tx = tx.clone();
-            pacer.after_claim(10, move || async move {
-                tx.send(()).unwrap();
-                Ok(())
-            });
+            pacer.after_claim(
+                10,
+                move || async move {
+                    tx.send(()).unwrap();
+                    Ok(())
+                },
+                || async { Ok(true) },
+            );
         }
         rx.recv().await.unwrap();
         tokio::task::yield_now().await;
         assert!(rx.try_recv().is_err(), "only one vacuum at a time");
         assert!(!pacer.duty.is_busy(), "the vacuum ended");
+    }
+
+    /// Claims 10 jobs on `pacer` (due every 10), recording on `log` what ran: the question
+    /// (answered `may`) and the vacuum; waits until the upkeep has ended and its wait is over.
+    async fn due_vacuum(
+        pacer: &Arc<Vacuuming>,
+        may: Result<bool>,
+        log: &tokio::sync::mpsc::UnboundedSender<&'static str>,
+    ) {
+        let (asked, vacuumed) = (log.clone(), log.clone());
+        pacer.after_claim(
+            10,
+            move || async move {
+                vacuumed.send("vacuum").unwrap();
+                Ok(())
+            },
+            move || async move {
+                asked.send("asked").unwrap();
+                may
+            },
+        );
+        while pacer.duty.is_busy() {
+            tokio::task::yield_now().await;
+        }
+        // The wait after an upkeep is nine times as long as it took: microseconds here.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    fn drained(rx: &mut tokio::sync::mpsc::UnboundedReceiver<&'static str>) -> Vec<&'static str> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    /// The store asks once whether its role may vacuum; a role that may is not asked again.
+    #[tokio::test]
+    async fn a_role_that_may_vacuum_is_asked_once() {
+        let pacer = Arc::new(Vacuuming::new(10));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        due_vacuum(&pacer, Ok(true), &tx).await;
+        due_vacuum(&pacer, Ok(true), &tx).await;
+        assert_eq!(drained(&mut rx), ["asked", "vacuum", "vacuum"]);
+    }
+
+    /// A role that may not vacuum the table never vacuums it, and is not asked again.
+    #[tokio::test]
+    async fn a_role_that_may_not_vacuum_never_does() {
+        let pacer = Arc::new(Vacuuming::new(10));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..3 {
+            due_vacuum(&pacer, Ok(false), &tx).await;
+        }
+        assert_eq!(drained(&mut rx), ["asked"]);
+    }
+
+    /// If the question fails, nothing is vacuumed, and it is asked again at the next vacuum due.
+    #[tokio::test]
+    async fn a_failed_question_is_asked_again() {
+        let pacer = Arc::new(Vacuuming::new(10));
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let gone = || Err(Error::Unavailable("connection lost".into()));
+        due_vacuum(&pacer, gone(), &tx).await;
+        due_vacuum(&pacer, Ok(true), &tx).await;
+        assert_eq!(drained(&mut rx), ["asked", "asked", "vacuum"]);
     }
 
     /// A due statistics check runs once, and the next waits at least [`Analyzing::EVERY`].
@@ -1397,13 +1521,15 @@ mod tests {
             .build()
             .unwrap();
         runtime.block_on(async {
-            pacer.after_claim(10, std::future::pending::<Result<()>>);
+            pacer.after_claim(10, std::future::pending::<Result<()>>, || async {
+                Ok(true)
+            });
         });
         assert!(pacer.duty.is_busy());
         drop(runtime);
         assert!(!pacer.duty.is_busy());
         // Outside a runtime a due vacuum is skipped, and ends at once.
-        pacer.after_claim(10, || async { Ok(()) });
+        pacer.after_claim(10, || async { Ok(()) }, || async { Ok(true) });
         assert!(!pacer.duty.is_busy());
     }
 }

@@ -127,6 +127,22 @@ fn simple_query(
     }
 }
 
+/// Runs `text`, a query of one boolean named `may`, on a connection of `pool`.
+fn ask(
+    pool: &PgPool,
+    text: &Arc<str>,
+) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
+    let (pool, text) = (pool.clone(), text.clone());
+    async move {
+        let mut c = pool.get().await.map_err(pool_err)?;
+        let row: MayRow = diesel::sql_query(&*text)
+            .get_result(&mut c)
+            .await
+            .map_err(map_err)?;
+        Ok(row.may)
+    }
+}
+
 fn pool_err(e: PoolError) -> Error {
     Error::Unavailable(Box::new(e))
 }
@@ -300,6 +316,12 @@ struct NextRunRow {
 }
 
 #[derive(QueryableByName)]
+struct MayRow {
+    #[diesel(sql_type = Bool)]
+    may: bool,
+}
+
+#[derive(QueryableByName)]
 struct VersionRow {
     #[diesel(sql_type = Integer)]
     version: i32,
@@ -352,7 +374,8 @@ impl DieselStore {
 
     /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
     /// this store claims (default
-    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does): see
+    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does), if the
+    /// store's role owns the table (asked before the first vacuum): see
     /// [`Vacuuming`](sql::Vacuuming) for why and how often.
     ///
     /// ```no_run
@@ -387,7 +410,10 @@ impl DieselStore {
     fn upkeep_after_claim(&self, claimed: usize) {
         let pool = &self.inner.pool;
         let run = |text: &Arc<str>| simple_query(pool, text);
-        self.inner.upkeep.after_claim(claimed, &self.inner.sql, run);
+        let ask = |text: &Arc<str>| ask(pool, text);
+        self.inner
+            .upkeep
+            .after_claim(claimed, &self.inner.sql, run, ask);
     }
 
     /// A worker handler for `T` that runs it inside a transaction which also completes its

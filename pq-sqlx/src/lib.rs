@@ -122,6 +122,20 @@ fn simple_query(
     }
 }
 
+/// Runs `text`, a query of one boolean, on a connection of `pool`.
+fn ask(
+    pool: &PgPool,
+    text: &Arc<str>,
+) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
+    let (pool, text) = (pool.clone(), text.clone());
+    async move {
+        sqlx::query_scalar::<_, bool>(AssertSqlSafe(text))
+            .fetch_one(&pool)
+            .await
+            .map_err(map_err)
+    }
+}
+
 fn q(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(text.clone())
 }
@@ -196,7 +210,8 @@ impl SqlxStore {
 
     /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
     /// this store claims (default
-    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does): see
+    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does), if the
+    /// store's role owns the table (asked before the first vacuum): see
     /// [`Vacuuming`](sql::Vacuuming) for why and how often.
     ///
     /// ```no_run
@@ -229,7 +244,10 @@ impl SqlxStore {
     fn upkeep_after_claim(&self, claimed: usize) {
         let pool = &self.inner.pool;
         let run = |text: &Arc<str>| simple_query(pool, text);
-        self.inner.upkeep.after_claim(claimed, &self.inner.sql, run);
+        let ask = |text: &Arc<str>| ask(pool, text);
+        self.inner
+            .upkeep
+            .after_claim(claimed, &self.inner.sql, run, ask);
     }
 
     /// The pool the store runs on.

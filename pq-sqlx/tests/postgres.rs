@@ -851,6 +851,41 @@ async fn both_stores_vacuum_their_table_after_so_many_claimed_jobs_unless_told_n
     }
 }
 
+/// PostgreSQL skips a `VACUUM` by a role that does not own the table (with a warning), so
+/// before its first vacuum a store asks [`Statements::may_vacuum`](pq_api::sql::Statements),
+/// and leaves the table to autovacuum if the answer is no: the owner may, a role with every
+/// privilege on the table but not its owner may not.
+#[tokio::test]
+async fn only_the_tables_owner_may_vacuum_it() {
+    let store = store().await;
+    let sql = pq_api::sql::Statements::new(store.table());
+    let schema = store.table().schema();
+    let role = format!("{schema}_app");
+    let mut conn = store.pool().acquire().await.unwrap();
+    let run = |text: String| sqlx::raw_sql(AssertSqlSafe(text));
+    run(format!(
+        "CREATE ROLE {role} NOLOGIN; GRANT USAGE ON SCHEMA \"{schema}\" TO {role}; \
+         GRANT ALL ON ALL TABLES IN SCHEMA \"{schema}\" TO {role}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    let may = || sqlx::query_scalar::<_, bool>(AssertSqlSafe(sql.may_vacuum.clone()));
+    assert!(may().fetch_one(&mut *conn).await.unwrap(), "the owner may");
+    run(format!("SET ROLE {role}"))
+        .execute(&mut *conn)
+        .await
+        .unwrap();
+    let app = may().fetch_one(&mut *conn).await;
+    run(format!(
+        "RESET ROLE; DROP OWNED BY {role}; DROP ROLE {role}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    assert!(!app.unwrap(), "a role that does not own the table may not");
+}
+
 /// A table filled after it was created has no planner statistics until autovacuum analyzes
 /// it, and the claim is planned as a scan of the whole backlog meanwhile; so each store
 /// checks while it claims, and analyzes such a table itself, unless told not to.
