@@ -1382,8 +1382,8 @@ impl Upkeep {
     /// After a claim of `claimed` jobs, starts what is due: the vacuum, the statistics check,
     /// each a statement of `sql` that `run` runs as a simple query on a connection of the
     /// store's own (not the claim's: that may be in a caller's transaction), and before the
-    /// first vacuum, the question of [`Statements::may_vacuum`], which `ask` asks likewise and
-    /// answers with its one boolean.
+    /// first vacuum, the question of [`Statements::may_vacuum`], which `ask` asks on a
+    /// connection of the store's own and answers with the boolean it returns.
     pub fn after_claim<F, G>(
         &self,
         claimed: usize,
