@@ -20,7 +20,11 @@
 //! run in rounds, interleaved with each other and across the stores, and report medians: on
 //! a small shared host, runs of the same code minutes apart differ by a third. Beside the
 //! worker's ratio to its ceiling (the medians'), it reports each round's worker against the
-//! bare loop of the same round: their median, lowest and highest. The jobs
+//! bare loop of the same round: their median, lowest and highest. It also splits each loop's
+//! wall time per job in two: inside its claim calls (the round trip, the server's work, the
+//! decoding of the rows; the worker's store is wrapped in a timer for this) and between them
+//! (for the worker: starting the jobs, running the handlers, collecting the completions), so
+//! that a gap to the ceiling shows on which side it lies. The jobs
 //! handed to `put_many` are built before its clock starts, as the bare insert's arrays are.
 //! The backlog figures are medians of five samples each, each taken right after a
 //! `CHECKPOINT` too. The program runs on a current-thread tokio runtime: with PostgreSQL on the
@@ -36,8 +40,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use pq_api::sql::{InsertArrays, QueueTable, Statements, Vacuuming};
 use pq_api::{
-    Claim, Completion, Done, JobHandler, NewJob, QueueStore, QueueStoreExt, Registry, StopMode,
-    Task, TaskContext, TaskError, Worker,
+    Claim, ClaimedJob, Completion, Done, Failure, FinishedJob, Job, JobHandler, JobId, JobState,
+    Lease, NewJob, QueueStats, QueueStore, QueueStoreExt, Registry, StopMode, Task, TaskContext,
+    TaskError, Worker,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -235,6 +240,102 @@ impl CpuClock {
             all: per_job(cpu_used(), self.0),
             user: per_job(user_cpu_used(), self.1),
         }
+    }
+}
+
+/// Where a claim+complete loop's wall time went, in µs per job: inside its claim calls
+/// (the statement's round trip, the server's work, and the driver's and the store's decoding
+/// of the rows) and between them (everything else: for the worker, starting the jobs,
+/// running their handlers and collecting their completions; the completions themselves are
+/// sent alongside the next claim). The two add up to the loop's wall time per job.
+#[derive(Clone, Copy)]
+struct ClaimSplit {
+    in_claims: f64,
+    between: f64,
+}
+
+impl ClaimSplit {
+    fn of(claiming: Duration, took: Duration, n: usize) -> Self {
+        let per_job = |d: Duration| d.as_secs_f64() * 1e6 / n as f64;
+        ClaimSplit {
+            in_claims: per_job(claiming),
+            between: per_job(took.saturating_sub(claiming)),
+        }
+    }
+}
+
+/// A store that times its `claim` calls and passes every call on to the store it wraps:
+/// the worker's side of [`ClaimSplit`]. (One more dynamic call and two clock reads per
+/// claim, i.e. per 32 jobs.)
+#[derive(Debug)]
+struct ClaimTimer {
+    inner: Arc<dyn QueueStore>,
+    nanos: AtomicU64,
+}
+
+impl ClaimTimer {
+    fn claiming(&self) -> Duration {
+        Duration::from_nanos(self.nanos.load(Ordering::Relaxed))
+    }
+}
+
+#[async_trait]
+impl QueueStore for ClaimTimer {
+    async fn put_many(&self, jobs: Vec<NewJob>) -> pq_api::Result<Vec<JobId>> {
+        self.inner.put_many(jobs).await
+    }
+    async fn claim(&self, claim: &Claim) -> pq_api::Result<Vec<ClaimedJob>> {
+        let t = Instant::now();
+        let claimed = self.inner.claim(claim).await;
+        let took = u64::try_from(t.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.nanos.fetch_add(took, Ordering::Relaxed);
+        claimed
+    }
+    async fn complete_many(&self, done: &[Done]) -> pq_api::Result<Vec<JobId>> {
+        self.inner.complete_many(done).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Failure) -> pq_api::Result<JobState> {
+        self.inner.fail(lease, failure).await
+    }
+    async fn extend(
+        &self,
+        lease: &Lease,
+        lease_for: Duration,
+    ) -> pq_api::Result<chrono::DateTime<chrono::Utc>> {
+        self.inner.extend(lease, lease_for).await
+    }
+    async fn release(&self, lease: &Lease) -> pq_api::Result<()> {
+        self.inner.release(lease).await
+    }
+    async fn cancel(&self, id: JobId) -> pq_api::Result<()> {
+        self.inner.cancel(id).await
+    }
+    async fn retry(&self, id: JobId) -> pq_api::Result<()> {
+        self.inner.retry(id).await
+    }
+    async fn job(&self, id: JobId) -> pq_api::Result<Job> {
+        self.inner.job(id).await
+    }
+    async fn stats(&self, queue: &str) -> pq_api::Result<QueueStats> {
+        self.inner.stats(queue).await
+    }
+    async fn purge(&self, queue: &str) -> pq_api::Result<u64> {
+        self.inner.purge(queue).await
+    }
+    async fn key_state(&self, queue: &str, key: &str) -> pq_api::Result<Option<Value>> {
+        self.inner.key_state(queue, key).await
+    }
+    async fn finished(&self, id: JobId) -> pq_api::Result<FinishedJob> {
+        self.inner.finished(id).await
+    }
+    async fn history(&self, queue: &str, limit: u32) -> pq_api::Result<Vec<FinishedJob>> {
+        self.inner.history(queue, limit).await
+    }
+    async fn cleanup_history(&self) -> pq_api::Result<u64> {
+        self.inner.cleanup_history().await
+    }
+    async fn wait(&self, queues: &[String], timeout: Duration) -> pq_api::Result<bool> {
+        self.inner.wait(queues, timeout).await
     }
 }
 
@@ -511,7 +612,8 @@ struct Samples {
 }
 
 /// One half's figures over the rounds: jobs/s from one task (connection) and from 8, jobs/s
-/// end-to-end, and the client's CPU µs per job (from one task; end-to-end, all and user-mode).
+/// end-to-end, the client's CPU µs per job (from one task; end-to-end, all and user-mode),
+/// and the end-to-end wall time per job in and between claim calls ([`ClaimSplit`]).
 #[derive(Default)]
 struct Series {
     one: Vec<f64>,
@@ -520,17 +622,29 @@ struct Series {
     work: Vec<f64>,
     work_cpu: Vec<f64>,
     work_user: Vec<f64>,
+    in_claims: Vec<f64>,
+    between: Vec<f64>,
 }
 
 impl Series {
-    fn record(&mut self, one: (f64, CpuPerJob), eight: f64, work: (f64, CpuPerJob)) {
+    fn record(&mut self, one: (f64, CpuPerJob), eight: f64, work: Worked) {
         self.one.push(one.0);
         self.one_cpu.extend(one.1.all);
         self.eight.push(eight);
-        self.work.push(work.0);
-        self.work_cpu.extend(work.1.all);
-        self.work_user.extend(work.1.user);
+        self.work.push(work.rate);
+        self.work_cpu.extend(work.cpu.all);
+        self.work_user.extend(work.cpu.user);
+        self.in_claims.push(work.split.in_claims);
+        self.between.push(work.split.between);
     }
+}
+
+/// A claim+complete loop's run: jobs/s, the client's CPU per job, and where its wall time
+/// went.
+struct Worked {
+    rate: f64,
+    cpu: CpuPerJob,
+    split: ClaimSplit,
 }
 
 /// One round of `put_many` and the worker beside their ceilings: fills the table through the
@@ -564,7 +678,7 @@ async fn throughput_round(
                     "\r  {name:<7} round {}: put_many {:.0}/s, x{PUT_TASKS} {eight:.0}/s, worker {:.0}/s   ",
                     round + 1,
                     one.0,
-                    work.0,
+                    work.rate,
                 );
                 s.store.record(one, eight, work);
             }
@@ -579,7 +693,7 @@ async fn throughput_round(
                     "\r  {name:<7} round {}: bare insert {:.0}/s, x{PUT_TASKS} {eight:.0}/s, bare claim+complete {:.0}/s   ",
                     round + 1,
                     one.0,
-                    work.0,
+                    work.rate,
                 );
                 s.bare.record(one, eight, work);
             }
@@ -639,6 +753,24 @@ fn report_throughput(name: &str, s: Samples, r: &mut Report) {
             r.add(name, metric, median(samples), "jobs/s");
         }
     }
+    let wall = [
+        (
+            "end-to-end: in claim calls",
+            store.in_claims,
+            bare.in_claims,
+        ),
+        (
+            "end-to-end: between claim calls",
+            store.between,
+            bare.between,
+        ),
+    ];
+    for (metric, samples, ceilings) in wall {
+        r.add(name, metric, median(samples), "µs/job");
+        if !ceilings.is_empty() {
+            r.against(median(ceilings));
+        }
+    }
     let cpu = [
         ("client CPU: put_many x1000", store.one_cpu, bare.one_cpu),
         ("client CPU: worker", store.work_cpu, bare.work_cpu),
@@ -659,28 +791,37 @@ fn report_throughput(name: &str, s: Samples, r: &mut Report) {
 }
 
 /// Runs a worker until the `n` queued jobs are drained, checks each ran exactly once and the
-/// table is empty; returns jobs/s and the client's CPU µs per job.
+/// table is empty; returns jobs/s, the client's CPU µs per job and where the time went.
 async fn work_off(
     store: &Arc<dyn QueueStore>,
     label: String,
     n: usize,
     args: &Args,
-) -> Result<(f64, CpuPerJob), BoxError> {
+) -> Result<Worked, BoxError> {
     let counting = Counting::new(n, false);
     let p = progress(label, counting.done.clone(), n as u64);
-    let w = worker(store.clone(), counting.clone(), args)?;
+    let timer = Arc::new(ClaimTimer {
+        inner: store.clone(),
+        nanos: AtomicU64::new(0),
+    });
+    let w = worker(timer.clone(), counting.clone(), args)?;
     let cpu = CpuClock::start();
     let t = Instant::now();
     let status = w.run_until_drained().await?;
     let took = t.elapsed();
     let cpu = cpu.per_job(n);
+    let split = ClaimSplit::of(timer.claiming(), took, n);
     p.abort();
     counting.check_once()?;
     if status.processed != n as u64 {
         return Err(format!("worker processed {} of {n}", status.processed).into());
     }
     expect_empty(&**store).await?;
-    Ok((rate(n, took), cpu))
+    Ok(Worked {
+        rate: rate(n, took),
+        cpu,
+        split,
+    })
 }
 
 async fn pickup(
@@ -846,7 +987,7 @@ async fn keyed(
         }
         settle(table, args.url.as_deref()).await?;
         let label = format!("{name} keyed end-to-end ({layout})");
-        let (jps, _) = work_off(store, label, n, args).await?;
+        let jps = work_off(store, label, n, args).await?.rate;
         let metric = match layout {
             "interleaved" => "end-to-end: behind 1k keys, interleaved",
             _ => "end-to-end: behind 1k keys, clustered",
@@ -931,8 +1072,9 @@ async fn insert_rows(
 }
 
 /// The ceiling of the worker: the shared claim and complete statements in a bare loop on
-/// plain connections, batch = concurrency, over the `args.jobs` queued jobs; returns jobs/s
-/// and the client's CPU µs per job. The claim is the store's own text, asynchronous commit
+/// plain connections, batch = concurrency, over the `args.jobs` queued jobs; returns jobs/s,
+/// the client's CPU µs per job and where the time went (each claim timed as the worker's
+/// are, from its start to its rows). The claim is the store's own text, asynchronous commit
 /// included ([`Statements::claim`]), and the loop vacuums the table as a store does, with
 /// the store's statement on a third connection, paced the same ([`Vacuuming`]).
 async fn ceiling(
@@ -940,7 +1082,7 @@ async fn ceiling(
     table: &QueueTable,
     url: &str,
     args: &Args,
-) -> Result<(f64, CpuPerJob), BoxError> {
+) -> Result<Worked, BoxError> {
     let sql = Statements::new(table);
     // Two connections, as the worker uses: one claims the next batch while the other
     // completes the previous one.
@@ -952,15 +1094,21 @@ async fn ceiling(
     let cpu = CpuClock::start();
     let t = Instant::now();
     let mut done = 0;
+    let mut claiming = Duration::ZERO;
     let mut finished: (Vec<i64>, Vec<i64>) = (Vec::new(), Vec::new());
     let vacuuming = Arc::new(Vacuuming::new(args.vacuum_every));
     let vacuumer = Arc::new(tokio::sync::Mutex::new(PgConnection::connect(url).await?));
     loop {
-        let claim = sqlx::query(AssertSqlSafe(&*claim_sql))
-            .bind(&queues)
-            .bind(lease_us)
-            .bind(fastrand::i64(..))
-            .fetch_all(&mut claimer);
+        let claim = async {
+            let t = Instant::now();
+            let rows = sqlx::query(AssertSqlSafe(&*claim_sql))
+                .bind(&queues)
+                .bind(lease_us)
+                .bind(fastrand::i64(..))
+                .fetch_all(&mut claimer)
+                .await;
+            (rows, t.elapsed())
+        };
         let complete = async {
             if finished.0.is_empty() {
                 return Ok(Vec::new());
@@ -975,8 +1123,9 @@ async fn ceiling(
                 .fetch_all(&mut completer)
                 .await
         };
-        let (rows, completed) = tokio::join!(claim, complete);
+        let ((rows, took), completed) = tokio::join!(claim, complete);
         let (rows, completed) = (rows?, completed?);
+        claiming += took;
         done += completed.len();
         finished.0.clear();
         finished.1.clear();
@@ -1016,7 +1165,11 @@ async fn ceiling(
         return Err(format!("ceiling loop completed {done} of {}", args.jobs).into());
     }
     expect_empty(&**store).await?;
-    Ok((rate(done, took), cpu))
+    Ok(Worked {
+        rate: rate(done, took),
+        cpu,
+        split: ClaimSplit::of(claiming, took, done),
+    })
 }
 
 async fn open(
