@@ -41,6 +41,7 @@ pub mod sql;
 mod store;
 pub mod task;
 pub mod wake;
+pub mod warm;
 mod worker;
 
 #[cfg(feature = "msgpack")]

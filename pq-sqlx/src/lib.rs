@@ -56,7 +56,8 @@ use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::oneshot;
 
 mod warm;
-use warm::{Lane, Warm, WarmConn};
+use pq_api::warm::Lane;
+use warm::{Warm, WarmConn};
 
 pub use pq_api::sql::QueueTable;
 

@@ -769,6 +769,66 @@ async fn a_busy_store_keeps_one_warm_connection_and_gives_it_back_when_idle() {
     }
 }
 
+/// The server processes (`pid`s) of `app` whose last statement began with `prefix`.
+async fn last_ran(observer: &PgPool, app: &str, prefix: &str) -> Vec<i32> {
+    sqlx::query_scalar(
+        "SELECT pid FROM pg_stat_activity WHERE application_name = $1 AND starts_with(query, $2)",
+    )
+    .bind(app)
+    .bind(prefix)
+    .fetch_all(observer)
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn diesels_claims_and_completions_each_keep_to_a_connection_given_back_when_idle() {
+    let app = format!("pq-warm-{}", fastrand::u32(..));
+    let url = database_url().await;
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let diesel_pool = DieselStore::pool(&format!("{url}{sep}application_name={app}"), 4).unwrap();
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let store = DieselStore::with_table(diesel_pool.clone(), table)
+        .await
+        .unwrap();
+    let jobs = (0..410).map(|n| NewJob::new("q", &json!(n)).unwrap());
+    store.put_many(jobs.collect()).await.unwrap();
+    let mut leases: Vec<pq_api::Done> = store
+        .claim(&Claim::new(["q"]).limit(400))
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|j| pq_api::Done::new(j.lease))
+        .collect();
+
+    // As the worker does: a claim alongside completions. Completing 40 jobs takes longer than
+    // claiming one, so on the pool alone (last in, first out) the two would swap connections
+    // every round.
+    let observer = self::pool().await;
+    let (mut claimed_on, mut completed_on) = (BTreeSet::new(), BTreeSet::new());
+    let one = Claim::new(["q"]).limit(1);
+    for _ in 0..10 {
+        let batch: Vec<_> = leases.drain(..40).collect();
+        let (claimed, completed) = tokio::join!(store.claim(&one), store.complete_many(&batch));
+        assert_eq!(claimed.unwrap().len(), 1);
+        assert_eq!(completed.unwrap().len(), 40);
+        claimed_on.extend(last_ran(&observer, &app, "WITH cand AS").await);
+        completed_on.extend(last_ran(&observer, &app, "WITH done AS").await);
+    }
+    assert_eq!(claimed_on.len(), 1, "server processes that ran the claims");
+    assert_eq!(
+        completed_on.len(),
+        1,
+        "server processes that ran the completions"
+    );
+    assert_ne!(claimed_on, completed_on);
+
+    // Idle, the store holds nothing: every connection is in the pool again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = diesel_pool.status();
+    assert_eq!(status.available, status.size, "{status:?}");
+}
+
 /// How many times the table was vacuumed by a `VACUUM` statement (autovacuum not counted).
 async fn vacuum_count(pool: &PgPool, table: &QueueTable) -> i64 {
     table_stat(pool, table, "vacuum_count").await
