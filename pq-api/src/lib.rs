@@ -12,6 +12,8 @@
 //!   state, opt-in job history ([`NewJob::keep_history`], [`FinishedJob`]), and payload
 //!   [`codec`]s ([`Json`], `MessagePack` with the `msgpack` feature, [`Queue`]);
 //! - [`sql`], the PostgreSQL statements both SQL stores (`pq-sqlx`, `pq-diesel`) run.
+//! - [`wake`] and [`warm`], what else the two SQL stores share: waking `wait` from
+//!   LISTEN/NOTIFY, and the connections a store keeps checked out while it is busy.
 //!
 //! ```
 //! use pq_api::{Claim, Failure, NewJob, QueueStore, QueueStoreExt};
