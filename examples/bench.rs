@@ -307,6 +307,9 @@ impl QueueStore for ClaimTimer {
     async fn release(&self, lease: &Lease) -> pq_api::Result<()> {
         self.inner.release(lease).await
     }
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> pq_api::Result<()> {
+        self.inner.snooze(lease, delay).await
+    }
     async fn cancel(&self, id: JobId) -> pq_api::Result<()> {
         self.inner.cancel(id).await
     }

@@ -60,6 +60,11 @@ pub enum Error {
     /// Retryable.
     #[error("transient conflict")]
     Conflict(#[source] BoxError),
+    /// A value the table holds cannot be decoded: a time no driver can represent
+    /// (`'infinity'`) or another value written by plain SQL that pq cannot read. Confined to
+    /// the row that holds it; a claim fails such a job at once instead of handing it out.
+    #[error("a stored value cannot be decoded: {0}")]
+    BadValue(String),
     /// The store's schema is missing or older than this version of pq expects.
     #[error("queue schema is missing or out of date: {0}")]
     Schema(String),
@@ -93,7 +98,8 @@ impl Error {
     /// Both SQL backends use this, so they classify every failure the same way: connection
     /// exceptions (class 08), operator intervention (57P) and insufficient resources (53) are
     /// [`Error::Unavailable`]; serialization failures and deadlocks (40001, 40P01) are
-    /// [`Error::Conflict`]; a missing table or function (42P01, 42883, 3F000) is
+    /// [`Error::Conflict`]; a missing table or function (42P01, 42883, 3F000), or one that
+    /// exists already where a migration would create it (42P07, 42710), is
     /// [`Error::Schema`]; constraint violations (class 23) and invalid input (22) are
     /// [`Error::InvalidArgument`]; everything else is [`Error::Backend`].
     pub fn from_sqlstate(code: Option<&str>, source: BoxError) -> Self {
@@ -103,6 +109,7 @@ impl Error {
         match code {
             "40001" | "40P01" => Error::Conflict(source),
             "42P01" | "42883" | "3F000" => Error::Schema(source.to_string()),
+            "42P07" | "42710" => Error::Schema(clash(&*source)),
             c if c.starts_with("08") || c.starts_with("57P") || c.starts_with("53") => {
                 Error::Unavailable(source)
             }
@@ -113,4 +120,12 @@ impl Error {
             _ => Error::Backend(source),
         }
     }
+}
+
+/// The schema error for an object a migration would create that exists already.
+pub(crate) fn clash(source: &(dyn std::error::Error + Send + Sync)) -> String {
+    format!(
+        "{source}: the table's name clashes with one that exists (another pq table's \
+         `<table>_keys` or `<table>_history`, say); choose another table name"
+    )
 }

@@ -250,6 +250,12 @@ impl NewJob {
         if let Some(w) = &self.expected_at {
             w.validate("expected_at")?;
         }
+        if nesting(&self.payload) > MAX_PAYLOAD_NESTING {
+            return Err(Error::invalid(
+                "payload",
+                format!("arrays and objects nest deeper than {MAX_PAYLOAD_NESTING} levels"),
+            ));
+        }
         if self.serial_key.is_some() && self.cursor_key.is_some() {
             return Err(Error::invalid(
                 "key",
@@ -269,6 +275,32 @@ impl NewJob {
         }
         Ok(())
     }
+}
+
+/// How deep arrays and objects may nest in a payload: what serde_json reads back (its
+/// recursion limit), so that a job put is a job a worker can decode.
+pub const MAX_PAYLOAD_NESTING: usize = 127;
+
+/// How deep arrays and objects nest in `v` (0 for a scalar), counted no further than one
+/// past [`MAX_PAYLOAD_NESTING`], so the recursion stays shallow whatever `v` holds.
+fn nesting(v: &Value) -> usize {
+    fn below(v: &Value, depth: usize) -> usize {
+        if depth > MAX_PAYLOAD_NESTING {
+            return depth;
+        }
+        let deepest = |children: &mut dyn Iterator<Item = &Value>| {
+            children
+                .map(|c| below(c, depth + 1))
+                .max()
+                .unwrap_or(depth + 1)
+        };
+        match v {
+            Value::Array(a) => deepest(&mut a.iter()),
+            Value::Object(o) => deepest(&mut o.values()),
+            _ => depth,
+        }
+    }
+    below(v, 0)
 }
 
 /// Checks a serial or cursor key: 1 to [`MAX_KEY_LEN`] bytes, no control characters.
@@ -301,6 +333,15 @@ pub fn validate_queue_name(name: &str) -> Result<()> {
             "queue name",
             "must not contain control characters",
         ));
+    }
+    Ok(())
+}
+
+/// Checks a delay ([`QueueStore::snooze`](crate::QueueStore::snooze)): at most
+/// [`MAX_DURATION`].
+pub fn validate_delay(delay: Duration) -> Result<()> {
+    if delay > MAX_DURATION {
+        return Err(Error::invalid("delay", "must be at most 100 years"));
     }
     Ok(())
 }

@@ -52,13 +52,14 @@ pub use codec::{Codec, Json, Queue};
 pub use error::{BoxError, Error, Result};
 pub use ext::{jobs_stream, QueueStoreExt};
 pub use job::{
-    micros, validate_key, validate_lease, validate_queue_name, Claim, ClaimedJob, Done, Failure,
-    FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats, When, DEFAULT_LEASE,
-    DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT, MAX_DURATION, MAX_KEY_LEN, MAX_QUEUE_NAME_LEN,
+    micros, validate_delay, validate_key, validate_lease, validate_queue_name, Claim, ClaimedJob,
+    Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats, When,
+    DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT, MAX_DURATION, MAX_KEY_LEN,
+    MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
 pub use store::QueueStore;
 pub use task::{
     Backoff, CancelHandle, Cancelled, Completion, JobHandler, Registry, RunTask, Task, TaskContext,
     TaskDefaults, TaskError,
 };
-pub use worker::{StopMode, Worker, WorkerHandle, WorkerState, WorkerStatus};
+pub use worker::{StopMode, UnknownTasks, Worker, WorkerHandle, WorkerState, WorkerStatus};

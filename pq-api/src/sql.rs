@@ -34,6 +34,7 @@ pub const MAX_TABLE_LEN: usize = 48;
 /// let t = QueueTable::new("billing", "jobs")?;
 /// assert_eq!(t.qualified(), "\"billing\".\"jobs\"");
 /// assert!(QueueTable::new("public", "jobs; DROP TABLE users").is_err());
+/// assert!(QueueTable::new("information_schema", "jobs").is_err());
 /// # Ok::<(), pq_api::Error>(())
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -57,10 +58,12 @@ impl QueueTable {
     pub fn new(schema: &str, table: &str) -> Result<Self> {
         validate_identifier("schema name", schema, MAX_SCHEMA_LEN)?;
         validate_identifier("table name", table, MAX_TABLE_LEN)?;
-        if schema.starts_with("pg_") {
+        if schema.starts_with("pg_") || schema == "information_schema" {
             return Err(Error::invalid(
                 "schema name",
-                "names starting with pg_ are reserved",
+                format!(
+                    "{schema:?} is PostgreSQL's own (pg_* and information_schema are reserved)"
+                ),
             ));
         }
         Ok(QueueTable {
@@ -192,7 +195,8 @@ pub struct Statements {
     pub fail: Arc<str>,
     /// `$1 int8` id, `$2 int8` token, `$3 int8` lease µs → `run_at`.
     pub extend: Arc<str>,
-    /// `$1 int8` id, `$2 int8` token → `id`.
+    /// `$1 int8` id, `$2 int8` token, `$3 int8` delay µs → `id`: hands the job back, its
+    /// attempt not counted, claimable after the delay (0 for a release).
     pub release: Arc<str>,
     /// `$1 int8` id → `state` (row absent: unknown id); removes the job unless running.
     pub cancel: Arc<str>,
@@ -322,7 +326,8 @@ impl Statements {
     }
 
     /// When a job of `queues` queues may next be claimable: `$1 text[]` the queues (exactly
-    /// `queues` of them) → `next_at timestamptz` (null: nothing pending), `now timestamptz`.
+    /// `queues` of them) → `next_at timestamptz` (null: nothing pending, or only a time no
+    /// driver can decode, left by a row written before pq's checks), `now timestamptz`.
     ///
     /// The queue count is written into the text for the reason given at
     /// [`Statements::claim`]: bound as a whole array, PostgreSQL planned this statement afresh
@@ -472,7 +477,8 @@ impl Statements {
             )),
             release: s(format!(
                 "WITH r AS (UPDATE {t} SET state = 'queued', \
-                 attempts = GREATEST(attempts - 1, 0), run_at = statement_timestamp() \
+                 attempts = GREATEST(attempts - 1, 0), \
+                 run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' \
                  WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
                  RETURNING id, queue, key), \
                  freed AS ({free}) \
@@ -531,8 +537,8 @@ impl Statements {
                  AND key IS NOT NULL AND state <> 'failed') AS key FROM qs \
                  UNION ALL \
                  SELECT ks.queue, (SELECT min(key) FROM {t} WHERE queue = ks.queue \
-                 AND key > ks.key AND state <> 'failed') FROM ks WHERE ks.key IS NOT NULL) \
-                 SELECT LEAST(\
+                 AND key > ks.key AND state <> 'failed') FROM ks WHERE ks.key IS NOT NULL), \
+                 nr AS (SELECT LEAST(\
                  (SELECT min(n.run_at) FROM qs CROSS JOIN LATERAL (SELECT run_at FROM {t} \
                  WHERE queue = qs.name AND key IS NULL AND state <> 'failed' \
                  AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS n), \
@@ -541,7 +547,9 @@ impl Statements {
                  WHERE queue = ks.queue AND key = ks.key AND state <> 'failed' \
                  AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS h \
                  LEFT JOIN {keys} AS k ON k.queue = ks.queue AND k.key = ks.key)\
-                 ) AS next_at, statement_timestamp() AS now"
+                 ) AS at) \
+                 SELECT CASE WHEN isfinite(at) THEN at END AS next_at, statement_timestamp() AS now \
+                 FROM nr"
             )),
             listen: s(format!("LISTEN \"{}\"", table.channel())),
             // INDEX_CLEANUP ON: left to its default, PostgreSQL skips the index pass when few
@@ -564,6 +572,25 @@ impl Statements {
             )),
         }
     }
+}
+
+/// How long a transactional handler's transaction may sit idle before the server ends it,
+/// unless the handler sets another bound ([`begin_bounded`]).
+pub const HANDLER_IDLE_TIMEOUT: Duration = crate::DEFAULT_LEASE;
+
+/// The `BEGIN` of a transactional handler's transaction (one simple-protocol batch): the
+/// server ends the transaction, and its session, once it has sat idle for `idle` (at least
+/// 1 ms). A worker cut off from the database, stopped or killed mid-handler then cannot
+/// leave the job's row locked, skipped by every claim, for as long as the server takes to
+/// notice the client is gone (hours, with TCP keepalive's defaults).
+///
+/// ```
+/// let sql = pq_api::sql::begin_bounded(std::time::Duration::from_secs(30));
+/// assert_eq!(sql, "BEGIN; SET LOCAL idle_in_transaction_session_timeout = 30000");
+/// ```
+pub fn begin_bounded(idle: Duration) -> String {
+    let ms = idle.as_millis().clamp(1, i32::MAX as u128);
+    format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {ms}")
 }
 
 /// `(($1::text[])[1]), (($1::text[])[2]), …`: the first `queues` elements of `$1` as VALUES
@@ -604,6 +631,21 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let history_keep_idx = quote(&name("history_keep"));
     let key_notify_fn = table.object(&name("key_freed"));
     let run_idx_qualified = table.object(&name("run_at"));
+    // NOT VALID: a table that already holds such a row still migrates (its rows are then
+    // failed one by one when claimed, see `Undecodable`); every row written from now on is
+    // checked.
+    let v3 = Migration {
+        version: 3,
+        description: "finite timestamps only",
+        sql: format!(
+            "ALTER TABLE {t} ADD CONSTRAINT {jobs_finite} CHECK (isfinite(run_at) \
+             AND isfinite(created_at) AND (expected_at IS NULL OR isfinite(expected_at))) NOT VALID;\n\
+             ALTER TABLE {history} ADD CONSTRAINT {history_finite} CHECK (isfinite(created_at) \
+             AND isfinite(finished_at) AND isfinite(keep_until)) NOT VALID;\n",
+            jobs_finite = quote(&name("finite_times")),
+            history_finite = quote(&name("history_finite_times")),
+        ),
+    };
     let v2 = Migration {
         version: 2,
         description: "serial and cursor keys, key states, job history",
@@ -685,7 +727,7 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
              CREATE TRIGGER pq_notify_update AFTER UPDATE ON {t} REFERENCING NEW TABLE AS new_rows \
              FOR EACH STATEMENT EXECUTE FUNCTION {notify_fn}();\n"
         ),
-    }, v2]
+    }, v2, v3]
 }
 
 /// The statements a store runs, in one transaction, to bring the schema up to date.
@@ -817,6 +859,56 @@ fn split_key(key: Option<String>, cursor: bool) -> (Option<String>, Option<Strin
     match key {
         Some(k) if cursor => (None, Some(k)),
         k => (k, None),
+    }
+}
+
+/// The instant `micros` microseconds after PostgreSQL's epoch (2000-01-01 UTC), as a
+/// `timestamptz` travels in binary; `None` for `±infinity` and anything else chrono cannot
+/// hold. The drivers decode timestamps through this rather than panic on such a value.
+///
+/// ```
+/// use pq_api::sql::pg_time;
+/// assert_eq!(pg_time(0).unwrap().to_rfc3339(), "2000-01-01T00:00:00+00:00");
+/// assert!(pg_time(i64::MAX).is_none()); // 'infinity'
+/// assert!(pg_time(i64::MIN).is_none()); // '-infinity'
+/// ```
+pub fn pg_time(micros: i64) -> Option<DateTime<Utc>> {
+    const PG_EPOCH_UNIX_SECS: i64 = 946_684_800;
+    if micros == i64::MAX || micros == i64::MIN {
+        return None;
+    }
+    DateTime::from_timestamp(PG_EPOCH_UNIX_SECS, 0)?
+        .checked_add_signed(chrono::TimeDelta::microseconds(micros))
+}
+
+/// A claimed row that could not be turned into a job: a payload serde_json cannot parse (a
+/// number out of range, nesting past its limit), a time no driver can hold, all written by
+/// plain SQL or by an older version. The store fails it at once, in the claim's own
+/// transaction, with [`Undecodable::failure`], and hands out the rest of the batch: one bad
+/// row never holds up the jobs claimed with it, and never uses up more attempts.
+#[derive(Debug)]
+pub struct Undecodable {
+    /// The lease the claim took on it.
+    pub lease: Lease,
+    /// Why it could not be decoded.
+    pub error: Error,
+}
+
+impl Undecodable {
+    /// The failure recorded on the job: no retry, the reason in `last_error`.
+    pub fn failure(&self) -> crate::Failure {
+        crate::Failure::new(format!(
+            "pq cannot decode this job as stored: {}",
+            self.error
+        ))
+        .give_up()
+    }
+
+    /// Logs that the job could not be failed either; it is claimed and tried again once its
+    /// lease expires.
+    pub fn not_failed(&self, e: &Error) {
+        tracing::error!(job.id = self.lease.job_id.0, error = %self.error, fail_error = %e,
+            "could not fail an undecodable job; it is tried again once its lease expires");
     }
 }
 

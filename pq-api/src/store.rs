@@ -119,6 +119,18 @@ pub trait QueueStore: Send + Sync + Debug {
     /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
     async fn release(&self, lease: &Lease) -> Result<()>;
 
+    /// Hands a job back without counting the attempt, claimable again `delay` from now (the
+    /// worker does this when the store failed under a handler, or for a task it does not
+    /// know). [`QueueStore::release`] is a snooze of zero.
+    ///
+    /// # Contract
+    /// - `attempts` goes back down by one; the job is [`JobState::Scheduled`] until `delay`
+    ///   has passed, then claimable (`snoozed_job_waits_without_counting_the_attempt`).
+    /// - Its key is freed, as by a release.
+    /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing;
+    ///   a `delay` above [`MAX_DURATION`](crate::MAX_DURATION) is rejected.
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()>;
+
     /// Removes a job that is not running.
     ///
     /// # Contract

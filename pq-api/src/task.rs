@@ -543,6 +543,7 @@ pub struct TaskError {
     message: String,
     give_up: bool,
     retry_in: Option<Duration>,
+    store_failed: bool,
 }
 
 impl TaskError {
@@ -552,7 +553,23 @@ impl TaskError {
             message: message.to_string(),
             give_up: false,
             retry_in: None,
+            store_failed: false,
         }
+    }
+
+    /// The store, not the handler, failed: the database could not be reached, or a connection
+    /// broke under the handler's transaction. The attempt is not counted: the worker hands the
+    /// job back ([`QueueStore::snooze`]) to run again shortly. A retryable [`Error`]
+    /// ([`Error::is_retryable`]) converted with `?` is marked so by itself, as is an error
+    /// caused by an I/O error.
+    pub fn store_failed(mut self) -> Self {
+        self.store_failed = true;
+        self
+    }
+
+    /// Whether the store failed rather than the handler ([`TaskError::store_failed`]).
+    pub fn is_store_failure(&self) -> bool {
+        self.store_failed
     }
 
     /// Do not retry: the job is left failed now (it can still be retried by id).
@@ -592,13 +609,23 @@ impl fmt::Display for TaskError {
 impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
     fn from(err: E) -> Self {
         let mut message = err.to_string();
+        let mut store_failed = (&err as &dyn std::any::Any)
+            .downcast_ref::<Error>()
+            .is_some_and(Error::is_retryable);
         let mut source = err.source();
         while let Some(s) = source {
             message.push_str(": ");
             message.push_str(&s.to_string());
+            store_failed |= s.is::<std::io::Error>()
+                || s.downcast_ref::<Error>().is_some_and(Error::is_retryable);
             source = s.source();
         }
-        TaskError::new(message)
+        let error = TaskError::new(message);
+        if store_failed {
+            error.store_failed()
+        } else {
+            error
+        }
     }
 }
 
@@ -719,24 +746,31 @@ impl Registry {
         set.into_iter().collect()
     }
 
-    /// Finds the handler for a job's payload; a payload that is not a task envelope, or
-    /// names an unknown task, is an error that gives up.
-    pub(crate) fn route(&self, payload: &Value) -> Result<&Registered, TaskError> {
+    /// Finds the handler for a job's payload.
+    pub(crate) fn route(&self, payload: &Value) -> Result<&Registered, Unroutable> {
         let Some(obj) = payload.as_object() else {
-            return Err(not_a_task());
+            return Err(Unroutable::NotATask(not_a_task()));
         };
         let Some(name) = obj.get(TASK_FIELD).and_then(Value::as_str) else {
-            return Err(not_a_task());
+            return Err(Unroutable::NotATask(not_a_task()));
         };
         let Some(entry) = self.tasks.get(name) else {
-            return Err(TaskError::new(format!(
+            return Err(Unroutable::Unknown(TaskError::new(format!(
                 "no handler for task {name:?} on this worker (it knows {:?})",
                 self.names()
-            ))
-            .give_up());
+            ))));
         };
         Ok(entry)
     }
+}
+
+/// Why a job has no handler on a worker.
+#[derive(Debug)]
+pub(crate) enum Unroutable {
+    /// The payload is no task envelope: no worker can run it.
+    NotATask(TaskError),
+    /// The envelope names a task this worker does not know (another worker may).
+    Unknown(TaskError),
 }
 
 fn not_a_task() -> TaskError {

@@ -152,7 +152,15 @@ impl<C: Send + 'static> Warm<C> {
     /// goes back to the pool. Call it on a Tokio runtime: it starts the task that gives back
     /// what goes unused.
     pub fn keep(self: &Arc<Self>, conn: WarmConn<C>) {
+        self.keep_from(conn, usize::MAX);
+    }
+
+    /// [`Warm::keep`] for a pool of at most `pool_size` connections: it keeps no more than
+    /// leave one for everyone else (none, on a pool of one), so a small pool is never held
+    /// by a store that is not using it.
+    pub fn keep_from(self: &Arc<Self>, conn: WarmConn<C>, pool_size: usize) {
         let WarmConn { conn, lane, since } = conn;
+        let limit = MAX_WARM.min(pool_size.saturating_sub(1));
         let now = Instant::now();
         if now.duration_since(since) >= KEEP_AT_MOST {
             return;
@@ -165,12 +173,13 @@ impl<C: Send + 'static> Warm<C> {
                 since,
                 used: now,
             });
-            let surplus = if idle.kept.len() > MAX_WARM {
+            let surplus = if idle.kept.len() > limit {
                 Some(idle.kept.remove(0))
             } else {
                 None
             };
-            (surplus, !std::mem::replace(&mut idle.reaping, true))
+            let start_reaper = !idle.kept.is_empty() && !std::mem::replace(&mut idle.reaping, true);
+            (surplus, start_reaper)
         };
         drop(surplus);
         if start_reaper {
@@ -243,5 +252,19 @@ mod tests {
 
         tokio::time::sleep(KEEP_IDLE * 3).await;
         assert!(warm.take(Lane::Claim).is_none(), "unused ones go back");
+    }
+
+    #[tokio::test]
+    async fn a_small_pool_keeps_one_connection_for_everyone_else() {
+        let warm = Warm::<&'static str>::new();
+        warm.keep_from(WarmConn::new("only", Lane::Claim), 1);
+        assert!(
+            warm.take(Lane::Claim).is_none(),
+            "a pool of one keeps nothing"
+        );
+        warm.keep_from(WarmConn::new("a", Lane::Claim), 2);
+        warm.keep_from(WarmConn::new("b", Lane::Rest), 2);
+        assert_eq!(format!("{warm:?}"), "Warm { kept: 1, .. }");
+        assert_eq!(warm.take(Lane::Claim).map(WarmConn::into_inner), Some("b"));
     }
 }

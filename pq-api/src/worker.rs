@@ -18,14 +18,39 @@ use tracing::Instrument;
 use crate::error::{Error, Result};
 use crate::job::{
     validate_lease, Claim, ClaimedJob, Done, Failure, JobState, Lease, MAX_CLAIM_LIMIT,
+    MAX_DURATION,
 };
 use crate::store::QueueStore;
 use crate::task::{
-    CancelHandle, Cancelled, Completion, Registered, Registry, TaskContext, TaskError,
+    CancelHandle, Cancelled, Completion, Registered, Registry, TaskContext, TaskError, Unroutable,
 };
 
 /// How long a worker with few free slots waits for more to free up before it claims anyway.
 const CLAIM_LINGER: Duration = Duration::from_millis(2);
+
+/// The first pause before recording an outcome again after the store failed; it doubles up
+/// to [`RECORD_RETRY_MAX`].
+const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
+/// The longest pause between two tries at recording an outcome.
+const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
+
+/// What a worker does with a job whose task it does not know (a job of a newer version of
+/// the application, during a rolling deploy, say).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum UnknownTasks {
+    /// Hand the job back without counting the attempt, claimable again after this delay
+    /// ([`QueueStore::snooze`]), for a worker that knows the task. The default, with 10 s.
+    HandBack(Duration),
+    /// Fail the job for good, with a `last_error` naming the task.
+    Fail,
+}
+
+impl Default for UnknownTasks {
+    fn default() -> Self {
+        UnknownTasks::HandBack(Duration::from_secs(10))
+    }
+}
 
 /// How a worker stops (PyPGQueue's stop modes). A later, stronger request overrides a weaker
 /// one: `Drain` < `Finish` < `Abort`.
@@ -68,7 +93,8 @@ pub struct WorkerStatus {
     pub failed: u64,
     /// Jobs whose lease was lost while they ran; their outcome was not recorded.
     pub lost: u64,
-    /// Jobs handed back by an abort.
+    /// Jobs handed back without counting the attempt: by an abort, after the store failed
+    /// under their handler, or because their task is unknown here ([`UnknownTasks`]).
     pub released: u64,
 }
 
@@ -197,6 +223,7 @@ pub struct Worker {
     heartbeat: Option<Duration>,
     idle_wait: Duration,
     error_pause: Duration,
+    unknown_tasks: UnknownTasks,
     shared: Arc<Shared>,
 }
 
@@ -221,6 +248,7 @@ impl Worker {
             heartbeat: None,
             idle_wait: Duration::from_secs(30),
             error_pause: Duration::from_secs(1),
+            unknown_tasks: UnknownTasks::default(),
             shared: Arc::new(Shared {
                 stop: watch::channel(None).0,
                 stopped: watch::channel(false).0,
@@ -261,6 +289,13 @@ impl Worker {
         self
     }
 
+    /// What to do with a job whose task this worker does not know (default: hand it back
+    /// for 10 s, its attempt not counted: [`UnknownTasks::HandBack`]).
+    pub fn unknown_tasks(mut self, what: UnknownTasks) -> Self {
+        self.unknown_tasks = what;
+        self
+    }
+
     /// A handle to stop the worker and read its status, from anywhere.
     pub fn handle(&self) -> WorkerHandle {
         WorkerHandle {
@@ -294,6 +329,15 @@ impl Worker {
         }
         if self.registry.names().is_empty() {
             return Err(Error::invalid("registry", "no task is registered"));
+        }
+        if let UnknownTasks::HandBack(d) = self.unknown_tasks {
+            if d.is_zero() {
+                return Err(Error::invalid(
+                    "unknown tasks",
+                    "hand jobs back for longer than zero, or a worker would spin on them",
+                ));
+            }
+            crate::job::validate_delay(d)?;
         }
         Ok(heartbeat)
     }
@@ -442,6 +486,9 @@ impl Worker {
                 r = running.join_next(), if !running.is_empty() => {
                     if let Some(r) = r { maybe_claimable |= self.reap(r, &mut done) }
                 }
+                // Completions the store could not take yet are tried again soon, not after
+                // an idle wait that could outlast their leases.
+                () = tokio::time::sleep(self.error_pause), if !done.is_empty() => {}
                 woke = self.store.wait(&queues, self.idle_wait) => {
                     maybe_claimable = true;
                     if let Err(e) = woke {
@@ -554,7 +601,9 @@ impl Worker {
             store: self.store.clone(),
             shared: self.shared.clone(),
             lease_for: self.lease,
+            lease_until: Instant::now() + self.lease,
             heartbeat,
+            unknown_tasks: self.unknown_tasks,
             abort: abort.subscribe(),
         };
         let (cx, cancel) = TaskContext::claimed(claimed, self.store.clone());
@@ -593,7 +642,11 @@ struct JobRun {
     store: Arc<dyn QueueStore>,
     shared: Arc<Shared>,
     lease_for: Duration,
+    /// No later than the lease runs out (taken after the claim, moved on by each heartbeat):
+    /// how long recording an outcome is worth trying.
+    lease_until: Instant,
     heartbeat: Duration,
+    unknown_tasks: UnknownTasks,
     abort: watch::Receiver<bool>,
 }
 
@@ -606,13 +659,19 @@ impl JobRun {
         mut self,
         cx: TaskContext,
         cancel: CancelHandle,
-        routed: std::result::Result<Registered, TaskError>,
+        routed: std::result::Result<Registered, Unroutable>,
     ) -> Outcome {
         let lease = *cx.lease();
         let (attempt, max_attempts) = (cx.attempt(), cx.job().max_attempts);
-        let entry = match routed {
-            Ok(r) => r,
-            Err(e) => return Box::pin(self.record_failure(&lease, attempt, None, e)).await,
+        let entry = match (routed, self.unknown_tasks) {
+            (Ok(r), _) => r,
+            (Err(Unroutable::Unknown(e)), UnknownTasks::HandBack(after)) => {
+                tracing::warn!(error = %e, ?after, "unknown task; handed back for another worker");
+                return Box::pin(self.hand_back(&lease, after)).await;
+            }
+            (Err(Unroutable::Unknown(e) | Unroutable::NotATask(e)), _) => {
+                return Box::pin(self.record_failure(&lease, attempt, None, e.give_up())).await
+            }
         };
         let record = cx.clone();
         let args = record
@@ -633,7 +692,13 @@ impl JobRun {
             Ok(r) => r,
             Err(Interrupted::Aborted) => {
                 cancel.cancel(Cancelled::Abort);
-                return Box::pin(self.release(&lease)).await;
+                // Once: a worker aborting does not wait on a store that is down (the job then
+                // runs again once its lease expires).
+                let once = JobRun {
+                    lease_until: Instant::now(),
+                    ..self
+                };
+                return Box::pin(once.hand_back(&lease, Duration::ZERO)).await;
             }
             Err(Interrupted::LeaseLost) => return Outcome::Settled,
         };
@@ -645,6 +710,10 @@ impl JobRun {
                 tracing::debug!("completed in the handler's transaction");
                 Outcome::Settled
             }
+            Ok(Err(e)) if e.is_store_failure() => {
+                tracing::warn!(error = %e, "the store failed under the handler; the attempt is not counted");
+                Box::pin(self.hand_back(&lease, RECORD_RETRY_MAX)).await
+            }
             Ok(Err(e)) => Box::pin(self.record_failure(&lease, attempt, retry, e)).await,
             Err(panic) => {
                 let e = TaskError::new(format!("handler panicked: {}", panic_message(&*panic)));
@@ -654,46 +723,75 @@ impl JobRun {
     }
 
     /// Drives a handler that did not finish at once, extending its lease every heartbeat.
+    ///
+    /// The heartbeats run beside the handler, never instead of it: a heartbeat may wait on
+    /// the job's row while the handler's own transaction holds it, and that transaction must
+    /// go on to commit. Once the lease is lost the handler is told, and given the rest of
+    /// what would have been its lease to finish; its outcome is then recorded as any other
+    /// (the store fences it: a transactional handler that removed its job before the
+    /// heartbeat saw it gone has completed it).
     async fn beat_until_done<F: Future>(
         &mut self,
         mut fut: Pin<&mut F>,
         lease: &Lease,
         cancel: &CancelHandle,
     ) -> std::result::Result<F::Output, Interrupted> {
-        let mut beat = tokio::time::interval_at(Instant::now() + self.heartbeat, self.heartbeat);
-        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                r = fut.as_mut() => return Ok(r),
-                _ = beat.tick() => match self.store.extend(lease, self.lease_for).await {
-                    Ok(_) => {}
-                    Err(Error::LeaseLost(_) | Error::NotFound(_)) => {
-                        cancel.cancel(Cancelled::LeaseLost);
-                        tracing::warn!("lease lost while the handler ran; its outcome will not be recorded");
-                        // Give the handler the rest of what would have been its lease to
-                        // notice, then drop it.
-                        let _ = tokio::time::timeout(self.lease_for, fut.as_mut()).await;
-                        Counters::bump(&self.shared.counts.lost, 1);
-                        return Err(Interrupted::LeaseLost);
-                    }
-                    Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
-                },
-                () = aborted(&mut self.abort) => return Err(Interrupted::Aborted),
+        let beats = heartbeats(
+            self.store.clone(),
+            *lease,
+            self.heartbeat,
+            self.lease_for,
+            &mut self.lease_until,
+        );
+        tokio::select! {
+            r = fut.as_mut() => return Ok(r),
+            () = beats => {}
+            () = aborted(&mut self.abort) => return Err(Interrupted::Aborted),
+        }
+        cancel.cancel(Cancelled::LeaseLost);
+        tracing::warn!("lease lost while the handler ran; it is told to stop");
+        match tokio::time::timeout(self.lease_for, fut.as_mut()).await {
+            Ok(r) => Ok(r),
+            Err(_) => {
+                Counters::bump(&self.shared.counts.lost, 1);
+                Err(Interrupted::LeaseLost)
             }
         }
     }
 
-    async fn release(&self, lease: &Lease) -> Outcome {
-        match self.store.release(lease).await {
+    /// Hands the job back without counting the attempt, claimable after `delay` (an abort,
+    /// a store failure under the handler, an unknown task), trying while the lease lasts.
+    async fn hand_back(&self, lease: &Lease, delay: Duration) -> Outcome {
+        match self.persist(|| self.store.snooze(lease, delay)).await {
             Ok(()) => {
                 Counters::bump(&self.shared.counts.released, 1);
-                tracing::info!("job handed back (abort)");
+                tracing::info!(?delay, "job handed back");
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand the job back; it runs again once its lease expires")
             }
         }
         Outcome::Settled
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the lease runs out: a store that
+    /// cannot be reached now is tried again, with a growing pause, rather than leaving the
+    /// job to wait out its whole lease.
+    async fn persist<T, Fut>(&self, op: impl Fn() -> Fut) -> Result<T>
+    where
+        Fut: Future<Output = Result<T>>,
+    {
+        let mut pause = RECORD_RETRY_FIRST;
+        loop {
+            match op().await {
+                Err(e) if e.is_retryable() && Instant::now() + pause < self.lease_until => {
+                    tracing::debug!(error = %e, ?pause, "store failed; trying again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(RECORD_RETRY_MAX);
+                }
+                done => return done,
+            }
+        }
     }
 
     /// Records a failed attempt; `retry` is the task's entry when attempts are left.
@@ -710,12 +808,16 @@ impl JobRun {
                 let delay = e
                     .retry_delay()
                     .unwrap_or_else(|| entry.backoff.delay(attempt));
-                failure = failure.retry_at(delay);
+                // A delay past what a store can record waits as long as one can.
+                failure = failure.retry_at(delay.min(MAX_DURATION));
             }
             _ => failure = failure.give_up(),
         }
         let counts = &self.shared.counts;
-        match self.store.fail(lease, failure).await {
+        match self
+            .persist(|| self.store.fail(lease, failure.clone()))
+            .await
+        {
             Ok(JobState::Failed) => {
                 Counters::bump(&counts.failed, 1);
                 tracing::error!(error = %e, "job failed for good");
@@ -734,6 +836,29 @@ impl JobRun {
             ),
         }
         Outcome::Settled
+    }
+}
+
+/// Extends `lease` every `every` by `lease_for`, moving `lease_until` on after each success;
+/// resolves once the lease is lost. Other store errors are logged and the next beat tries
+/// again.
+async fn heartbeats(
+    store: Arc<dyn QueueStore>,
+    lease: Lease,
+    every: Duration,
+    lease_for: Duration,
+    lease_until: &mut Instant,
+) {
+    let mut beat = tokio::time::interval_at(Instant::now() + every, every);
+    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        beat.tick().await;
+        let sent = Instant::now();
+        match store.extend(&lease, lease_for).await {
+            Ok(_) => *lease_until = sent + lease_for,
+            Err(Error::LeaseLost(_) | Error::NotFound(_)) => return,
+            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
+        }
     }
 }
 

@@ -225,6 +225,41 @@ pub async fn release_hands_the_job_back_without_counting_the_attempt(store: Arc<
     ));
 }
 
+/// Snooze hands the job back without counting the attempt, scheduled `delay` ahead; a
+/// snooze of zero is a release, and a lost lease is refused.
+pub async fn snoozed_job_waits_without_counting_the_attempt(store: Arc<dyn QueueStore>) {
+    let id = store
+        .put_job(NewJob::from_json("q", json!(1)).max_attempts(1))
+        .await
+        .unwrap();
+    let job = claim_one(&*store, LONG_LEASE).await;
+    let before = Utc::now();
+    store.snooze(&job.lease, HOUR).await.unwrap();
+    let seen = store.job(id).await.unwrap();
+    assert_eq!((seen.state, seen.attempts), (JobState::Scheduled, 0));
+    assert!(
+        seen.run_at >= before + TimeDelta::minutes(59),
+        "{:?}",
+        seen.run_at
+    );
+    assert!(store.claim(&Claim::new(["q"])).await.unwrap().is_empty());
+    assert!(matches!(
+        store.snooze(&job.lease, HOUR).await,
+        Err(Error::LeaseLost(_))
+    ));
+    assert!(matches!(
+        store.snooze(&job.lease, pq_api::MAX_DURATION * 2).await,
+        Err(Error::InvalidArgument { .. })
+    ));
+
+    let other = store.put("q", &json!(2)).await.unwrap();
+    let job = claim_one(&*store, LONG_LEASE).await;
+    assert_eq!(job.id(), other);
+    store.snooze(&job.lease, Duration::ZERO).await.unwrap();
+    let seen = store.job(other).await.unwrap();
+    assert_eq!((seen.state, seen.attempts), (JobState::Ready, 0));
+}
+
 /// A job whose lease expired on its last attempt is failed, not claimed again.
 pub async fn expired_lease_without_attempts_left_is_failed(store: Arc<dyn QueueStore>) {
     let id = store

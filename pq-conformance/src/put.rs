@@ -175,3 +175,34 @@ pub async fn queues_are_isolated(store: Arc<dyn QueueStore>) {
     assert_eq!(got[0].id(), b);
     assert!(store.claim(&Claim::new(["c"])).await.unwrap().is_empty());
 }
+
+/// A payload nested deeper than a worker could decode is rejected at `put`; one nested to the
+/// limit goes through and comes back whole.
+pub async fn put_rejects_payloads_nested_past_the_limit(store: Arc<dyn QueueStore>) {
+    let nest = |depth: usize| (0..depth).fold(json!(1), |inner, _| json!([inner]));
+    let deepest = nest(pq_api::MAX_PAYLOAD_NESTING);
+    let id = store
+        .put_job(NewJob::from_json("q", deepest.clone()))
+        .await
+        .unwrap();
+    let err = store
+        .put_job(NewJob::from_json(
+            "q",
+            json!({"a": nest(pq_api::MAX_PAYLOAD_NESTING)}),
+        ))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                what: "payload",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let claimed = store.claim(&Claim::new(["q"])).await.unwrap();
+    assert_eq!(claimed.len(), 1, "only the job within the limit was put");
+    assert_eq!((claimed[0].id(), &*claimed[0].job.payload), (id, &deepest));
+}

@@ -8,9 +8,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{TimeDelta, Utc};
 use pq_api::{
-    Backoff, Cancelled, Claim, Completion, Failure, JobHandler, JobId, JobState, NewJob,
-    QueueStore, QueueStoreExt, Registry, RunTask, StopMode, Task, TaskContext, TaskDefaults,
-    TaskError, Worker, WorkerHandle,
+    Backoff, Cancelled, Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job,
+    JobHandler, JobId, JobState, Lease, NewJob, QueueStats, QueueStore, QueueStoreExt, Registry,
+    RunTask, StopMode, Task, TaskContext, TaskDefaults, TaskError, UnknownTasks, Worker,
+    WorkerHandle,
 };
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -350,6 +351,7 @@ pub async fn undecodable_or_unknown_jobs_fail_with_a_clear_error(store: Arc<dyn 
     }
     put_work(&*store, &works(2)).await;
     let status = Worker::new(store.clone(), reg)
+        .unknown_tasks(UnknownTasks::Fail)
         .run_until_drained()
         .await
         .unwrap();
@@ -365,6 +367,206 @@ pub async fn undecodable_or_unknown_jobs_fail_with_a_clear_error(store: Arc<dyn 
         assert_eq!((job.state, job.attempts), (JobState::Failed, 1));
         let error = job.last_error.unwrap_or_default();
         assert!(error.contains(needle), "{error:?} mentions {needle:?}");
+    }
+}
+
+/// A job whose task this worker does not know (a newer version's, during a rolling deploy) is
+/// handed back for another worker by default, its attempt not counted; it fails only when the
+/// worker is told to ([`UnknownTasks::Fail`]).
+pub async fn unknown_task_is_handed_back_for_another_worker(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|_n, _cx| async { Ok(()) });
+    let newer = NewJob::from_json("work", json!({"task": "newer", "args": {}})).max_attempts(1);
+    let id = store.put_job(newer).await.unwrap();
+    put_work(&*store, &works(1)).await;
+    let status = Worker::new(store.clone(), reg.clone())
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(
+        (status.processed, status.failed, status.released),
+        (1, 0, 1)
+    );
+    let job = store.job(id).await.unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Scheduled, 0));
+    assert!(
+        job.run_at > Utc::now() + TimeDelta::seconds(5),
+        "handed back for 10 s"
+    );
+    assert_eq!(job.last_error, None);
+    assert!(
+        Worker::new(store.clone(), reg)
+            .unknown_tasks(UnknownTasks::HandBack(Duration::ZERO))
+            .run_until_drained()
+            .await
+            .is_err(),
+        "handing back for no time at all would spin"
+    );
+}
+
+/// A handler asking to be retried later than any store can record is retried as late as one
+/// can, its error recorded: never left to rerun at every lease expiry.
+pub async fn retry_delay_past_the_limit_is_recorded(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|_n, _cx| async {
+        Err(TaskError::new("not this century").retry_in(Duration::from_secs(u64::MAX)))
+    });
+    let id = put_work(&*store, &works(1)).await[0];
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.retried, status.failed, status.lost), (1, 0, 0));
+    let job = store.job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Scheduled);
+    assert_eq!(job.last_error.as_deref(), Some("not this century"));
+    assert!(job.run_at > Utc::now() + TimeDelta::days(99 * 365));
+}
+
+/// A handler that fails because the store failed under it (a retryable store error, as `?`
+/// on a lost connection gives) costs the job no attempt: it is handed back to run again.
+pub async fn store_failure_under_a_handler_costs_no_attempt(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|_n, _cx| async {
+        let lost: Result<(), Error> = Err(Error::Unavailable("connection reset".into()));
+        lost?;
+        Ok(())
+    });
+    let job = Work { n: 0 }.to_job().unwrap().max_attempts(1);
+    let id = store.put_job(job).await.unwrap();
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.failed, status.retried, status.released), (0, 0, 1));
+    let job = store.job(id).await.unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Scheduled, 0));
+    assert_eq!(job.last_error, None);
+}
+
+/// Outcomes the store fails to take at first (a blip: a retryable error) are recorded by
+/// trying again while the lease lasts, not dropped to wait out the lease: a failed attempt,
+/// then the completion of its retry.
+pub async fn outcomes_are_recorded_through_store_blips(store: Arc<dyn QueueStore>) {
+    let flaky = Arc::new(Blips::new(store.clone(), 2));
+    let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let reg = registry::<Work, _, _>(move |_n, _cx| {
+        let first = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
+        async move {
+            if first {
+                Err(TaskError::new("first try fails"))
+            } else {
+                Ok(())
+            }
+        }
+    });
+    let id = put_work(&*store, &works(1)).await[0];
+    let status = Worker::new(flaky.clone(), reg)
+        .lease(HOUR)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.retried, status.processed, status.lost), (1, 1, 0));
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+    assert_eq!(
+        flaky.failed_calls(),
+        4,
+        "two blips each for fail and complete"
+    );
+}
+
+/// A store that fails the first `n` calls of `fail` and of `complete_many` as unavailable.
+#[derive(Debug)]
+struct Blips {
+    inner: Arc<dyn QueueStore>,
+    fail: std::sync::atomic::AtomicU32,
+    complete: std::sync::atomic::AtomicU32,
+    refused: std::sync::atomic::AtomicU32,
+}
+
+impl Blips {
+    fn new(inner: Arc<dyn QueueStore>, n: u32) -> Self {
+        use std::sync::atomic::AtomicU32;
+        Blips {
+            inner,
+            fail: AtomicU32::new(n),
+            complete: AtomicU32::new(n),
+            refused: AtomicU32::new(0),
+        }
+    }
+
+    fn blip(&self, left: &std::sync::atomic::AtomicU32) -> Result<(), Error> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if left
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            self.refused.fetch_add(1, SeqCst);
+            return Err(Error::Unavailable("a blip".into()));
+        }
+        Ok(())
+    }
+
+    fn failed_calls(&self) -> u32 {
+        self.refused.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+#[async_trait]
+impl QueueStore for Blips {
+    async fn put_many(&self, jobs: Vec<NewJob>) -> pq_api::Result<Vec<JobId>> {
+        self.inner.put_many(jobs).await
+    }
+    async fn claim(&self, claim: &Claim) -> pq_api::Result<Vec<ClaimedJob>> {
+        self.inner.claim(claim).await
+    }
+    async fn complete_many(&self, done: &[Done]) -> pq_api::Result<Vec<JobId>> {
+        self.blip(&self.complete)?;
+        self.inner.complete_many(done).await
+    }
+    async fn fail(&self, lease: &Lease, failure: Failure) -> pq_api::Result<JobState> {
+        self.blip(&self.fail)?;
+        self.inner.fail(lease, failure).await
+    }
+    async fn extend(
+        &self,
+        lease: &Lease,
+        lease_for: Duration,
+    ) -> pq_api::Result<chrono::DateTime<Utc>> {
+        self.inner.extend(lease, lease_for).await
+    }
+    async fn release(&self, lease: &Lease) -> pq_api::Result<()> {
+        self.inner.release(lease).await
+    }
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> pq_api::Result<()> {
+        self.inner.snooze(lease, delay).await
+    }
+    async fn cancel(&self, id: JobId) -> pq_api::Result<()> {
+        self.inner.cancel(id).await
+    }
+    async fn retry(&self, id: JobId) -> pq_api::Result<()> {
+        self.inner.retry(id).await
+    }
+    async fn job(&self, id: JobId) -> pq_api::Result<Job> {
+        self.inner.job(id).await
+    }
+    async fn stats(&self, queue: &str) -> pq_api::Result<QueueStats> {
+        self.inner.stats(queue).await
+    }
+    async fn purge(&self, queue: &str) -> pq_api::Result<u64> {
+        self.inner.purge(queue).await
+    }
+    async fn key_state(&self, queue: &str, key: &str) -> pq_api::Result<Option<Value>> {
+        self.inner.key_state(queue, key).await
+    }
+    async fn finished(&self, id: JobId) -> pq_api::Result<FinishedJob> {
+        self.inner.finished(id).await
+    }
+    async fn history(&self, queue: &str, limit: u32) -> pq_api::Result<Vec<FinishedJob>> {
+        self.inner.history(queue, limit).await
+    }
+    async fn cleanup_history(&self) -> pq_api::Result<u64> {
+        self.inner.cleanup_history().await
+    }
+    async fn wait(&self, queues: &[String], timeout: Duration) -> pq_api::Result<bool> {
+        self.inner.wait(queues, timeout).await
     }
 }
 

@@ -74,8 +74,11 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 /// 1.19–1.25× the bare loop's in the benchmark, against 1.13–1.15× kept apart). Any other
 /// statement takes a kept connection first, so a pool of one still serves them all. A kept
 /// connection goes back to the pool after 100 ms unused or 30 s kept, so an idle store holds
-/// none. Once something calls `wait`, the notification listener holds one more for good. Size
-/// the pool for three connections more than the rest of your application needs at its busiest.
+/// none, and it never keeps the last connection a pool could lend. Once something calls
+/// `wait`, the notification listener takes a connection out of the pool for good (the pool
+/// opens another in its place). The store runs on a pool of one connection; for a busy worker,
+/// size the pool for two connections more than the rest of your application needs at its
+/// busiest.
 #[derive(Clone)]
 pub struct DieselStore {
     inner: Arc<Inner>,
@@ -125,6 +128,9 @@ pub fn map_err(e: diesel::result::Error) -> Error {
         if code.is_none() && info.message().contains("does not exist") {
             return Error::Schema(info.message().to_string());
         }
+        if code.is_none() && info.message().contains("already exists") {
+            return Error::from_sqlstate(Some("42P07"), Box::new(e));
+        }
     }
     Error::from_sqlstate(code, Box::new(e))
 }
@@ -161,6 +167,26 @@ fn pool_err(e: PoolError) -> Error {
     Error::Unavailable(Box::new(e))
 }
 
+/// A `timestamptz` that never fails a whole result: a value chrono cannot hold
+/// (`'infinity'`) decodes to `None`, and only the row that holds it fails, in [`job_row`].
+#[derive(Debug, Clone, Copy, diesel::deserialize::FromSqlRow)]
+struct Time(Option<DateTime<Utc>>);
+
+impl diesel::deserialize::FromSql<Timestamptz, diesel::pg::Pg> for Time {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let micros =
+            <i64 as diesel::deserialize::FromSql<BigInt, diesel::pg::Pg>>::from_sql(bytes)?;
+        Ok(Time(sql::pg_time(micros)))
+    }
+}
+
+impl Time {
+    fn get(self, column: &str) -> Result<DateTime<Utc>> {
+        self.0
+            .ok_or_else(|| Error::BadValue(format!("{column} is out of range (infinite?)")))
+    }
+}
+
 /// The SQL types of a job row, in column order (see [`Row`]).
 type RowSql = (
     BigInt,
@@ -190,13 +216,13 @@ struct Row {
     queue: String,
     payload: String,
     priority: i32,
-    expected_at: Option<DateTime<Utc>>,
-    run_at: DateTime<Utc>,
+    expected_at: Option<Time>,
+    run_at: Time,
     state: String,
     attempts: i32,
     max_attempts: i32,
     last_error: Option<String>,
-    created_at: DateTime<Utc>,
+    created_at: Time,
     lease_token: Option<i64>,
     key: Option<String>,
     cursor: bool,
@@ -204,27 +230,27 @@ struct Row {
     key_state: Option<String>,
 }
 
-impl From<Row> for JobRow<'static> {
-    fn from(r: Row) -> Self {
-        JobRow {
-            id: r.id,
-            queue: r.queue,
-            payload: r.payload.into(),
-            priority: r.priority,
-            expected_at: r.expected_at,
-            run_at: r.run_at,
-            state: r.state.into(),
-            attempts: r.attempts,
-            max_attempts: r.max_attempts,
-            last_error: r.last_error,
-            created_at: r.created_at,
-            lease_token: r.lease_token,
-            key: r.key,
-            cursor: r.cursor,
-            keep_for: r.keep_for,
-            key_state: r.key_state,
-        }
-    }
+/// The row as the shared decoder takes it; a time out of chrono's range fails this row
+/// alone.
+fn job_row(r: Row) -> Result<JobRow<'static>> {
+    Ok(JobRow {
+        id: r.id,
+        queue: r.queue,
+        payload: r.payload.into(),
+        priority: r.priority,
+        expected_at: r.expected_at.map(|t| t.get("expected_at")).transpose()?,
+        run_at: r.run_at.get("run_at")?,
+        state: r.state.into(),
+        attempts: r.attempts,
+        max_attempts: r.max_attempts,
+        last_error: r.last_error,
+        created_at: r.created_at.get("created_at")?,
+        lease_token: r.lease_token,
+        key: r.key,
+        cursor: r.cursor,
+        keep_for: r.keep_for,
+        key_state: r.key_state,
+    })
 }
 
 #[derive(QueryableByName)]
@@ -246,16 +272,17 @@ struct HistoryRow {
     #[diesel(sql_type = Nullable<Text>)]
     result: Option<String>,
     #[diesel(sql_type = Timestamptz)]
-    created_at: DateTime<Utc>,
+    created_at: Time,
     #[diesel(sql_type = Timestamptz)]
-    finished_at: DateTime<Utc>,
+    finished_at: Time,
     #[diesel(sql_type = Timestamptz)]
-    keep_until: DateTime<Utc>,
+    keep_until: Time,
 }
 
-impl From<HistoryRow> for FinishedRow {
-    fn from(r: HistoryRow) -> Self {
-        FinishedRow {
+impl TryFrom<HistoryRow> for FinishedRow {
+    type Error = Error;
+    fn try_from(r: HistoryRow) -> Result<Self> {
+        Ok(FinishedRow {
             id: r.id,
             queue: r.queue,
             payload: r.payload,
@@ -264,10 +291,10 @@ impl From<HistoryRow> for FinishedRow {
             priority: r.priority,
             attempts: r.attempts,
             result: r.result,
-            created_at: r.created_at,
-            finished_at: r.finished_at,
-            keep_until: r.keep_until,
-        }
+            created_at: r.created_at.get("created_at")?,
+            finished_at: r.finished_at.get("finished_at")?,
+            keep_until: r.keep_until.get("keep_until")?,
+        })
     }
 }
 
@@ -310,7 +337,7 @@ struct StateRow {
 #[derive(QueryableByName)]
 struct RunAtRow {
     #[diesel(sql_type = Timestamptz)]
-    run_at: DateTime<Utc>,
+    run_at: Time,
 }
 
 #[derive(QueryableByName)]
@@ -324,9 +351,9 @@ struct CountRow {
 #[derive(QueryableByName)]
 struct NextRunRow {
     #[diesel(sql_type = Nullable<Timestamptz>)]
-    next_at: Option<DateTime<Utc>>,
+    next_at: Option<Time>,
     #[diesel(sql_type = Timestamptz)]
-    now: DateTime<Utc>,
+    now: Time,
 }
 
 #[derive(QueryableByName)]
@@ -458,6 +485,7 @@ impl DieselStore {
     pub fn transactional<T: DieselTask>(&self) -> Transactional<T> {
         Transactional {
             store: self.clone(),
+            idle_timeout: sql::HANDLER_IDLE_TIMEOUT,
             task: std::marker::PhantomData,
         }
     }
@@ -488,7 +516,8 @@ impl DieselStore {
     /// Keeps `c` for the next statement of its lane, its statement having succeeded.
     fn keep(&self, c: WarmConn<Object<AsyncPgConnection>>) {
         if !self.inner.pool.is_closed() {
-            self.inner.warm.keep(c);
+            let size = self.inner.pool.status().max_size;
+            self.inner.warm.keep_from(c, size);
         }
     }
 
@@ -574,18 +603,56 @@ impl DieselStore {
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let queues = claim.distinct_queues();
+        let token = Lease::new_token();
         let rows: Vec<Row> =
             prepared_as::<RowSql>(&text(&self.inner.sql, queues.len(), claim.limit))
                 .bind::<Array<Text>, _>(queues)
                 .bind::<BigInt, _>(micros(claim.lease))
-                .bind::<BigInt, _>(Lease::new_token())
-                .load(conn)
+                .bind::<BigInt, _>(token)
+                .load(&mut *conn)
                 .await
                 .map_err(map_err)?;
-        self.upkeep_after_claim(rows.len());
-        rows.into_iter()
-            .map(|r| JobRow::from(r).into_claimed())
-            .collect()
+        let mut jobs = Vec::with_capacity(rows.len());
+        let mut bad = Vec::new();
+        for r in rows {
+            let job_id = JobId(r.id);
+            match job_row(r).and_then(JobRow::into_claimed) {
+                Ok(job) => jobs.push(job),
+                Err(error) => bad.push(sql::Undecodable {
+                    lease: Lease { job_id, token },
+                    error,
+                }),
+            }
+        }
+        for row in bad {
+            if let Err(e) = self.fail_on(conn, &row.lease, row.failure()).await {
+                row.not_failed(&e);
+            }
+        }
+        self.upkeep_after_claim(jobs.len());
+        Ok(jobs)
+    }
+
+    /// Records a failed attempt on `conn`: [`QueueStore::fail`].
+    async fn fail_on(
+        &self,
+        conn: &mut AsyncPgConnection,
+        lease: &Lease,
+        failure: Failure,
+    ) -> Result<JobState> {
+        failure.validate()?;
+        let (at, within) = sql::retry_params(&failure);
+        let rows: Vec<StateRow> = prepared(&self.inner.sql.fail)
+            .bind::<BigInt, _>(lease.job_id.0)
+            .bind::<BigInt, _>(lease.token)
+            .bind::<Nullable<Timestamptz>, _>(at)
+            .bind::<BigInt, _>(within)
+            .bind::<Text, _>(failure.error)
+            .bind::<diesel::sql_types::Bool, _>(!failure.give_up)
+            .load(conn)
+            .await
+            .map_err(map_err)?;
+        one_state(rows, Error::LeaseLost(lease.job_id))
     }
 
     /// [`QueueStore::complete_many`] on your connection: the jobs are removed when your
@@ -700,19 +767,8 @@ impl QueueStore for DieselStore {
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
         failure.validate()?;
-        let (at, within) = sql::retry_params(&failure);
         let mut conn = self.conn().await?;
-        let rows: Vec<StateRow> = prepared(&self.inner.sql.fail)
-            .bind::<BigInt, _>(lease.job_id.0)
-            .bind::<BigInt, _>(lease.token)
-            .bind::<Nullable<Timestamptz>, _>(at)
-            .bind::<BigInt, _>(within)
-            .bind::<Text, _>(failure.error)
-            .bind::<diesel::sql_types::Bool, _>(!failure.give_up)
-            .load(&mut conn)
-            .await
-            .map_err(map_err)?;
-        one_state(rows, Error::LeaseLost(lease.job_id))
+        self.fail_on(&mut conn, lease, failure).await
     }
 
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
@@ -727,15 +783,22 @@ impl QueueStore for DieselStore {
             .map_err(map_err)?;
         rows.into_iter()
             .next()
-            .map(|r| r.run_at)
-            .ok_or(Error::LeaseLost(lease.job_id))
+            .ok_or(Error::LeaseLost(lease.job_id))?
+            .run_at
+            .get("run_at")
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
+        self.snooze(lease, Duration::ZERO).await
+    }
+
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        pq_api::validate_delay(delay)?;
         let mut conn = self.conn().await?;
         let rows: Vec<IdRow> = prepared(&self.inner.sql.release)
             .bind::<BigInt, _>(lease.job_id.0)
             .bind::<BigInt, _>(lease.token)
+            .bind::<BigInt, _>(micros(delay))
             .load(&mut conn)
             .await
             .map_err(map_err)?;
@@ -783,7 +846,7 @@ impl QueueStore for DieselStore {
             .await
             .map_err(map_err)?;
         let row = rows.into_iter().next().ok_or(Error::NotFound(id))?;
-        JobRow::from(row).into_job()
+        job_row(row)?.into_job()
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
@@ -836,7 +899,7 @@ impl QueueStore for DieselStore {
             .await
             .map_err(map_err)?;
         let row = rows.into_iter().next().ok_or(Error::NotFound(id))?;
-        FinishedRow::from(row).into_finished()
+        FinishedRow::try_from(row)?.into_finished()
     }
 
     async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
@@ -848,7 +911,7 @@ impl QueueStore for DieselStore {
             .await
             .map_err(map_err)?;
         rows.into_iter()
-            .map(|r| FinishedRow::from(r).into_finished())
+            .map(|r| FinishedRow::try_from(r)?.into_finished())
             .collect()
     }
 
@@ -877,7 +940,8 @@ impl QueueStore for DieselStore {
                 .into_iter()
                 .next()
                 .ok_or_else(|| Error::Backend("next_run returned no row".into()))?;
-            Ok((row.next_at, row.now))
+            let next_at = row.next_at.map(|t| t.get("next_at")).transpose()?;
+            Ok((next_at, row.now.get("now")?))
         };
         self.inner
             .wakeups
@@ -900,9 +964,25 @@ pub trait DieselTask: Task {
 }
 
 /// The worker handler of a [`DieselTask`], from [`DieselStore::transactional`].
+///
+/// A connection that breaks under the handler (on `BEGIN`, a statement of the handler's, the
+/// rollback after its error, or `COMMIT`) is the store's failure, not the handler's: the
+/// attempt is not counted ([`TaskError::store_failed`]).
 pub struct Transactional<T> {
     store: DieselStore,
+    idle_timeout: Duration,
     task: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Transactional<T> {
+    /// The server ends the handler's transaction once it sits idle this long (default
+    /// [`HANDLER_IDLE_TIMEOUT`](sql::HANDLER_IDLE_TIMEOUT), the default lease): see
+    /// [`sql::begin_bounded`]. Raise it for a handler that waits on something slow between its
+    /// statements.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
 }
 
 impl<T: Task> std::fmt::Debug for Transactional<T> {
@@ -926,7 +1006,8 @@ impl<T: DieselTask> JobHandler for Transactional<T> {
         let lease = *cx.lease();
         let record = cx.clone();
         let mut conn = self.store.conn().await?;
-        AnsiTransactionManager::begin_transaction(&mut *conn)
+        let begin = sql::begin_bounded(self.idle_timeout);
+        AnsiTransactionManager::begin_transaction_sql(&mut *conn, &begin)
             .await
             .map_err(map_err)?;
         let outcome = async {
@@ -948,11 +1029,14 @@ impl<T: DieselTask> JobHandler for Transactional<T> {
                     .map_err(map_err)?;
                 Ok(Completion::Committed)
             }
-            Err(e) => {
-                // A failed rollback leaves the connection broken; the pool discards it.
-                let _ = AnsiTransactionManager::rollback_transaction(&mut *conn).await;
-                Err(e)
-            }
+            Err(e) => match AnsiTransactionManager::rollback_transaction(&mut *conn).await {
+                Ok(()) => Err(e),
+                // The connection is gone (the pool discards it): the handler's error came from
+                // it, or could not be recorded with it. Either way the store failed.
+                Err(lost) => {
+                    Err(TaskError::new(format!("{e} (connection lost: {lost})")).store_failed())
+                }
+            },
         }
     }
 }

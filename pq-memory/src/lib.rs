@@ -654,7 +654,13 @@ impl QueueStore for MemoryStore {
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
+        self.snooze(lease, Duration::ZERO).await
+    }
+
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        pq_api::validate_delay(delay)?;
         let now = now();
+        let at = (now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)).trunc_subsecs(6);
         {
             let mut inner = self.lock();
             let key = inner.held(lease)?.key_id();
@@ -662,7 +668,7 @@ impl QueueStore for MemoryStore {
             inner.update(lease.job_id.0, |e| {
                 e.stored = Stored::Queued;
                 e.job.attempts = e.job.attempts.saturating_sub(1);
-                e.job.run_at = now;
+                e.job.run_at = at;
             });
         }
         self.wake.notify_waiters();

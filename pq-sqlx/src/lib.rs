@@ -51,7 +51,8 @@ use pq_api::{
     micros, Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler,
     JobId, JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
 };
-use sqlx::postgres::{PgListener, PgRow};
+use sqlx::error::BoxDynError;
+use sqlx::postgres::{PgListener, PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
 use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::oneshot;
 
@@ -71,8 +72,10 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 /// recently used first, rather than handing each back after every statement (sqlx's pool
 /// pings a connection on every return and hands out the oldest idle one first, which cost a
 /// busy worker a third of its throughput). A kept connection goes back to the pool after
-/// 100 ms unused or 30 s kept, so an idle store holds none. Once something calls `wait`, the
-/// notification listener holds one more for good. Size the pool for three connections more
+/// 100 ms unused or 30 s kept, so an idle store holds none, and it never keeps the last
+/// connection a pool could lend. Once something calls `wait`, the notification listener holds
+/// a connection of its own, opened with the pool's options, outside the pool. The store runs
+/// on a pool of one connection; for a busy worker, size the pool for two connections more
 /// than the rest of your application needs at its busiest.
 #[derive(Debug, Clone)]
 pub struct SqlxStore {
@@ -101,6 +104,7 @@ pub fn map_err(e: sqlx::Error) -> Error {
             let code = db.code().map(|c| c.into_owned());
             Error::from_sqlstate(code.as_deref(), Box::new(sqlx::Error::Database(db)))
         }
+        e @ sqlx::Error::ColumnDecode { .. } => Error::BadValue(e.to_string()),
         e @ (sqlx::Error::Io(_)
         | sqlx::Error::Tls(_)
         | sqlx::Error::PoolTimedOut
@@ -137,6 +141,41 @@ fn ask(
     }
 }
 
+/// A `timestamptz` decoded without panicking: sqlx's own decoding of `'infinity'` overflows
+/// chrono and panics, where this returns an error for the one value.
+struct Time(DateTime<Utc>);
+
+impl sqlx::Type<Postgres> for Time {
+    fn type_info() -> PgTypeInfo {
+        <DateTime<Utc> as sqlx::Type<Postgres>>::type_info()
+    }
+    fn compatible(ty: &PgTypeInfo) -> bool {
+        <DateTime<Utc> as sqlx::Type<Postgres>>::compatible(ty)
+    }
+}
+
+impl<'r> sqlx::Decode<'r, Postgres> for Time {
+    fn decode(value: PgValueRef<'r>) -> std::result::Result<Self, BoxDynError> {
+        if value.format() == PgValueFormat::Text {
+            // Text is parsed, never added up: 'infinity' is an error here already.
+            return <DateTime<Utc> as sqlx::Decode<Postgres>>::decode(value).map(Time);
+        }
+        let micros = <i64 as sqlx::Decode<Postgres>>::decode(value)?;
+        sql::pg_time(micros)
+            .map(Time)
+            .ok_or_else(|| "a timestamp out of range (infinite?) for a job's time".into())
+    }
+}
+
+fn time(row: &PgRow, i: usize) -> Result<DateTime<Utc>> {
+    row.try_get::<Time, _>(i).map(|t| t.0).map_err(map_err)
+}
+
+fn opt_time(row: &PgRow, i: usize) -> Result<Option<DateTime<Utc>>> {
+    let t: Option<Time> = row.try_get(i).map_err(map_err)?;
+    Ok(t.map(|t| t.0))
+}
+
 fn q(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
     AssertSqlSafe(text.clone())
 }
@@ -148,13 +187,13 @@ fn job_row(row: &PgRow) -> Result<JobRow<'_>> {
         queue: row.try_get(1).map_err(get)?,
         payload: Cow::Borrowed(row.try_get(2).map_err(get)?),
         priority: row.try_get(3).map_err(get)?,
-        expected_at: row.try_get(4).map_err(get)?,
-        run_at: row.try_get(5).map_err(get)?,
+        expected_at: opt_time(row, 4)?,
+        run_at: time(row, 5)?,
         state: Cow::Borrowed(row.try_get(6).map_err(get)?),
         attempts: row.try_get(7).map_err(get)?,
         max_attempts: row.try_get(8).map_err(get)?,
         last_error: row.try_get(9).map_err(get)?,
-        created_at: row.try_get(10).map_err(get)?,
+        created_at: time(row, 10)?,
         lease_token: row.try_get(11).map_err(get)?,
         key: row.try_get(12).map_err(get)?,
         cursor: row.try_get(13).map_err(get)?,
@@ -174,9 +213,9 @@ fn finished_row(row: &PgRow) -> Result<FinishedRow> {
         priority: row.try_get(5).map_err(get)?,
         attempts: row.try_get(6).map_err(get)?,
         result: row.try_get(7).map_err(get)?,
-        created_at: row.try_get(8).map_err(get)?,
-        finished_at: row.try_get(9).map_err(get)?,
-        keep_until: row.try_get(10).map_err(get)?,
+        created_at: time(row, 8)?,
+        finished_at: time(row, 9)?,
+        keep_until: time(row, 10)?,
     })
 }
 
@@ -356,6 +395,7 @@ impl SqlxStore {
     pub fn transactional<T: SqlxTask>(&self) -> Transactional<T> {
         Transactional {
             store: self.clone(),
+            idle_timeout: sql::HANDLER_IDLE_TIMEOUT,
             task: std::marker::PhantomData,
         }
     }
@@ -389,27 +429,65 @@ impl SqlxStore {
 
     /// Claims on `e` with the claim text `text` gives (see [`Statements::claim`]: the store's
     /// own claims commit asynchronously, claims in a caller's transaction as it is set).
-    async fn claim_on<'e, E: Executor<'e, Database = Postgres>>(
+    async fn claim_on(
         &self,
-        e: E,
+        conn: &mut PgConnection,
         claim: &Claim,
         text: fn(&Statements, usize, u32) -> Arc<str>,
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let queues = claim.distinct_queues();
         let sql = text(&self.inner.sql, queues.len(), claim.limit);
+        let token = Lease::new_token();
         let mut rows = sqlx::query(AssertSqlSafe(sql))
             .bind(queues)
             .bind(micros(claim.lease))
-            .bind(Lease::new_token())
-            .fetch(e);
+            .bind(token)
+            .fetch(&mut *conn);
         // Each row becomes a job as it is read: no vector of rows in between.
         let mut jobs = Vec::with_capacity(usize::try_from(claim.limit.min(256)).unwrap_or(0));
+        let mut bad = Vec::new();
         while let Some(row) = rows.try_next().await.map_err(map_err)? {
-            jobs.push(job_row(&row)?.into_claimed()?);
+            match job_row(&row).and_then(JobRow::into_claimed) {
+                Ok(job) => jobs.push(job),
+                Err(error) => {
+                    let id: i64 = row.try_get(0).map_err(map_err)?;
+                    let job_id = JobId(id);
+                    let lease = Lease { job_id, token };
+                    bad.push(sql::Undecodable { lease, error });
+                }
+            }
+        }
+        drop(rows);
+        for row in bad {
+            if let Err(e) = self.fail_on(conn, &row.lease, row.failure()).await {
+                row.not_failed(&e);
+            }
         }
         self.upkeep_after_claim(jobs.len());
         Ok(jobs)
+    }
+
+    /// Records a failed attempt on `conn`: [`QueueStore::fail`].
+    async fn fail_on(
+        &self,
+        conn: &mut PgConnection,
+        lease: &Lease,
+        failure: Failure,
+    ) -> Result<JobState> {
+        failure.validate()?;
+        let (at, within) = sql::retry_params(&failure);
+        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.fail))
+            .bind(lease.job_id.0)
+            .bind(lease.token)
+            .bind(at)
+            .bind(within)
+            .bind(failure.error)
+            .bind(!failure.give_up)
+            .fetch_optional(conn)
+            .await
+            .map_err(map_err)?;
+        sql::parse_state(&state.ok_or(Error::LeaseLost(lease.job_id))?)
     }
 
     async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(
@@ -465,9 +543,17 @@ impl SqlxStore {
 }
 
 async fn listen_forever(pool: PgPool, wakeups: Arc<Wakeups>, channel: String) {
+    // The listener holds its connection for as long as the store waits: one of its own,
+    // opened with the pool's options, rather than one of the pool's, which on a small pool
+    // would leave the store's statements none.
+    let own = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .max_lifetime(None)
+        .idle_timeout(None)
+        .connect_lazy_with((*pool.connect_options()).clone());
     let mut reconnecting = false;
     loop {
-        match PgListener::connect_with(&pool).await {
+        match PgListener::connect_with(&own).await {
             Ok(mut listener) => {
                 if let Err(e) = listener.listen(&channel).await {
                     tracing::warn!(error = %e, "pq: LISTEN failed");
@@ -514,7 +600,7 @@ impl QueueStore for SqlxStore {
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
         let mut c = self.inner.warm.get(Lane::Claim).await?;
-        let claimed = self.claim_on(&mut *c, claim, Statements::claim).await?;
+        let claimed = self.claim_on(&mut c, claim, Statements::claim).await?;
         self.keep(c);
         Ok(claimed)
     }
@@ -528,26 +614,16 @@ impl QueueStore for SqlxStore {
 
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
         failure.validate()?;
-        let (at, within) = sql::retry_params(&failure);
         let mut c = self.conn().await?;
-        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.fail))
-            .bind(lease.job_id.0)
-            .bind(lease.token)
-            .bind(at)
-            .bind(within)
-            .bind(failure.error)
-            .bind(!failure.give_up)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
+        let state = self.fail_on(&mut c, lease, failure).await?;
         self.keep(c);
-        sql::parse_state(&state.ok_or(Error::LeaseLost(lease.job_id))?)
+        Ok(state)
     }
 
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
         pq_api::validate_lease(lease_for)?;
         let mut c = self.conn().await?;
-        let until: Option<DateTime<Utc>> = sqlx::query_scalar(q(&self.inner.sql.extend))
+        let until: Option<Time> = sqlx::query_scalar(q(&self.inner.sql.extend))
             .bind(lease.job_id.0)
             .bind(lease.token)
             .bind(micros(lease_for))
@@ -555,14 +631,20 @@ impl QueueStore for SqlxStore {
             .await
             .map_err(map_err)?;
         self.keep(c);
-        until.ok_or(Error::LeaseLost(lease.job_id))
+        until.map(|t| t.0).ok_or(Error::LeaseLost(lease.job_id))
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
+        self.snooze(lease, Duration::ZERO).await
+    }
+
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        pq_api::validate_delay(delay)?;
         let mut c = self.conn().await?;
         let id: Option<i64> = sqlx::query_scalar(q(&self.inner.sql.release))
             .bind(lease.job_id.0)
             .bind(lease.token)
+            .bind(micros(delay))
             .fetch_optional(&mut *c)
             .await
             .map_err(map_err)?;
@@ -692,12 +774,12 @@ impl QueueStore for SqlxStore {
         let next_run = || async {
             let mut c = self.conn().await?;
             let sql = self.inner.sql.next_run(queues.len());
-            let next =
-                sqlx::query_as::<_, (Option<DateTime<Utc>>, DateTime<Utc>)>(AssertSqlSafe(sql))
-                    .bind(queues)
-                    .fetch_one(&mut *c)
-                    .await
-                    .map_err(map_err)?;
+            let row = sqlx::query(AssertSqlSafe(sql))
+                .bind(queues)
+                .fetch_one(&mut *c)
+                .await
+                .map_err(map_err)?;
+            let next = (opt_time(&row, 0)?, time(&row, 1)?);
             self.keep(c);
             Ok(next)
         };
@@ -722,10 +804,26 @@ pub trait SqlxTask: Task {
 }
 
 /// The worker handler of a [`SqlxTask`], from [`SqlxStore::transactional`].
+///
+/// A connection that breaks under the handler (on `BEGIN`, a statement of the handler's, the
+/// rollback after its error, or `COMMIT`) is the store's failure, not the handler's: the
+/// attempt is not counted ([`TaskError::store_failed`]).
 #[derive(Debug)]
 pub struct Transactional<T> {
     store: SqlxStore,
+    idle_timeout: Duration,
     task: std::marker::PhantomData<fn() -> T>,
+}
+
+impl<T> Transactional<T> {
+    /// The server ends the handler's transaction once it sits idle this long (default
+    /// [`HANDLER_IDLE_TIMEOUT`](sql::HANDLER_IDLE_TIMEOUT), the default lease): see
+    /// [`sql::begin_bounded`]. Raise it for a handler that waits on something slow between its
+    /// statements.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
 }
 
 #[async_trait]
@@ -738,18 +836,30 @@ impl<T: SqlxTask> JobHandler for Transactional<T> {
         let task = decode_args::<T>(args)?;
         let lease = *cx.lease();
         let record = cx.clone();
-        let mut tx = self.store.pool().begin().await.map_err(map_err)?;
-        task.run(cx, &mut tx).await?;
-        let done = self
-            .store
-            .complete_many_in(&mut tx, &[record.done()])
-            .await?;
-        if done.is_empty() {
-            // Dropping the transaction rolls the handler's writes back.
-            return Err(Error::LeaseLost(lease.job_id).into());
+        let begin = AssertSqlSafe(sql::begin_bounded(self.idle_timeout));
+        let mut tx = self.store.pool().begin_with(begin).await.map_err(map_err)?;
+        let ran = match task.run(cx, &mut tx).await {
+            Ok(()) => match self.store.complete_many_in(&mut tx, &[record.done()]).await {
+                Ok(done) if done.is_empty() => Err(Error::LeaseLost(lease.job_id).into()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e),
+        };
+        match ran {
+            Ok(()) => {
+                tx.commit().await.map_err(map_err)?;
+                Ok(Completion::Committed)
+            }
+            Err(e) => match tx.rollback().await {
+                Ok(()) => Err(e),
+                // The connection is gone: the handler's error came from it, or could not be
+                // recorded with it. Either way the store failed, not the handler.
+                Err(lost) => {
+                    Err(TaskError::new(format!("{e} (connection lost: {lost})")).store_failed())
+                }
+            },
         }
-        tx.commit().await.map_err(map_err)?;
-        Ok(Completion::Committed)
     }
 }
 

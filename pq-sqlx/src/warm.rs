@@ -67,7 +67,9 @@ impl Warm {
     /// Keeps `conn` for the next statement, after the statement on it succeeded.
     pub(crate) fn keep(&self, conn: WarmConn) {
         if !self.pool.is_closed() {
-            self.kept.keep(conn.0);
+            let size = self.pool.options().get_max_connections();
+            self.kept
+                .keep_from(conn.0, usize::try_from(size).unwrap_or(usize::MAX));
         }
     }
 }
