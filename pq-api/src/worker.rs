@@ -345,8 +345,11 @@ impl Worker {
     /// Runs until stopped through a [`WorkerHandle`], and returns the final status.
     ///
     /// Store errors do not end the run: they are logged, and the worker pauses and tries
-    /// again. Only an invalid configuration is returned as an error, before any job is
-    /// claimed.
+    /// again. Every store call it makes is bounded (a claim or a completion by half the lease,
+    /// so a completion given up on is tried again before the lease runs out; a heartbeat by the
+    /// lease; an idle wait by `idle_wait` plus the lease): a call the store does not answer in
+    /// time counts as [`Error::Unavailable`]. Only an invalid
+    /// configuration is returned as an error, before any job is claimed.
     pub async fn run(self) -> Result<WorkerStatus> {
         let heartbeat = self.validate()?;
         let queues = self.registry.queues();
@@ -422,7 +425,7 @@ impl Worker {
             claim.limit = limit;
             let claiming = async {
                 if maybe_claimable {
-                    self.store.claim(&claim).await
+                    bounded(self.lease / 2, self.store.claim(&claim)).await
                 } else {
                     Ok(Vec::new())
                 }
@@ -489,7 +492,7 @@ impl Worker {
                 // Completions the store could not take yet are tried again soon, not after
                 // an idle wait that could outlast their leases.
                 () = tokio::time::sleep(self.error_pause), if !done.is_empty() => {}
-                woke = self.store.wait(&queues, self.idle_wait) => {
+                woke = bounded(self.idle_wait + self.lease, self.store.wait(&queues, self.idle_wait)) => {
                     maybe_claimable = true;
                     if let Err(e) = woke {
                         tracing::warn!(error = %e, "wait failed; pausing before trying again");
@@ -499,7 +502,13 @@ impl Worker {
                 _ = stop_rx.changed() => maybe_claimable = true,
             }
         }
-        self.flush(&mut done).await;
+        // Aborting, the worker does not wait on a store that is down: the jobs then run again
+        // once their leases expire.
+        if *stop_rx.borrow() == Some(StopMode::Abort) {
+            self.flush_within(&mut done, RECORD_RETRY_MAX).await;
+        } else {
+            self.flush(&mut done).await;
+        }
         self.set_running(&running);
         tracing::info!(status = ?self.handle().status(), "worker stopped");
     }
@@ -548,10 +557,15 @@ impl Worker {
 
     /// Completes every succeeded job in one statement.
     async fn flush(&self, done: &mut Vec<Done>) {
+        self.flush_within(done, self.lease / 2).await;
+    }
+
+    /// Completes every succeeded job in one statement, if the store answers within `d`.
+    async fn flush_within(&self, done: &mut Vec<Done>, d: Duration) {
         if done.is_empty() {
             return;
         }
-        match self.store.complete_many(done).await {
+        match bounded(d, self.store.complete_many(done)).await {
             Ok(ids) => {
                 let counts = &self.shared.counts;
                 let lost = done.len() - ids.len();
@@ -783,7 +797,8 @@ impl JobRun {
     {
         let mut pause = RECORD_RETRY_FIRST;
         loop {
-            match op().await {
+            let left = self.lease_until.saturating_duration_since(Instant::now());
+            match bounded(left.max(RECORD_RETRY_MAX), op()).await {
                 Err(e) if e.is_retryable() && Instant::now() + pause < self.lease_until => {
                     tracing::debug!(error = %e, ?pause, "store failed; trying again");
                     tokio::time::sleep(pause).await;
@@ -854,11 +869,24 @@ async fn heartbeats(
     loop {
         beat.tick().await;
         let sent = Instant::now();
-        match store.extend(&lease, lease_for).await {
+        match bounded(lease_for, store.extend(&lease, lease_for)).await {
             Ok(_) => *lease_until = sent + lease_for,
             Err(Error::LeaseLost(_) | Error::NotFound(_)) => return,
             Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
         }
+    }
+}
+
+/// `op`, or a retryable [`Error::Unavailable`] if the store has not answered within `d`: no
+/// store call of the worker waits without bound (on a lock held by a transaction whose client
+/// is gone, on a server that stopped answering), and a call that gave up leaves its
+/// connection to the pool to check.
+async fn bounded<T>(d: Duration, op: impl Future<Output = Result<T>>) -> Result<T> {
+    match tokio::time::timeout(d, op).await {
+        Ok(r) => r,
+        Err(_) => Err(Error::Unavailable(
+            format!("the store did not answer within {d:?}").into(),
+        )),
     }
 }
 

@@ -445,7 +445,7 @@ pub async fn store_failure_under_a_handler_costs_no_attempt(store: Arc<dyn Queue
 /// trying again while the lease lasts, not dropped to wait out the lease: a failed attempt,
 /// then the completion of its retry.
 pub async fn outcomes_are_recorded_through_store_blips(store: Arc<dyn QueueStore>) {
-    let flaky = Arc::new(Blips::new(store.clone(), 2));
+    let flaky = Arc::new(Blips::new(store.clone(), 2, 0));
     let runs = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let reg = registry::<Work, _, _>(move |_n, _cx| {
         let first = runs.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 0;
@@ -472,23 +472,44 @@ pub async fn outcomes_are_recorded_through_store_blips(store: Arc<dyn QueueStore
     );
 }
 
-/// A store that fails the first `n` calls of `fail` and of `complete_many` as unavailable.
+/// A store call that never answers is given up on within half the lease, as unavailable,
+/// and tried again: a worker never hangs on its store.
+pub async fn a_store_call_that_never_answers_is_given_up_and_tried_again(
+    store: Arc<dyn QueueStore>,
+) {
+    let hanging = Arc::new(Blips::new(store.clone(), 0, 1));
+    let reg = registry::<Work, _, _>(|_n, _cx| async { Ok(()) });
+    let id = put_work(&*store, &works(1)).await[0];
+    let status = Worker::new(hanging, reg)
+        .lease(Duration::from_secs(4))
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.lost), (1, 0));
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+}
+
+/// A store that fails the first `n` calls of `fail` and of `complete_many` as unavailable,
+/// after letting the first `hang` calls of `complete_many` hang for good.
 #[derive(Debug)]
 struct Blips {
     inner: Arc<dyn QueueStore>,
     fail: std::sync::atomic::AtomicU32,
     complete: std::sync::atomic::AtomicU32,
     refused: std::sync::atomic::AtomicU32,
+    /// How many calls of `complete_many` never answer.
+    hang: std::sync::atomic::AtomicU32,
 }
 
 impl Blips {
-    fn new(inner: Arc<dyn QueueStore>, n: u32) -> Self {
+    fn new(inner: Arc<dyn QueueStore>, n: u32, hang: u32) -> Self {
         use std::sync::atomic::AtomicU32;
         Blips {
             inner,
             fail: AtomicU32::new(n),
             complete: AtomicU32::new(n),
             refused: AtomicU32::new(0),
+            hang: AtomicU32::new(hang),
         }
     }
 
@@ -518,6 +539,14 @@ impl QueueStore for Blips {
         self.inner.claim(claim).await
     }
     async fn complete_many(&self, done: &[Done]) -> pq_api::Result<Vec<JobId>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .hang
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
         self.blip(&self.complete)?;
         self.inner.complete_many(done).await
     }
