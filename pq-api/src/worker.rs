@@ -695,12 +695,18 @@ impl JobRun {
             .unwrap_or(&serde_json::Value::Null);
         tracing::debug!("handler started");
         let handler = entry.handler.clone();
-        let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
-        // Many handlers finish on their first poll: they need no heartbeat timer.
-        let first = std::future::poll_fn(|ctx| Poll::Ready(fut.as_mut().poll(ctx))).await;
-        let result = match first {
-            Poll::Ready(r) => Ok(r),
-            Poll::Pending => Box::pin(self.beat_until_done(fut.as_mut(), &lease, &cancel)).await,
+        let result = {
+            let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
+            // Many handlers finish on their first poll: they need no heartbeat timer.
+            let first = std::future::poll_fn(|ctx| Poll::Ready(fut.as_mut().poll(ctx))).await;
+            match first {
+                Poll::Ready(r) => Ok(r),
+                Poll::Pending => {
+                    Box::pin(self.beat_until_done(fut.as_mut(), &lease, &cancel)).await
+                }
+            }
+            // The handler is dropped here, before its job is handed back: a transactional
+            // handler's transaction, which may hold the job's row, ends first.
         };
         let result = match result {
             Ok(r) => r,

@@ -511,3 +511,104 @@ fn store_failures_are_told_apart_from_the_handlers_own() {
     assert!(!TaskError::from(Error::invalid("limit", "zero")).is_store_failure());
     assert!(!TaskError::new("the carrier refused").is_store_failure());
 }
+
+/// Locks its own job's row, then never finishes.
+#[derive(Debug, Serialize, Deserialize)]
+struct Stuck {
+    table: String,
+}
+
+impl Task for Stuck {
+    const NAME: &'static str = "stuck";
+    const QUEUE: &'static str = "stuck";
+}
+
+impl Stuck {
+    fn lock(&self, id: JobId) -> String {
+        format!(
+            "SELECT 1 FROM {} WHERE id = {} FOR UPDATE",
+            self.table, id.0
+        )
+    }
+}
+
+impl SqlxTask for Stuck {
+    async fn run(self, cx: TaskContext, tx: &mut sqlx::PgConnection) -> Result<(), TaskError> {
+        sqlx::raw_sql(AssertSqlSafe(self.lock(cx.id())))
+            .execute(&mut *tx)
+            .await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+impl DieselTask for Stuck {
+    async fn run(self, cx: TaskContext, conn: &mut AsyncPgConnection) -> Result<(), TaskError> {
+        diesel::sql_query(self.lock(cx.id())).execute(conn).await?;
+        std::future::pending::<()>().await;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn an_aborted_transactional_handler_ends_its_transaction_on_the_server() {
+    let admin = pool(2).await;
+    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let sqlx_store = SqlxStore::with_table(pool(4).await, sqlx_table.clone())
+        .await
+        .unwrap();
+    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
+        .await
+        .unwrap();
+    let runs: [(Arc<dyn QueueStore>, QueueTable, Registry); 2] = [
+        (
+            Arc::new(sqlx_store.clone()),
+            sqlx_table,
+            Registry::new()
+                .register_with::<Stuck>(sqlx_store.transactional::<Stuck>())
+                .unwrap(),
+        ),
+        (
+            Arc::new(diesel_store.clone()),
+            diesel_table,
+            Registry::new()
+                .register_with::<Stuck>(diesel_store.transactional::<Stuck>())
+                .unwrap(),
+        ),
+    ];
+    for (store, table, registry) in runs {
+        let t = table.qualified();
+        let id = store.enqueue(&Stuck { table: t.clone() }).await.unwrap();
+        let worker = Worker::new(store.clone(), registry);
+        let handle = worker.handle();
+        let run = tokio::spawn(worker.run());
+        let locked = format!("SELECT 1 FROM {t} WHERE id = {} FOR UPDATE NOWAIT", id.0);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The handler's transaction holds the row once the lock attempt fails.
+        while sqlx::raw_sql(AssertSqlSafe(locked.clone()))
+            .execute(&admin)
+            .await
+            .is_ok()
+        {
+            assert!(Instant::now() < deadline, "the handler takes its row");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        handle.stop(StopMode::Abort);
+        let status = run.await.unwrap().unwrap();
+        assert_eq!(status.released, 1, "{status:?}");
+        // Well within the 30 s idle bound: the dropped transaction itself was ended.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while sqlx::raw_sql(AssertSqlSafe(locked.clone()))
+            .execute(&admin)
+            .await
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "the handler's transaction ends");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let job = store.job(id).await.unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Ready, 0));
+    }
+}
