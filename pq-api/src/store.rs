@@ -64,6 +64,10 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   the job, or its lease expiring, frees the key (`expired_lease_frees_the_key`).
     ///   Jobs without a key, and other keys, are not held up (`keys_do_not_hold_up_other_jobs`).
     /// - A keyed job comes with its key's state ([`ClaimedJob::key_state`]).
+    /// - A stored job that cannot be decoded (a row written by plain SQL, or before pq's
+    ///   checks, holding a value pq cannot read) is not handed out: the claim fails it at once,
+    ///   giving up, with `last_error` saying why, and returns the rest of the batch
+    ///   ([`Undecodable`](crate::sql::Undecodable); the PostgreSQL stores' tests check it).
     /// - Returns an empty list, not an error, when nothing is claimable.
     /// - An invalid claim (no queues, bad queue name, limit 0 or above
     ///   [`MAX_CLAIM_LIMIT`](crate::MAX_CLAIM_LIMIT), a zero lease) is rejected.
