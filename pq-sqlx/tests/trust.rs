@@ -46,6 +46,31 @@ async fn stores(size: u32) -> Vec<(Arc<dyn QueueStore>, QueueTable)> {
     ]
 }
 
+/// A store of each driver on a fresh schema, each with a registry running `T` inside the job's
+/// transaction.
+async fn transactional_stores<T: SqlxTask + DieselTask>(
+) -> [(Arc<dyn QueueStore>, QueueTable, Registry); 2] {
+    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let sqlx_store = SqlxStore::with_table(pool(4).await, sqlx_table.clone())
+        .await
+        .unwrap();
+    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
+        .await
+        .unwrap();
+    let sqlx_registry = Registry::new()
+        .register_with::<T>(sqlx_store.transactional::<T>())
+        .unwrap();
+    let diesel_registry = Registry::new()
+        .register_with::<T>(diesel_store.transactional::<T>())
+        .unwrap();
+    [
+        (Arc::new(sqlx_store), sqlx_table, sqlx_registry),
+        (Arc::new(diesel_store), diesel_table, diesel_registry),
+    ]
+}
+
 async fn exec(pool: &PgPool, sql: String) {
     sqlx::raw_sql(AssertSqlSafe(sql))
         .execute(pool)
@@ -307,31 +332,7 @@ async fn drain(worker: Worker) -> WorkerStatus {
 
 #[tokio::test]
 async fn a_heartbeat_waiting_on_the_handlers_own_transaction_never_stalls_it() {
-    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let sqlx_store = SqlxStore::with_table(pool(4).await, sqlx_table.clone())
-        .await
-        .unwrap();
-    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
-    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
-        .await
-        .unwrap();
-    let runs: [(Arc<dyn QueueStore>, QueueTable, Registry); 2] = [
-        (
-            Arc::new(sqlx_store.clone()),
-            sqlx_table,
-            Registry::new()
-                .register_with::<HoldOwnRow>(sqlx_store.transactional::<HoldOwnRow>())
-                .unwrap(),
-        ),
-        (
-            Arc::new(diesel_store.clone()),
-            diesel_table,
-            Registry::new()
-                .register_with::<HoldOwnRow>(diesel_store.transactional::<HoldOwnRow>())
-                .unwrap(),
-        ),
-    ];
+    let runs = transactional_stores::<HoldOwnRow>().await;
     for (store, table, registry) in runs {
         let task = HoldOwnRow {
             table: table.qualified(),
@@ -397,31 +398,7 @@ impl DieselTask for BreakOnce {
 #[tokio::test]
 async fn a_connection_lost_under_a_transactional_handler_costs_no_attempt() {
     let admin = pool(2).await;
-    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let sqlx_store = SqlxStore::with_table(pool(4).await, sqlx_table.clone())
-        .await
-        .unwrap();
-    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
-    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
-        .await
-        .unwrap();
-    let runs: [(Arc<dyn QueueStore>, QueueTable, Registry); 2] = [
-        (
-            Arc::new(sqlx_store.clone()),
-            sqlx_table,
-            Registry::new()
-                .register_with::<BreakOnce>(sqlx_store.transactional::<BreakOnce>())
-                .unwrap(),
-        ),
-        (
-            Arc::new(diesel_store.clone()),
-            diesel_table,
-            Registry::new()
-                .register_with::<BreakOnce>(diesel_store.transactional::<BreakOnce>())
-                .unwrap(),
-        ),
-    ];
+    let runs = transactional_stores::<BreakOnce>().await;
     for (tag, (store, table, registry)) in (0u32..).zip(runs) {
         let orders = format!("\"{}\".orders", table.schema());
         exec(&admin, format!("CREATE TABLE {orders} (tag int NOT NULL)")).await;
@@ -553,31 +530,7 @@ impl DieselTask for Stuck {
 #[tokio::test]
 async fn an_aborted_transactional_handler_ends_its_transaction_on_the_server() {
     let admin = pool(2).await;
-    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let sqlx_store = SqlxStore::with_table(pool(4).await, sqlx_table.clone())
-        .await
-        .unwrap();
-    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
-    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
-        .await
-        .unwrap();
-    let runs: [(Arc<dyn QueueStore>, QueueTable, Registry); 2] = [
-        (
-            Arc::new(sqlx_store.clone()),
-            sqlx_table,
-            Registry::new()
-                .register_with::<Stuck>(sqlx_store.transactional::<Stuck>())
-                .unwrap(),
-        ),
-        (
-            Arc::new(diesel_store.clone()),
-            diesel_table,
-            Registry::new()
-                .register_with::<Stuck>(diesel_store.transactional::<Stuck>())
-                .unwrap(),
-        ),
-    ];
+    let runs = transactional_stores::<Stuck>().await;
     for (store, table, registry) in runs {
         let t = table.qualified();
         let id = store.enqueue(&Stuck { table: t.clone() }).await.unwrap();
