@@ -7,15 +7,28 @@
 //! worker and typed tasks running on the store.
 //!
 //! The suite never builds stores itself: it gets a fresh, isolated store per case from your
-//! factory, so cases run in parallel. Run all of it against your own store with one line in
-//! `tests/conformance.rs`:
+//! factory, so cases run in parallel. A downstream store's whole `tests/conformance.rs`, with
+//! `pq-conformance` as a dev-dependency (`examples/tests/conformance.rs` in pq's repository
+//! runs a store of its own this way):
 //!
 //! ```ignore
-//! async fn new_store() -> std::sync::Arc<dyn pq_api::QueueStore> {
-//!     std::sync::Arc::new(my_crate::MyStore::new())
+//! //! pq's conformance suite on MyStore.
+//! use std::sync::Arc;
+//!
+//! use pq_api::QueueStore;
+//!
+//! async fn new_store() -> Arc<dyn QueueStore> {
+//!     Arc::new(my_crate::MyStore::new()) // a fresh, isolated store for each case
 //! }
-//! pq_conformance::suite!(new_store);
+//!
+//! // MyStore keeps no job history: its cases are skipped, each saying so.
+//! pq_conformance::suite!(new_store, skip: [history]);
 //! ```
+//!
+//! Each case runs on a runtime of its own, on a thread of its own, watched from outside: a
+//! case that has not finished within [`CASE_TIMEOUT`] fails with its name, whether it awaits
+//! forever or blocks its threads (a store that spins or deadlocks), and the rest of the suite
+//! runs on.
 //!
 //! The `postgres` feature adds the `postgres` module, a harness that finds a PostgreSQL server
 //! (`PQ_TEST_DATABASE_URL`, or one started through testcontainers) and names a fresh schema
@@ -44,20 +57,16 @@ use pq_api::QueueStore;
 pub const CASE_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// Runs one case on a fresh multi-threaded runtime with a store from `new_store`; the
-/// [`suite!`] macro calls this for every case.
+/// [`suite!`] macro calls this for every case. It fails, naming the case, if the case does
+/// not finish within [`CASE_TIMEOUT`]: see [`run_case_within`].
 pub fn run_case<F, Fut, C, CFut>(new_store: F, case: C)
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Arc<dyn QueueStore>>,
-    C: FnOnce(Arc<dyn QueueStore>) -> CFut,
+    C: FnOnce(Arc<dyn QueueStore>) -> CFut + Send + 'static,
     CFut: Future<Output = ()>,
 {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("a tokio runtime for the case");
-    run_on(&rt, new_store, case);
+    run_case_within(CASE_TIMEOUT, Flavor::MultiThread, new_store, case);
 }
 
 /// Runs one case as [`run_case`] does, but on a current-thread runtime, the one
@@ -65,39 +74,97 @@ where
 /// differently on each.
 pub fn run_case_on_current_thread<F, Fut, C, CFut>(new_store: F, case: C)
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Arc<dyn QueueStore>>,
-    C: FnOnce(Arc<dyn QueueStore>) -> CFut,
+    C: FnOnce(Arc<dyn QueueStore>) -> CFut + Send + 'static,
     CFut: Future<Output = ()>,
 {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("a tokio runtime for the case");
-    run_on(&rt, new_store, case);
+    run_case_within(CASE_TIMEOUT, Flavor::CurrentThread, new_store, case);
 }
 
-fn run_on<F, Fut, C, CFut>(rt: &tokio::runtime::Runtime, new_store: F, case: C)
+/// The runtime a case runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flavor {
+    /// Two worker threads.
+    MultiThread,
+    /// One thread, as `#[tokio::test]` gives.
+    CurrentThread,
+}
+
+/// Runs one case on a runtime of `flavor`, on a thread of its own, and fails with the case's
+/// name if it has not finished within `limit`: whether it awaits forever (the runtime's timer
+/// ends it) or blocks its runtime's threads, spinning or deadlocked, where no timer can (a
+/// watchdog outside the runtime gives up on it, and the rest of the suite runs on; the
+/// thread is left behind).
+pub fn run_case_within<F, Fut, C, CFut>(limit: Duration, flavor: Flavor, new_store: F, case: C)
 where
-    F: FnOnce() -> Fut,
+    F: FnOnce() -> Fut + Send + 'static,
     Fut: Future<Output = Arc<dyn QueueStore>>,
-    C: FnOnce(Arc<dyn QueueStore>) -> CFut,
+    C: FnOnce(Arc<dyn QueueStore>) -> CFut + Send + 'static,
     CFut: Future<Output = ()>,
 {
-    rt.block_on(async {
-        let store = new_store().await;
-        tokio::time::timeout(CASE_TIMEOUT, case(store))
-            .await
-            .expect("the case finished within CASE_TIMEOUT");
-    });
+    let name = case_name::<C>();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let runs = move || {
+        let rt = match flavor {
+            Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build(),
+            Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build(),
+        }
+        .expect("a tokio runtime for the case");
+        let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            rt.block_on(async {
+                let store = new_store().await;
+                tokio::time::timeout(limit, case(store)).await.is_ok()
+            })
+        }));
+        let _ = done_tx.send(outcome);
+    };
+    std::thread::Builder::new()
+        .name(name.clone())
+        .spawn(runs)
+        .expect("a thread for the case");
+    // The runtime's own timer fires at `limit` for a case that yields; the watchdog waits a
+    // little longer, for the one that does not.
+    match done_rx.recv_timeout(limit + limit / 4 + Duration::from_secs(1)) {
+        Ok(Ok(true)) => {}
+        Ok(Ok(false)) => panic!("case {name} did not finish within {limit:?}"),
+        Ok(Err(panic)) => std::panic::resume_unwind(panic),
+        Err(_) => panic!(
+            "case {name} hung for {limit:?} without yielding: it blocks its runtime's threads \
+             (a spin, a deadlock, a blocking call)"
+        ),
+    }
+}
+
+/// `area::case` of a case function, from its type's name.
+fn case_name<C>() -> String {
+    let full = std::any::type_name::<C>();
+    let mut parts = full.rsplit("::");
+    match (parts.next(), parts.next()) {
+        (Some(case), Some(area)) => format!("{area}::{case}"),
+        _ => full.to_string(),
+    }
 }
 
 /// Expands to one `#[test]` per conformance case, each given a store from `$new_store`
-/// (an `async fn() -> Arc<dyn QueueStore>` or a closure returning such a future).
+/// (an `async fn() -> Arc<dyn QueueStore>`, or a closure returning such a future, that is
+/// `Send + 'static`).
+///
+/// A store without a capability skips its area, out loud: `suite!(new_store, skip: [history])`
+/// runs every case but those of [`history`], each of which prints that it was skipped. The
+/// areas: `put`, `claim`, `lease`, `admin`, `wait`, `concurrency`, `keys`, `history`, `worker`.
 #[macro_export]
 macro_rules! suite {
     ($new_store:expr) => {
-        $crate::__cases!($new_store;
+        $crate::suite!($new_store, skip: []);
+    };
+    ($new_store:expr, skip: $skips:tt $(,)?) => {
+        $crate::__cases!($new_store, $skips;
             put::put_returns_distinct_ids_of_ready_jobs,
             put::put_many_returns_ids_in_the_order_given,
             put::put_many_is_atomic,
@@ -158,12 +225,12 @@ macro_rules! suite {
             history::put_rejects_bad_history_retention,
             history::encoded_payloads_round_trip_through_the_store,
         );
-        $crate::__worker_cases!($crate::__cases, $new_store);
+        $crate::__worker_cases!($crate::__cases, $new_store, $skips);
         /// The cases that run a worker, again on a current-thread runtime.
         mod on_current_thread {
             #[allow(unused_imports)]
             use super::*;
-            $crate::__worker_cases!($crate::__cases_on_current_thread, $new_store);
+            $crate::__worker_cases!($crate::__cases_on_current_thread, $new_store, $skips);
         }
     };
 }
@@ -173,8 +240,8 @@ macro_rules! suite {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __worker_cases {
-    ($cases:path, $new_store:expr) => {
-        $cases!($new_store;
+    ($cases:path, $new_store:expr, $skips:tt) => {
+        $cases!($new_store, $skips;
             worker::worker_runs_each_job_once_and_completes_it,
             worker::failing_handler_is_retried_until_max_attempts,
             worker::failed_attempt_is_scheduled_by_the_backoff,
@@ -194,6 +261,7 @@ macro_rules! __worker_cases {
             worker::finished_job_is_completed_while_the_worker_idles,
             keys::worker_threads_key_state_through_a_keys_jobs,
             keys::draining_worker_runs_every_keyed_job,
+            history::worker_keeps_the_handlers_result_in_history,
         );
     };
 }
@@ -201,10 +269,13 @@ macro_rules! __worker_cases {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cases_on_current_thread {
-    ($new_store:expr; $($area:ident :: $case:ident),* $(,)?) => {
+    ($new_store:expr, $skips:tt; $($area:ident :: $case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() {
+                if $crate::skipped(stringify!($skips), stringify!($area), stringify!($case)) {
+                    return;
+                }
                 $crate::run_case_on_current_thread($new_store, $crate::$area::$case);
             }
         )*
@@ -214,14 +285,54 @@ macro_rules! __cases_on_current_thread {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __cases {
-    ($new_store:expr; $($area:ident :: $case:ident),* $(,)?) => {
+    ($new_store:expr, $skips:tt; $($area:ident :: $case:ident),* $(,)?) => {
         $(
             #[test]
             fn $case() {
+                if $crate::skipped(stringify!($skips), stringify!($area), stringify!($case)) {
+                    return;
+                }
                 $crate::run_case($new_store, $crate::$area::$case);
             }
         )*
     };
+}
+
+/// The areas a store may skip in [`suite!`].
+pub const AREAS: [&str; 9] = [
+    "put",
+    "claim",
+    "lease",
+    "admin",
+    "wait",
+    "concurrency",
+    "keys",
+    "history",
+    "worker",
+];
+
+/// Whether `area` is in `skips` (the `[a, b]` given to [`suite!`], as text); says so on
+/// standard error when it is. An unknown area fails the case: a misspelt skip must not
+/// quietly run nothing, nor everything.
+#[doc(hidden)]
+pub fn skipped(skips: &str, area: &str, case: &str) -> bool {
+    let mut skip = false;
+    for name in skips
+        .trim_matches(|c| c == '[' || c == ']')
+        .split(',')
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+    {
+        assert!(
+            AREAS.contains(&name),
+            "suite!: cannot skip {name:?}: the areas are {AREAS:?}"
+        );
+        skip |= name == area;
+    }
+    if skip {
+        eprintln!("skipped: {area}::{case} (this store skips the {area} area)");
+    }
+    skip
 }
 
 /// Sleeps long enough for a lease of [`SHORT_LEASE`] to have expired on any store's clock.
