@@ -149,3 +149,28 @@ pub async fn encoded_payloads_round_trip_through_the_store(store: Arc<dyn QueueS
         Err(Error::Format { .. })
     ));
 }
+
+/// A handler's result ([`TaskContext::set_result`](pq_api::TaskContext::set_result)) is kept
+/// in the history record of a job put with `keep_history`, with the job's key.
+pub async fn worker_keeps_the_handlers_result_in_history(store: Arc<dyn QueueStore>) {
+    use crate::worker::{registry, Work};
+    use pq_api::{Task, Worker};
+    let registry = registry::<Work, _, _>(|n, cx| async move {
+        cx.set_result(json!({"n": n}));
+        Ok(())
+    });
+    let job = Work { n: 7 }
+        .to_job()
+        .unwrap()
+        .serial_key("tenant-1")
+        .keep_history(HOUR);
+    let id = store.put_job(job).await.unwrap();
+    let status = Worker::new(store.clone(), registry)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(status.processed, 1);
+    let record = store.finished(id).await.unwrap();
+    assert_eq!(record.result, Some(json!({"n": 7})));
+    assert_eq!(record.serial_key.as_deref(), Some("tenant-1"));
+}

@@ -348,17 +348,10 @@ pub async fn worker_threads_key_state_through_a_keys_jobs(store: Arc<dyn QueueSt
         let mut order: Vec<Value> = order.as_array().cloned().unwrap_or_default();
         order.push(json!(n));
         cx.set_key_state(json!({"count": count + 1, "order": order}))?;
-        cx.set_result(json!({"n": n}));
         Ok(())
     });
     let jobs = (0..6)
-        .map(|n| {
-            Work { n }
-                .to_job()
-                .unwrap()
-                .serial_key("tenant-1")
-                .keep_history(HOUR)
-        })
+        .map(|n| Work { n }.to_job().unwrap().serial_key("tenant-1"))
         .collect();
     let put = store.put_many(jobs).await.unwrap();
     let worker = Worker::new(store.clone(), registry)
@@ -367,7 +360,8 @@ pub async fn worker_threads_key_state_through_a_keys_jobs(store: Arc<dyn QueueSt
     let (handle, run) = start(worker);
     let mut done = 0;
     for _ in 0..400 {
-        done = store.history("work", 100).await.unwrap().len();
+        let left = store.stats("work").await.unwrap().total();
+        done = put.len() - usize::try_from(left).unwrap();
         if done == put.len() {
             break;
         }
@@ -380,9 +374,6 @@ pub async fn worker_threads_key_state_through_a_keys_jobs(store: Arc<dyn QueueSt
         store.key_state("work", "tenant-1").await.unwrap(),
         Some(json!({"count": 6, "order": [0, 1, 2, 3, 4, 5]}))
     );
-    let record = store.finished(put[2]).await.unwrap();
-    assert_eq!(record.result, Some(json!({"n": 2})));
-    assert_eq!(record.serial_key.as_deref(), Some("tenant-1"));
 }
 
 /// A draining worker runs every keyed job before it stops, although each job of a key becomes
