@@ -118,3 +118,16 @@ pub async fn purge_empties_only_that_queue(store: Arc<dyn QueueStore>) {
     assert_eq!(store.job(keep).await.unwrap().state, JobState::Ready);
     assert_eq!(store.purge("a").await.unwrap(), 0);
 }
+
+/// A job whose lease expired is no longer running: cancel removes it.
+pub async fn cancel_removes_a_job_whose_lease_expired(store: Arc<dyn QueueStore>) {
+    let id = store.put("q", &json!(1)).await.unwrap();
+    store
+        .claim(&Claim::new(["q"]).lease(crate::SHORT_LEASE))
+        .await
+        .unwrap();
+    crate::let_short_lease_expire().await;
+    assert_ne!(store.job(id).await.unwrap().state, JobState::Running);
+    store.cancel(id).await.unwrap();
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+}

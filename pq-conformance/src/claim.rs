@@ -14,8 +14,9 @@ async fn put_ordering_fixture(store: &dyn QueueStore) -> Vec<JobId> {
     let now = Utc::now();
     let h = |n: i64| now + TimeDelta::hours(n);
     let put = |job: NewJob| async move { store.put_job(job).await.unwrap() };
-    let a = put(NewJob::from_json("q", json!("A")).run_at(h(-3))).await;
+    // B goes in before A, which is due earlier: run_at decides, not the ids.
     let b = put(NewJob::from_json("q", json!("B")).run_at(h(-2))).await;
+    let a = put(NewJob::from_json("q", json!("A")).run_at(h(-3))).await;
     let c = put(NewJob::from_json("q", json!("C"))
         .run_at(h(-1))
         .expected_at(h(2)))

@@ -397,3 +397,35 @@ pub async fn draining_worker_runs_every_keyed_job(store: Arc<dyn QueueStore>) {
     assert_eq!(status.processed, 40);
     assert_eq!(store.stats("work").await.unwrap().total(), 0);
 }
+
+/// A key stays held while its job's lease is extended past the lease first given; releasing
+/// the job frees it, and so does purging the queue of the job holding it.
+pub async fn extend_keeps_a_key_held_and_release_and_purge_free_it(store: Arc<dyn QueueStore>) {
+    let keyed = |n: u32| NewJob::from_json("q", json!(n)).serial_key("k");
+    let ids = store.put_many(vec![keyed(1), keyed(2)]).await.unwrap();
+    let short = Duration::from_millis(300);
+    let first = store
+        .claim(&Claim::new(["q"]).lease(short))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(first.id(), ids[0]);
+    store.extend(&first.lease, LONG_LEASE).await.unwrap();
+    tokio::time::sleep(short * 2).await;
+    assert!(
+        store.claim(&Claim::new(["q"])).await.unwrap().is_empty(),
+        "the extended job still holds its key"
+    );
+    store.release(&first.lease).await.unwrap();
+    let again = store
+        .claim(&Claim::new(["q"]).lease(LONG_LEASE))
+        .await
+        .unwrap();
+    assert_eq!(again.len(), 1, "released, the key is free for its next job");
+
+    assert_eq!(store.purge("q").await.unwrap(), 2);
+    let fresh = store.put_job(keyed(3)).await.unwrap();
+    let claimed = store.claim(&Claim::new(["q"])).await.unwrap();
+    assert_eq!(claimed.len(), 1, "the purge freed the key");
+    assert_eq!(claimed[0].id(), fresh);
+}

@@ -274,3 +274,13 @@ pub async fn expired_lease_without_attempts_left_is_failed(store: Arc<dyn QueueS
     store.retry(id).await.unwrap();
     assert_eq!(claim_one(&*store, LONG_LEASE).await.id(), id);
 }
+
+/// A lease that expired, but whose job nobody has claimed since, still completes the job.
+pub async fn expired_but_unreclaimed_lease_still_completes_its_job(store: Arc<dyn QueueStore>) {
+    let id = store.put("q", &json!(1)).await.unwrap();
+    let job = claim_one(&*store, SHORT_LEASE).await;
+    let_short_lease_expire().await;
+    let done = store.complete_many(&[job.lease.into()]).await.unwrap();
+    assert_eq!(done, vec![id]);
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+}

@@ -141,3 +141,67 @@ pub async fn job_stream_yields_every_job(store: Arc<dyn QueueStore>) {
     ids.sort();
     assert_eq!(seen, ids);
 }
+
+/// Waits on queue `q` in the background, then runs `action`; whether the wait was woken,
+/// and after how long.
+async fn woken_by<F: std::future::Future<Output = ()>>(
+    store: &Arc<dyn QueueStore>,
+    action: F,
+) -> (bool, Duration) {
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let start = Instant::now();
+            (
+                store.wait(&queues(), LONG_WAIT).await.unwrap(),
+                start.elapsed(),
+            )
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    action.await;
+    waiter.await.unwrap()
+}
+
+/// wait wakes when a running job is released, and when a failed job is retried by id.
+pub async fn wait_wakes_when_a_job_is_released_or_retried(store: Arc<dyn QueueStore>) {
+    let id = store.put("q", &json!(1)).await.unwrap();
+    let claim = Claim::new(["q"]).lease(LONG_LEASE);
+    let job = store.claim(&claim).await.unwrap().remove(0);
+    let (woken, took) = woken_by(&store, async { store.release(&job.lease).await.unwrap() }).await;
+    assert!(
+        woken && took < PROMPT,
+        "release: woke {woken} after {took:?}"
+    );
+
+    let job = store.claim(&claim).await.unwrap().remove(0);
+    store
+        .fail(&job.lease, Failure::new("no").give_up())
+        .await
+        .unwrap();
+    let (woken, took) = woken_by(&store, async { store.retry(id).await.unwrap() }).await;
+    assert!(woken && took < PROMPT, "retry: woke {woken} after {took:?}");
+}
+
+/// wait wakes when the lease of a running job runs out, the job claimable again.
+pub async fn wait_wakes_when_a_lease_runs_out(store: Arc<dyn QueueStore>) {
+    store.put("q", &json!(1)).await.unwrap();
+    let lease = Duration::from_millis(600);
+    store.claim(&Claim::new(["q"]).lease(lease)).await.unwrap();
+    let start = Instant::now();
+    let mut claimed = Vec::new();
+    while claimed.is_empty() && start.elapsed() < PROMPT {
+        assert!(store.wait(&queues(), LONG_WAIT).await.unwrap());
+        claimed = store.claim(&Claim::new(["q"])).await.unwrap();
+    }
+    assert_eq!(
+        claimed.len(),
+        1,
+        "claimed again after {:?}",
+        start.elapsed()
+    );
+    assert!(
+        start.elapsed() >= Duration::from_millis(500),
+        "claimed early"
+    );
+}
