@@ -125,6 +125,18 @@ pub fn map_err(e: diesel::result::Error) -> Error {
         _ => None,
     };
     if let D::DatabaseError(_, info) = &e {
+        // diesel-async keeps no SQLSTATE beyond the kinds above; the server's messages for
+        // the errors that end a session (57P01-57P03: shutdown, termination, recovery; 25P03:
+        // idle-in-transaction timeout) tell them apart, in the server's default language.
+        let ending = [
+            "terminating connection",
+            "the database system is shutting down",
+            "the database system is starting up",
+            "the database system is in recovery mode",
+        ];
+        if code.is_none() && ending.iter().any(|m| info.message().starts_with(m)) {
+            return Error::from_sqlstate(Some("57P01"), Box::new(e));
+        }
         if code.is_none() && info.message().contains("does not exist") {
             return Error::Schema(info.message().to_string());
         }
