@@ -34,8 +34,10 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   stored, and the error is returned (`put_many_is_atomic`).
     /// - A job without `run_at` is ready at once; one whose `run_at` lies ahead is
     ///   [`JobState::Scheduled`] and not claimable until then (`scheduled_job_is_not_claimable_before_its_time`).
-    /// - Each job starts with `attempts = 0`; ids are unique within the store.
-    /// - Waiters on the job's queue ([`QueueStore::wait`]) are woken.
+    /// - Each job starts with `attempts = 0`; ids are unique within the store
+    ///   (`put_returns_distinct_ids_of_ready_jobs`), returned in the order given
+    ///   (`put_many_returns_ids_in_the_order_given`).
+    /// - Waiters on the job's queue ([`QueueStore::wait`]) are woken (`wait_wakes_when_a_job_is_put`).
     /// - A job with a cursor key, put while a job of its queue with that key is pending (put
     ///   and never claimed), adds nothing: its id is the pending job's
     ///   (`cursor_key_keeps_one_pending_job`), also among the jobs of one call and between
@@ -47,15 +49,18 @@ pub trait QueueStore: Send + Sync + Debug {
     ///
     /// # Contract
     /// - Claimable means: ready (its `run_at` has passed and it is not failed), or running
-    ///   under a lease that has expired while attempts are left.
+    ///   under a lease that has expired while attempts are left
+    ///   (`expired_lease_is_claimable_again_as_a_new_attempt`,
+    ///   `expired_lease_without_attempts_left_is_failed`).
     /// - Order, in every backend: priority descending, then `expected_at` ascending with
     ///   jobs without one last, then `run_at` ascending, then id ascending; the returned jobs
     ///   are in that order (`claim_follows_contract_order`).
     /// - A job is never handed to two claimers while its lease is live, however many claim at
-    ///   once (`racing_claimers_claim_every_job_exactly_once`).
+    ///   once (`claimed_job_is_not_claimed_again_while_its_lease_is_live`,
+    ///   `racing_claimers_claim_every_job_exactly_once`).
     /// - Each claim increments `attempts`, sets the job [`JobState::Running`] with `run_at`
     ///   at the lease expiry, and issues a new [`Lease`] token that fences off every earlier
-    ///   holder.
+    ///   holder (`stale_lease_changes_nothing`).
     /// - Serial and cursor keys: a job with a key is claimable only while no other job of its
     ///   queue with that key runs under a live lease, and only if it comes first in claim order
     ///   among that key's claimable jobs; so one claim hands out at most one job per key
@@ -63,14 +68,17 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   `racing_claimers_never_run_two_jobs_of_one_key`). Completing, failing or releasing
     ///   the job, or its lease expiring, frees the key (`expired_lease_frees_the_key`).
     ///   Jobs without a key, and other keys, are not held up (`keys_do_not_hold_up_other_jobs`).
-    /// - A keyed job comes with its key's state ([`ClaimedJob::key_state`]).
+    /// - A keyed job comes with its key's state ([`ClaimedJob::key_state`],
+    ///   `key_state_is_handed_on_and_saved_on_complete`).
     /// - A stored job that cannot be decoded (a row written by plain SQL, or before pq's
     ///   checks, holding a value pq cannot read) is not handed out: the claim fails it at once,
     ///   giving up, with `last_error` saying why, and returns the rest of the batch
     ///   ([`Undecodable`](crate::sql::Undecodable); the PostgreSQL stores' tests check it).
-    /// - Returns an empty list, not an error, when nothing is claimable.
+    /// - Returns an empty list, not an error, when nothing is claimable
+    ///   (`claim_of_nothing_returns_empty`).
     /// - An invalid claim (no queues, bad queue name, limit 0 or above
-    ///   [`MAX_CLAIM_LIMIT`](crate::MAX_CLAIM_LIMIT), a zero lease) is rejected.
+    ///   [`MAX_CLAIM_LIMIT`](crate::MAX_CLAIM_LIMIT), a zero lease) is rejected
+    ///   (`claim_rejects_invalid_requests`).
     ///
     /// Durability: a store may acknowledge a claim before it is durable, since losing one
     /// loses nothing the queue promises: after a crash the job is claimable again and runs
@@ -85,8 +93,10 @@ pub trait QueueStore: Send + Sync + Debug {
     ///
     /// # Contract
     /// - Returns the ids of the jobs completed; a job whose lease was lost (reclaimed by
-    ///   another holder, or the job is gone) is left untouched and is not in the list.
-    /// - A lease that expired but whose job nobody has reclaimed yet still completes it.
+    ///   another holder, or the job is gone) is left untouched and is not in the list
+    ///   (`complete_many_completes_only_held_leases`).
+    /// - A lease that expired but whose job nobody has reclaimed yet still completes it
+    ///   (`expired_but_unreclaimed_lease_still_completes_its_job`).
     /// - A job that still holds its key frees it and, if [`Done::key_state`] is set, saves it
     ///   as the key's state (`key_state_is_handed_on_and_saved_on_complete`).
     /// - A job put with [`NewJob::keep_history`] leaves a [`FinishedJob`] record with
@@ -99,12 +109,13 @@ pub trait QueueStore: Send + Sync + Debug {
     /// - With attempts left (`attempts < max_attempts`) and `failure.give_up` unset, the job
     ///   waits for a retry at
     ///   `failure.retry_at` (at once if `None`) and the new state is returned
-    ///   ([`JobState::Scheduled`] or [`JobState::Ready`]).
+    ///   ([`JobState::Scheduled`] or [`JobState::Ready`]; `fail_with_attempts_left_schedules_a_retry`).
     /// - Otherwise (out of attempts, or giving up: `failing_with_give_up_fails_the_job_at_once`)
     ///   it becomes [`JobState::Failed`], stays for inspection, and is never claimed again
-    ///   until [`QueueStore::retry`].
+    ///   until [`QueueStore::retry`] (`fail_without_attempts_left_leaves_the_job_failed`).
     /// - Either way `last_error` records `failure.error`.
-    /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
+    /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing
+    ///   (`stale_lease_changes_nothing`).
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState>;
 
     /// Extends a held lease: it now expires `lease` after the store's current time
@@ -112,14 +123,18 @@ pub trait QueueStore: Send + Sync + Debug {
     ///
     /// # Contract
     /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
-    /// - A zero lease is rejected.
+    /// - A zero lease is rejected (`extend_moves_the_lease_expiry`).
+    /// - A key stays held by the job while its lease is extended
+    ///   (`extend_keeps_a_key_held_and_release_and_purge_free_it`).
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>>;
 
     /// Hands a job back without counting the attempt: it is ready at once (a worker stopping
     /// in abort mode does this).
     ///
     /// # Contract
-    /// - `attempts` goes back down by one; the job is claimable at once.
+    /// - `attempts` goes back down by one; the job is claimable at once
+    ///   (`release_hands_the_job_back_without_counting_the_attempt`), and waiters are woken
+    ///   (`wait_wakes_when_a_job_is_released_or_retried`).
     /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing.
     async fn release(&self, lease: &Lease) -> Result<()>;
 
@@ -138,9 +153,12 @@ pub trait QueueStore: Send + Sync + Debug {
     /// Removes a job that is not running.
     ///
     /// # Contract
-    /// - Scheduled, ready and failed jobs are removed.
+    /// - Scheduled, ready and failed jobs are removed, and so is a job whose lease expired
+    ///   (`cancel_removes_waiting_and_failed_jobs_but_not_running_ones`,
+    ///   `cancel_removes_a_job_whose_lease_expired`).
     /// - A running job (live lease) gets [`Error::InvalidState`](crate::Error::InvalidState);
-    ///   an unknown id gets [`Error::NotFound`](crate::Error::NotFound).
+    ///   an unknown id gets [`Error::NotFound`](crate::Error::NotFound)
+    ///   (`unknown_job_ids_are_not_found`).
     async fn cancel(&self, id: JobId) -> Result<()>;
 
     /// Gives a failed job a fresh start: `attempts = 0`, ready at once, `last_error` kept.
@@ -148,20 +166,22 @@ pub trait QueueStore: Send + Sync + Debug {
     /// # Contract
     /// - Only a [`JobState::Failed`] job can be retried; any other state gets
     ///   [`Error::InvalidState`](crate::Error::InvalidState), an unknown id
-    ///   [`Error::NotFound`](crate::Error::NotFound).
+    ///   [`Error::NotFound`](crate::Error::NotFound) (`retry_restarts_only_failed_jobs`).
     async fn retry(&self, id: JobId) -> Result<()>;
 
     /// Looks a job up by id.
     ///
     /// # Contract
-    /// - Reports the job's state now; an unknown id gets [`Error::NotFound`](crate::Error::NotFound).
+    /// - Reports the job's state now (`job_reports_every_state`); an unknown id gets
+    ///   [`Error::NotFound`](crate::Error::NotFound).
     async fn job(&self, id: JobId) -> Result<Job>;
 
-    /// Counts a queue's jobs in each state.
+    /// Counts a queue's jobs in each state (`stats_count_each_state_per_queue`).
     async fn stats(&self, queue: &str) -> Result<QueueStats>;
 
     /// Removes every job of a queue, whatever its state, and returns how many went.
-    /// Holders of running jobs lose their leases.
+    /// Holders of running jobs lose their leases, and the keys they held are freed
+    /// (`purge_empties_only_that_queue`, `extend_keeps_a_key_held_and_release_and_purge_free_it`).
     async fn purge(&self, queue: &str) -> Result<u64>;
 
     /// The state of a key of `queue`: `None` if no job ever had the key, `Some(Value::Null)`
@@ -188,7 +208,10 @@ pub trait QueueStore: Send + Sync + Debug {
     /// # Contract
     /// - Returns `true` at once if a job is claimable now; otherwise `true` as soon as one may
     ///   have become claimable (a new job, a retry, a release, a scheduled time or a lease
-    ///   expiry reached), `false` once `timeout` has passed with none. A `true` may be spurious
+    ///   expiry reached: `wait_wakes_when_a_job_is_put`,
+    ///   `wait_wakes_when_a_failed_attempt_is_retried`, `wait_wakes_when_a_job_is_released_or_retried`,
+    ///   `wait_wakes_when_a_scheduled_job_comes_due`, `wait_wakes_when_a_lease_runs_out`),
+    ///   `false` once `timeout` has passed with none (`wait_times_out_with_false_when_nothing_arrives`). A `true` may be spurious
     ///   (another worker got there first): claim and wait again.
     /// - Wakes on jobs put through any handle on the same store, without polling the jobs.
     /// - A job held up by its key does not count as claimable; its key being freed wakes
