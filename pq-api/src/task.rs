@@ -560,8 +560,10 @@ impl TaskError {
     /// The store, not the handler, failed: the database could not be reached, or a connection
     /// broke under the handler's transaction. The attempt is not counted: the worker hands the
     /// job back ([`QueueStore::snooze`]) to run again shortly. A retryable [`Error`]
-    /// ([`Error::is_retryable`]) converted with `?` is marked so by itself, as is an error
-    /// caused by an I/O error.
+    /// ([`Error::is_retryable`]) converted with `?`, or found among an error's sources, is
+    /// marked so by itself. Any other error, an I/O error of the handler's own calls among
+    /// them, is the handler's failure: a service it calls being down is retried by the task's
+    /// backoff and counts its attempts.
     pub fn store_failed(mut self) -> Self {
         self.store_failed = true;
         self
@@ -616,8 +618,7 @@ impl<E: std::error::Error + Send + Sync + 'static> From<E> for TaskError {
         while let Some(s) = source {
             message.push_str(": ");
             message.push_str(&s.to_string());
-            store_failed |= s.is::<std::io::Error>()
-                || s.downcast_ref::<Error>().is_some_and(Error::is_retryable);
+            store_failed |= s.downcast_ref::<Error>().is_some_and(Error::is_retryable);
             source = s.source();
         }
         let error = TaskError::new(message);
