@@ -221,6 +221,33 @@ pub async fn cursor_key_keeps_one_pending_job(store: Arc<dyn QueueStore>) {
     );
 }
 
+/// A cursor key's pending job stays its one pending job while another job of the key
+/// completes; once it is cancelled, or its queue purged, the next put makes a new one.
+pub async fn cursor_keys_pending_job_outlives_others_and_goes_with_cancel_and_purge(
+    store: Arc<dyn QueueStore>,
+) {
+    let first = store.put_job(cursor("q", "k", 0)).await.unwrap();
+    let running = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&running), vec![first]);
+    let pending = store.put_job(cursor("q", "k", 1)).await.unwrap();
+    assert_ne!(pending, first);
+    store.complete(&running[0].lease).await.unwrap();
+    assert_eq!(
+        store.put_job(cursor("q", "k", 2)).await.unwrap(),
+        pending,
+        "still the one pending job"
+    );
+    store.cancel(pending).await.unwrap();
+    let fresh = store.put_job(cursor("q", "k", 3)).await.unwrap();
+    assert_ne!(fresh, pending, "the cancelled job is no longer pending");
+    assert_eq!(store.job(fresh).await.unwrap().payload["n"], 3);
+    assert_eq!(store.put_job(cursor("q", "k", 4)).await.unwrap(), fresh);
+    assert_eq!(store.purge("q").await.unwrap(), 1);
+    let after = store.put_job(cursor("q", "k", 5)).await.unwrap();
+    assert_ne!(after, fresh, "the purged job is no longer pending");
+    assert_eq!(store.job(after).await.unwrap().payload["n"], 5);
+}
+
 /// Concurrent puts with one cursor key make one job, and all get its id.
 pub async fn concurrent_puts_with_one_cursor_key_make_one_job(store: Arc<dyn QueueStore>) {
     let mut puts = Vec::new();

@@ -220,6 +220,7 @@ macro_rules! suite {
             keys::expired_lease_frees_the_key,
             keys::racing_claimers_never_run_two_jobs_of_one_key,
             keys::cursor_key_keeps_one_pending_job,
+            keys::cursor_keys_pending_job_outlives_others_and_goes_with_cancel_and_purge,
             keys::concurrent_puts_with_one_cursor_key_make_one_job,
             keys::key_state_is_handed_on_and_saved_on_complete,
             keys::wait_wakes_when_a_key_is_freed,
