@@ -205,3 +205,23 @@ pub async fn wait_wakes_when_a_lease_runs_out(store: Arc<dyn QueueStore>) {
         "claimed early"
     );
 }
+
+/// A job out of attempts is failed, not claimable: wait does not wake for it, and times out
+/// with false (it would otherwise return at once, again and again, and its worker spin).
+pub async fn wait_does_not_wake_for_a_job_out_of_attempts(store: Arc<dyn QueueStore>) {
+    store
+        .put_job(NewJob::from_json("q", json!(1)).max_attempts(1))
+        .await
+        .unwrap();
+    store
+        .claim(&Claim::new(["q"]).lease(crate::SHORT_LEASE))
+        .await
+        .unwrap();
+    crate::let_short_lease_expire().await;
+    let start = Instant::now();
+    assert!(!store
+        .wait(&queues(), Duration::from_millis(300))
+        .await
+        .unwrap());
+    assert!(start.elapsed() >= Duration::from_millis(300));
+}
