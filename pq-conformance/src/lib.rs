@@ -210,6 +210,7 @@ macro_rules! suite {
             wait::wait_wakes_when_a_job_is_released_or_retried,
             wait::wait_wakes_when_a_lease_runs_out,
             wait::wait_does_not_wake_for_a_job_out_of_attempts,
+            wait::wait_wakes_for_the_earliest_job_keyed_or_not,
             wait::blocking_get_returns_a_job_or_none,
             wait::job_stream_yields_every_job,
             concurrency::racing_claimers_claim_every_job_exactly_once,

@@ -225,3 +225,32 @@ pub async fn wait_does_not_wake_for_a_job_out_of_attempts(store: Arc<dyn QueueSt
         .unwrap());
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
+
+/// wait wakes for the earliest job coming due, whether it has a key or not, however late the
+/// others are.
+pub async fn wait_wakes_for_the_earliest_job_keyed_or_not(store: Arc<dyn QueueStore>) {
+    let soon = Duration::from_millis(500);
+    for keyed_first in [false, true] {
+        let queue = if keyed_first { "k" } else { "u" };
+        let waited = vec![queue.to_string()];
+        let keyed = |at| {
+            NewJob::from_json(queue, json!(1))
+                .serial_key("k")
+                .run_at(at)
+        };
+        let plain = |at| NewJob::from_json(queue, json!(2)).run_at(at);
+        let (first, later) = if keyed_first {
+            (keyed(soon), plain(crate::HOUR))
+        } else {
+            (plain(soon), keyed(crate::HOUR))
+        };
+        store.put_many(vec![later, first]).await.unwrap();
+        let start = Instant::now();
+        assert!(store.wait(&waited, LONG_WAIT).await.unwrap());
+        let took = start.elapsed();
+        assert!(
+            took < PROMPT,
+            "keyed first {keyed_first}: woke after {took:?}"
+        );
+    }
+}
