@@ -183,6 +183,29 @@ impl WorkerHandle {
 /// failed attempt, retried by the task's [`Backoff`](crate::Backoff) until `max_attempts`.
 /// Run as many workers as you like, in one process or many, on one database.
 ///
+/// # Contract
+/// Each promise has its case in `pq_conformance::worker`:
+/// - every job runs once and is completed (`worker_runs_each_job_once_and_completes_it`,
+///   `two_workers_share_a_queue_running_each_job_once`), also one that finished while the
+///   worker idles (`finished_job_is_completed_while_the_worker_idles`);
+/// - a failure or a panic is a failed attempt, retried by the backoff until `max_attempts`
+///   (`failing_handler_is_retried_until_max_attempts`, `failed_attempt_is_scheduled_by_the_backoff`,
+///   `panicking_handler_is_a_failed_attempt`); a retry delay past what a store can record is
+///   clamped (`retry_delay_past_the_limit_is_recorded`);
+/// - a payload that is no task, or whose args do not decode, fails at once with a clear
+///   error (`undecodable_or_unknown_jobs_fail_with_a_clear_error`); a task this worker does
+///   not know is handed back ([`UnknownTasks`]; `unknown_task_is_handed_back_for_another_worker`);
+/// - a store failure under a handler costs no attempt
+///   (`store_failure_under_a_handler_costs_no_attempt`); outcomes the store fails to take are
+///   tried again while the lease lasts (`outcomes_are_recorded_through_store_blips`), and no
+///   store call waits without bound (`a_store_call_that_never_answers_is_given_up_and_tried_again`);
+/// - a lost lease cancels the handler (`lost_lease_cancels_the_handler_and_drops_its_outcome`);
+///   a dead worker's job runs again after its lease (`job_of_a_dead_worker_runs_again_after_its_lease`);
+/// - the stop modes ([`StopMode`]: `drain_stops_when_no_job_is_ready`,
+///   `finish_lets_running_jobs_end_and_claims_no_more`, `abort_hands_running_jobs_back_at_once`);
+/// - an invalid configuration is rejected before any claim
+///   (`invalid_worker_configuration_is_rejected`).
+///
 /// On a multi-thread runtime each job runs as a task of its own, so handlers run in parallel.
 /// On a current-thread runtime (`#[tokio::test]`'s) there is no other thread to run them on:
 /// a handler's first poll runs in the worker's own task, and only a handler still pending
