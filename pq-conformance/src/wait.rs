@@ -29,19 +29,10 @@ pub async fn wait_returns_at_once_when_a_job_is_ready(store: Arc<dyn QueueStore>
 
 /// wait wakes when a job is put into a waited queue.
 pub async fn wait_wakes_when_a_job_is_put(store: Arc<dyn QueueStore>) {
-    let waiter = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            (
-                store.wait(&queues(), LONG_WAIT).await.unwrap(),
-                start.elapsed(),
-            )
-        })
+    let put = async {
+        store.put("q", &json!(1)).await.unwrap();
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    store.put("q", &json!(1)).await.unwrap();
-    let (woken, took) = waiter.await.unwrap();
+    let (woken, took) = woken_by(&store, put).await;
     assert!(woken);
     assert!(took < PROMPT, "woke after {took:?}");
 }
@@ -87,22 +78,13 @@ pub async fn wait_wakes_when_a_failed_attempt_is_retried(store: Arc<dyn QueueSto
         .await
         .unwrap()
         .remove(0);
-    let waiter = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            let start = Instant::now();
-            (
-                store.wait(&queues(), LONG_WAIT).await.unwrap(),
-                start.elapsed(),
-            )
-        })
+    let fail = async {
+        store
+            .fail(&job.lease, Failure::new("retry me"))
+            .await
+            .unwrap();
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    store
-        .fail(&job.lease, Failure::new("retry me"))
-        .await
-        .unwrap();
-    let (woken, took) = waiter.await.unwrap();
+    let (woken, took) = woken_by(&store, fail).await;
     assert!(woken && took < PROMPT, "woke {woken} after {took:?}");
 }
 
