@@ -199,6 +199,8 @@ impl WorkerHandle {
 ///   (`store_failure_under_a_handler_costs_no_attempt`); outcomes the store fails to take are
 ///   tried again while the lease lasts (`outcomes_are_recorded_through_store_blips`), and no
 ///   store call waits without bound (`a_store_call_that_never_answers_is_given_up_and_tried_again`);
+/// - a heartbeat that goes unanswered is given up on and tried again well before the lease
+///   runs out (`a_heartbeat_that_never_answers_does_not_cost_the_lease`);
 /// - a lost lease cancels the handler (`lost_lease_cancels_the_handler_and_drops_its_outcome`);
 ///   a dead worker's job runs again after its lease (`job_of_a_dead_worker_runs_again_after_its_lease`);
 /// - the stop modes ([`StopMode`]: `drain_stops_when_no_job_is_ready`,
@@ -370,7 +372,8 @@ impl Worker {
     /// Store errors do not end the run: they are logged, and the worker pauses and tries
     /// again. Every store call it makes is bounded (a claim or a completion by half the lease,
     /// so a completion given up on is tried again before the lease runs out; a heartbeat by the
-    /// lease; an idle wait by `idle_wait` plus the lease): a call the store does not answer in
+    /// heartbeat interval, a failed one tried again within a second; an idle wait by
+    /// `idle_wait` plus the lease): a call the store does not answer in
     /// time counts as [`Error::Unavailable`]. Only an invalid
     /// configuration is returned as an error, before any job is claimed.
     pub async fn run(self) -> Result<WorkerStatus> {
@@ -884,8 +887,12 @@ impl JobRun {
 }
 
 /// Extends `lease` every `every` by `lease_for`, moving `lease_until` on after each success;
-/// resolves once the lease is lost. Other store errors are logged and the next beat tries
-/// again.
+/// resolves once the lease is lost.
+///
+/// A heartbeat is given up on once it has gone unanswered for `every` (a connection gone
+/// quiet, a server that stopped answering), and one that failed is tried again after a short
+/// pause rather than a whole beat: the lease is renewed through anything that ends well
+/// before it runs out, not only through what ends before the next beat.
 async fn heartbeats(
     store: Arc<dyn QueueStore>,
     lease: Lease,
@@ -893,15 +900,23 @@ async fn heartbeats(
     lease_for: Duration,
     lease_until: &mut Instant,
 ) {
-    let mut beat = tokio::time::interval_at(Instant::now() + every, every);
-    beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut next = Instant::now() + every;
+    let mut pause = RECORD_RETRY_FIRST;
     loop {
-        beat.tick().await;
+        tokio::time::sleep_until(next).await;
         let sent = Instant::now();
-        match bounded(lease_for, store.extend(&lease, lease_for)).await {
-            Ok(_) => *lease_until = sent + lease_for,
+        match bounded(every, store.extend(&lease, lease_for)).await {
+            Ok(_) => {
+                *lease_until = sent + lease_for;
+                next = sent + every;
+                pause = RECORD_RETRY_FIRST;
+            }
             Err(Error::LeaseLost(_) | Error::NotFound(_)) => return,
-            Err(e) => tracing::warn!(error = %e, "heartbeat failed; will try again"),
+            Err(e) => {
+                tracing::warn!(error = %e, ?pause, "heartbeat failed; trying again");
+                next = Instant::now() + pause;
+                pause = (pause * 2).min(RECORD_RETRY_MAX);
+            }
         }
     }
 }

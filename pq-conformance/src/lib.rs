@@ -260,6 +260,7 @@ macro_rules! __worker_cases {
             worker::store_failure_under_a_handler_costs_no_attempt,
             worker::outcomes_are_recorded_through_store_blips,
             worker::a_store_call_that_never_answers_is_given_up_and_tried_again,
+            worker::a_heartbeat_that_never_answers_does_not_cost_the_lease,
             worker::lost_lease_cancels_the_handler_and_drops_its_outcome,
             worker::drain_stops_when_no_job_is_ready,
             worker::finish_lets_running_jobs_end_and_claims_no_more,

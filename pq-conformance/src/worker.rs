@@ -499,6 +499,8 @@ struct Blips {
     refused: std::sync::atomic::AtomicU32,
     /// How many calls of `complete_many` never answer.
     hang: std::sync::atomic::AtomicU32,
+    /// How many calls of `extend` never answer.
+    hang_extend: std::sync::atomic::AtomicU32,
 }
 
 impl Blips {
@@ -510,7 +512,15 @@ impl Blips {
             complete: AtomicU32::new(n),
             refused: AtomicU32::new(0),
             hang: AtomicU32::new(hang),
+            hang_extend: AtomicU32::new(0),
         }
+    }
+
+    /// Lets the first `n` calls of `extend` hang for good too.
+    fn hanging_extends(self, n: u32) -> Self {
+        self.hang_extend
+            .store(n, std::sync::atomic::Ordering::SeqCst);
+        self
     }
 
     fn blip(&self, left: &std::sync::atomic::AtomicU32) -> Result<(), Error> {
@@ -559,6 +569,14 @@ impl QueueStore for Blips {
         lease: &Lease,
         lease_for: Duration,
     ) -> pq_api::Result<chrono::DateTime<Utc>> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if self
+            .hang_extend
+            .fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
         self.inner.extend(lease, lease_for).await
     }
     async fn release(&self, lease: &Lease) -> pq_api::Result<()> {
@@ -597,6 +615,50 @@ impl QueueStore for Blips {
     async fn wait(&self, queues: &[String], timeout: Duration) -> pq_api::Result<bool> {
         self.inner.wait(queues, timeout).await
     }
+}
+
+/// A heartbeat that never answers (a connection gone quiet) is given up on within a
+/// heartbeat and tried again: the lease is kept through it, and at no moment can another
+/// claimer take the running job.
+pub async fn a_heartbeat_that_never_answers_does_not_cost_the_lease(store: Arc<dyn QueueStore>) {
+    let hanging = Arc::new(Blips::new(store.clone(), 0, 0).hanging_extends(1));
+    let gate = Arc::new(Semaphore::new(0));
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let gate2 = gate.clone();
+    let reg = registry::<Work, _, _>(move |n, _cx| {
+        let (gate, tx) = (gate2.clone(), tx.clone());
+        async move {
+            tx.send(n).unwrap();
+            gate.acquire().await.unwrap().forget();
+            Ok(())
+        }
+    });
+    let id = put_work(&*store, &works(1)).await[0];
+    let lease = Duration::from_secs(2);
+    let (handle, run) = start(
+        Worker::new(hanging, reg)
+            .lease(lease)
+            .heartbeat(Duration::from_millis(200)),
+    );
+    rx.recv().await.unwrap();
+    // Past the first lease and well into the second, another claimer keeps trying.
+    let until = tokio::time::Instant::now() + lease + lease / 2;
+    while tokio::time::Instant::now() < until {
+        let got = store
+            .claim(&Claim::new(["work"]).lease(LONG_LEASE))
+            .await
+            .unwrap();
+        assert!(
+            got.is_empty(),
+            "the running job was claimed again: its lease ran out"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    gate.add_permits(1);
+    handle.stop(StopMode::Finish);
+    let status = run.await.unwrap().unwrap();
+    assert_eq!((status.processed, status.lost), (1, 0));
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
 }
 
 /// When a running job's lease is lost, its handler is told through the context and its
