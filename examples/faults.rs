@@ -16,15 +16,20 @@
 //! fault, then the drain, then the count, per job put (and acknowledged):
 //!
 //! - **lost**: no effect, and the job is not in the table;
-//! - **dup**: effects recorded beyond the first;
+//! - **dup**: effects recorded beyond the first; **dup explained**: those recorded by an
+//!   attempt the worker could not see succeed (its worker was SIGKILLed, or the handler's
+//!   effect write reported an error: committed, its acknowledgement lost), so that running
+//!   the job again was right;
 //! - **left**: still in the table (failed, or never run) once the workers have drained it;
 //! - **recovery**: after each fault ends, the longest any worker then alive took to record its
 //!   first effect (the worst over the faults of the scenario);
 //! - **panics**: `panicked at` in any worker process's standard error.
 //!
-//! The bar: nothing lost; no duplicate in `tx` mode, and in `plain` mode only where a worker
-//! died mid-job (the `kill` scenario); nothing left but the poison rows, each failed with a
-//! reason; recovery within 10 s; no panic. The program exits non-zero if any row misses it.
+//! The bar: nothing lost; no duplicate in `tx` mode, and in `plain` mode only explained ones
+//! (plain mode is at least once: an attempt that did its work but could not report it runs
+//! again; any other rerun misses the bar and is printed with its effects); nothing left but
+//! the poison rows, each failed with a reason; recovery within 10 s; no panic. The program
+//! exits non-zero if any row misses it.
 //!
 //! Flags: `--quick`, `--store sqlx|diesel` and `--scenario NAME` (each repeatable; default all),
 //! `--rate N` (jobs put a second, default 400).
@@ -55,6 +60,8 @@ const LEASE: Duration = Duration::from_secs(30);
 const WORKERS: usize = 3;
 /// The recovery bar.
 const RECOVERY_BAR: Duration = Duration::from_secs(10);
+/// What a worker process prints when a plain handler's effect write fails: job, attempt.
+const WRITE_FAILED: &str = "pq-faults: effect write failed:";
 
 // ----- the worker process -----
 
@@ -94,10 +101,11 @@ fn effects() -> Result<&'static Effects, TaskError> {
 fn effect_sql(cx: &TaskContext, mode: &str) -> Result<String, TaskError> {
     let e = effects()?;
     Ok(format!(
-        "INSERT INTO {} (job, mode, worker) VALUES ({}, '{mode}', {})",
+        "INSERT INTO {} (job, mode, worker, attempt) VALUES ({}, '{mode}', {}, {})",
         e.table,
         cx.id().0,
-        e.worker
+        e.worker,
+        cx.attempt()
     ))
 }
 
@@ -110,9 +118,16 @@ impl RunTask for PlainEffect {
     async fn run(self, cx: TaskContext) -> Result<(), TaskError> {
         work().await;
         let sql = effect_sql(&cx, "plain")?;
-        sqlx::raw_sql(AssertSqlSafe(sql))
+        if let Err(e) = sqlx::raw_sql(AssertSqlSafe(sql))
             .execute(&effects()?.pool)
-            .await?;
+            .await
+        {
+            // The write may have been committed with its acknowledgement lost: the worker
+            // sees a failed attempt and runs the job again. The orchestrator reads this line
+            // to tell such a rerun from one nothing explains.
+            eprintln!("{WRITE_FAILED} {} {}: {e}", cx.id().0, cx.attempt());
+            return Err(e.into());
+        }
         Ok(())
     }
 }
@@ -346,6 +361,8 @@ struct Workers {
     procs: Vec<(i32, Child)>,
     next: i32,
     logs: Vec<std::path::PathBuf>,
+    /// The workers sent SIGKILL.
+    killed: Vec<i32>,
 }
 
 impl Workers {
@@ -386,7 +403,35 @@ impl Workers {
         if !status.success() {
             return Err(format!("kill -{sig} failed").into());
         }
+        if sig == "KILL" {
+            self.killed.push(index);
+        }
         Ok((index, child))
+    }
+
+    /// The (job, attempt) pairs whose plain effect write failed, as the workers logged them.
+    fn failed_writes(&self) -> std::collections::HashSet<(i64, i32)> {
+        let mut failed = std::collections::HashSet::new();
+        for text in self
+            .logs
+            .iter()
+            .filter_map(|l| std::fs::read_to_string(l).ok())
+        {
+            for line in text.lines() {
+                let Some(rest) = line.strip_prefix(WRITE_FAILED) else {
+                    continue;
+                };
+                let mut words = rest.split_whitespace();
+                let job = words.next().and_then(|w| w.parse().ok());
+                let attempt = words
+                    .next()
+                    .and_then(|w| w.trim_end_matches(':').parse().ok());
+                if let (Some(job), Some(attempt)) = (job, attempt) {
+                    failed.insert((job, attempt));
+                }
+            }
+        }
+        failed
     }
 
     fn panics(&self) -> usize {
@@ -453,6 +498,8 @@ struct Row {
     jobs: usize,
     lost: usize,
     dup: usize,
+    /// Of `dup`, the effects recorded by an attempt the worker could not see succeed.
+    explained: usize,
     left: usize,
     poison_failed: usize,
     recovery: Option<Duration>,
@@ -461,8 +508,8 @@ struct Row {
 }
 
 impl Row {
-    fn meets_bar(&self, scenario: Scenario) -> bool {
-        let dup_ok = self.dup == 0 || (self.mode == "plain" && scenario == Scenario::Kill);
+    fn meets_bar(&self) -> bool {
+        let dup_ok = self.dup == 0 || (self.mode == "plain" && self.dup == self.explained);
         self.lost == 0
             && dup_ok
             && self.left == 0
@@ -640,7 +687,8 @@ async fn run_scenario(
     let producer_store = SqlxStore::with_table(producer_pool, table.clone()).await?;
     sqlx::raw_sql(AssertSqlSafe(format!(
         "CREATE TABLE \"{schema}\".effects (job int8 NOT NULL, mode text NOT NULL, \
-         worker int4 NOT NULL, at timestamptz NOT NULL DEFAULT clock_timestamp())"
+         worker int4 NOT NULL, attempt int4 NOT NULL, \
+         at timestamptz NOT NULL DEFAULT clock_timestamp())"
     )))
     .execute(&admin)
     .await?;
@@ -657,6 +705,7 @@ async fn run_scenario(
         procs: Vec::new(),
         next: 0,
         logs: Vec::new(),
+        killed: Vec::new(),
     };
     for _ in 0..WORKERS {
         workers.spawn()?;
@@ -710,6 +759,7 @@ async fn run_scenario(
     )))
     .fetch_all(&admin)
     .await?;
+    let reruns = Reruns::find(&admin, &schema, &workers, &ends).await?;
     let remaining: Vec<(i64, String, String)> =
         sqlx::query_as(AssertSqlSafe(format!("SELECT id, queue, state FROM {t}")))
             .fetch_all(&admin)
@@ -732,6 +782,7 @@ async fn run_scenario(
             jobs: 0,
             lost: 0,
             dup: 0,
+            explained: 0,
             left: 0,
             poison_failed: 0,
             recovery,
@@ -745,6 +796,7 @@ async fn run_scenario(
             row.jobs += 1;
             let n = effect_count.get(id).copied().unwrap_or(0);
             row.dup += n.saturating_sub(1);
+            row.explained += reruns.explained.get(id).copied().unwrap_or(0);
             if remaining_ids.contains_key(id) {
                 row.left += 1;
             } else if n == 0 {
@@ -773,6 +825,60 @@ async fn run_scenario(
     Ok(rows)
 }
 
+/// Jobs whose effect was recorded more than once, and why.
+struct Reruns {
+    /// Per job, its effects recorded by an attempt whose worker was SIGKILLed or whose
+    /// effect write reported an error (committed, its acknowledgement lost): reruns the
+    /// worker could not have avoided, as it could not see those attempts succeed.
+    explained: HashMap<i64, usize>,
+}
+
+impl Reruns {
+    async fn find(
+        admin: &PgPool,
+        schema: &str,
+        workers: &Workers,
+        ends: &[DateTime<Utc>],
+    ) -> Result<Self, BoxError> {
+        let rows: Vec<(i64, String, i32, i32, DateTime<Utc>)> =
+            sqlx::query_as(AssertSqlSafe(format!(
+                "SELECT job, mode, worker, attempt, at FROM \"{schema}\".effects \
+                 WHERE job IN (SELECT job FROM \"{schema}\".effects GROUP BY job HAVING count(*) > 1) \
+                 ORDER BY job, at"
+            )))
+            .fetch_all(admin)
+            .await?;
+        let failed = workers.failed_writes();
+        let mut explained = HashMap::new();
+        for job in rows.chunk_by(|a, b| a.0 == b.0) {
+            // Every effect but the last was followed by another run of the job.
+            let (earlier, _) = job.split_at(job.len() - 1);
+            let mut n = 0;
+            for (id, _, worker, attempt, _) in earlier {
+                if workers.killed.contains(worker) || failed.contains(&(*id, *attempt)) {
+                    n += 1;
+                }
+            }
+            if n < earlier.len() {
+                eprintln!(
+                    "faults: job {} ran {} times, {} of the reruns unexplained: \
+                     (mode, worker, attempt, at) {:?}; faults ended at {:?}; killed {:?}",
+                    job[0].0,
+                    job.len(),
+                    earlier.len() - n,
+                    job.iter()
+                        .map(|e| (e.1.as_str(), e.2, e.3, e.4.to_rfc3339()))
+                        .collect::<Vec<_>>(),
+                    ends.iter().map(DateTime::to_rfc3339).collect::<Vec<_>>(),
+                    workers.killed,
+                );
+            }
+            explained.insert(job[0].0, n);
+        }
+        Ok(Reruns { explained })
+    }
+}
+
 /// For each fault end, the longest any worker alive at the end took to record an effect
 /// after it; the worst over the fault ends.
 fn recovery_after(
@@ -799,31 +905,24 @@ fn recovery_after(
 
 fn print_table(rows: &[Row]) {
     println!();
-    println!("| store | scenario | mode | jobs | lost | dup | left | poison failed | recovery | panics | bar | fault |");
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("| store | scenario | mode | jobs | lost | dup | dup explained | left | poison failed | recovery | panics | bar | fault |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in rows {
-        let scenario = Scenario::ALL
-            .into_iter()
-            .find(|s| s.name() == r.scenario)
-            .unwrap_or(Scenario::Poison);
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.store,
             r.scenario,
             r.mode,
             r.jobs,
             r.lost,
             r.dup,
+            r.explained,
             r.left,
             r.poison_failed,
             r.recovery
                 .map_or("-".into(), |d| format!("{:.1}s", d.as_secs_f64())),
             r.panics,
-            if r.meets_bar(scenario) {
-                "met"
-            } else {
-                "MISSED"
-            },
+            if r.meets_bar() { "met" } else { "MISSED" },
             r.note
         );
     }
@@ -870,13 +969,7 @@ async fn orchestrate(args: &[String]) -> Result<bool, BoxError> {
         }
     }
     print_table(&rows);
-    let all_met = rows.iter().all(|r| {
-        let scenario = Scenario::ALL
-            .into_iter()
-            .find(|s| s.name() == r.scenario)
-            .unwrap_or(Scenario::Poison);
-        r.meets_bar(scenario)
-    });
+    let all_met = rows.iter().all(Row::meets_bar);
     println!();
     println!(
         "faults: {} rows, {}",
