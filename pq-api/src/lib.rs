@@ -62,4 +62,6 @@ pub use task::{
     Backoff, CancelHandle, Cancelled, Completion, JobHandler, Registry, RunTask, Task, TaskContext,
     TaskDefaults, TaskError,
 };
-pub use worker::{StopMode, UnknownTasks, Worker, WorkerHandle, WorkerState, WorkerStatus};
+pub use worker::{
+    StopMode, UnknownTasks, Worker, WorkerHandle, WorkerState, WorkerStatus, DEFAULT_ABORT_GRACE,
+};

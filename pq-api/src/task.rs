@@ -147,8 +147,8 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
 /// }
 /// ```
 pub trait RunTask: Task {
-    /// Runs the task. Watch [`TaskContext::cancelled`] in long handlers: once it fires the
-    /// outcome is no longer recorded.
+    /// Runs the task. Watch [`TaskContext::cancelled`] in long handlers: once it fires, stop
+    /// (see [`Cancelled`] for what becomes of the outcome).
     fn run(self, cx: TaskContext) -> impl Future<Output = Result<(), TaskError>> + Send;
 }
 
@@ -320,8 +320,10 @@ pub enum Cancelled {
     /// The job's lease was lost (reclaimed after expiring, cancelled, purged): another
     /// holder may run it, and this handler's outcome is not recorded.
     LeaseLost,
-    /// The worker is stopping in [`StopMode::Abort`](crate::StopMode::Abort); the job is handed
-    /// back.
+    /// The worker is stopping in [`StopMode::Abort`](crate::StopMode::Abort): the handler has
+    /// the worker's [`abort_grace`](crate::Worker::abort_grace) to return. If it succeeds
+    /// within it its job is completed; otherwise the job is handed back, its attempt not
+    /// counted (an error returned now is no failure of the job).
     Abort,
 }
 

@@ -34,6 +34,10 @@ const RECORD_RETRY_FIRST: Duration = Duration::from_millis(50);
 /// The longest pause between two tries at recording an outcome.
 const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
 
+/// How long a handler may take to return once told the worker aborts, by default: see
+/// [`Worker::abort_grace`].
+pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(1);
+
 /// What a worker does with a job whose task it does not know (a job of a newer version of
 /// the application, during a rolling deploy, say).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +64,11 @@ pub enum StopMode {
     Drain,
     /// Stop claiming; finish the running jobs, recording their outcomes, then stop.
     Finish,
-    /// Cancel running handlers now and hand their jobs back (claimable at once, the attempt
-    /// not counted), then stop.
+    /// Cancel running handlers now: each is told through
+    /// [`TaskContext::cancelled`](crate::TaskContext::cancelled) ([`Cancelled::Abort`]) and
+    /// given the worker's [`abort_grace`](Worker::abort_grace) (default 1 s) to return, then
+    /// dropped. A handler that succeeds within it has its job completed; every other job is
+    /// handed back, claimable at once, the attempt not counted. Then stop.
     Abort,
 }
 
@@ -204,7 +211,8 @@ impl WorkerHandle {
 /// - a lost lease cancels the handler (`lost_lease_cancels_the_handler_and_drops_its_outcome`);
 ///   a dead worker's job runs again after its lease (`job_of_a_dead_worker_runs_again_after_its_lease`);
 /// - the stop modes ([`StopMode`]: `drain_stops_when_no_job_is_ready`,
-///   `finish_lets_running_jobs_end_and_claims_no_more`, `abort_hands_running_jobs_back_at_once`);
+///   `finish_lets_running_jobs_end_and_claims_no_more`, `abort_hands_running_jobs_back_at_once`,
+///   `abort_tells_handlers_and_keeps_what_they_finish_in_the_grace`);
 /// - an invalid configuration is rejected before any claim
 ///   (`invalid_worker_configuration_is_rejected`).
 ///
@@ -249,6 +257,7 @@ pub struct Worker {
     idle_wait: Duration,
     error_pause: Duration,
     unknown_tasks: UnknownTasks,
+    abort_grace: Duration,
     shared: Arc<Shared>,
 }
 
@@ -274,6 +283,7 @@ impl Worker {
             idle_wait: Duration::from_secs(30),
             error_pause: Duration::from_secs(1),
             unknown_tasks: UnknownTasks::default(),
+            abort_grace: DEFAULT_ABORT_GRACE,
             shared: Arc::new(Shared {
                 stop: watch::channel(None).0,
                 stopped: watch::channel(false).0,
@@ -318,6 +328,14 @@ impl Worker {
     /// for 10 s, its attempt not counted: [`UnknownTasks::HandBack`]).
     pub fn unknown_tasks(mut self, what: UnknownTasks) -> Self {
         self.unknown_tasks = what;
+        self
+    }
+
+    /// How long a handler may take to return once told that the worker aborts (default
+    /// [`DEFAULT_ABORT_GRACE`]): see [`StopMode::Abort`]. Zero still polls it once after
+    /// telling it, so a handler that returns on cancellation has its say.
+    pub fn abort_grace(mut self, grace: Duration) -> Self {
+        self.abort_grace = grace;
         self
     }
 
@@ -645,6 +663,8 @@ impl Worker {
             heartbeat,
             unknown_tasks: self.unknown_tasks,
             abort: abort.subscribe(),
+            abort_grace: self.abort_grace,
+            aborting: false,
         };
         let (cx, cancel) = TaskContext::claimed(claimed, self.store.clone());
         let job = run.run(cx, cancel, routed).instrument(span);
@@ -688,6 +708,10 @@ struct JobRun {
     heartbeat: Duration,
     unknown_tasks: UnknownTasks,
     abort: watch::Receiver<bool>,
+    /// How long the handler may take to return once told the worker aborts.
+    abort_grace: Duration,
+    /// Whether the handler was told the worker aborts (and returned within the grace).
+    aborting: bool,
 }
 
 impl JobRun {
@@ -735,9 +759,10 @@ impl JobRun {
             // handler's transaction, which may hold the job's row, ends first.
         };
         let result = match result {
-            Ok(r) => r,
-            Err(Interrupted::Aborted) => {
-                cancel.cancel(Cancelled::Abort);
+            // A handler told the worker aborts that still succeeded has done its work.
+            Ok(Ok(Ok(done))) if self.aborting => Ok(Ok(done)),
+            Ok(r) if !self.aborting => r,
+            Ok(_) | Err(Interrupted::Aborted) => {
                 // Once: a worker aborting does not wait on a store that is down (the job then
                 // runs again once its lease expires).
                 let once = JobRun {
@@ -792,7 +817,15 @@ impl JobRun {
         tokio::select! {
             r = fut.as_mut() => return Ok(r),
             () = beats => {}
-            () = aborted(&mut self.abort) => return Err(Interrupted::Aborted),
+            () = aborted(&mut self.abort) => {
+                cancel.cancel(Cancelled::Abort);
+                self.aborting = true;
+                // The handler hears of it on its next poll, which the timeout gives it first.
+                return match tokio::time::timeout(self.abort_grace, fut.as_mut()).await {
+                    Ok(r) => Ok(r),
+                    Err(_) => Err(Interrupted::Aborted),
+                };
+            }
         }
         cancel.cancel(Cancelled::LeaseLost);
         tracing::warn!("lease lost while the handler ran; it is told to stop");

@@ -265,6 +265,7 @@ macro_rules! __worker_cases {
             worker::drain_stops_when_no_job_is_ready,
             worker::finish_lets_running_jobs_end_and_claims_no_more,
             worker::abort_hands_running_jobs_back_at_once,
+            worker::abort_tells_handlers_and_keeps_what_they_finish_in_the_grace,
             worker::two_workers_share_a_queue_running_each_job_once,
             worker::job_of_a_dead_worker_runs_again_after_its_lease,
             worker::finished_job_is_completed_while_the_worker_idles,

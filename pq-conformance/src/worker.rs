@@ -772,6 +772,66 @@ pub async fn abort_hands_running_jobs_back_at_once(store: Arc<dyn QueueStore>) {
     assert_eq!(again.len(), 2);
 }
 
+/// Abort tells each running handler (`Cancelled::Abort`) and gives it the grace to return:
+/// a handler that succeeds has its job completed; one that returns an error, or does not
+/// return in time, has its job handed back, the attempt not counted.
+pub async fn abort_tells_handlers_and_keeps_what_they_finish_in_the_grace(
+    store: Arc<dyn QueueStore>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reg = registry::<Work, _, _>(move |n, cx| {
+        let tx = tx.clone();
+        async move {
+            tx.send((n, None)).unwrap();
+            if n == 2 {
+                // Deaf to cancellation: dropped once the grace is over.
+                std::future::pending::<()>().await;
+            }
+            let why = cx.cancelled().await;
+            tx.send((n, Some(why))).unwrap();
+            if n == 0 {
+                Ok(())
+            } else {
+                Err(TaskError::new("stopped half way"))
+            }
+        }
+    });
+    let ids = put_work(&*store, &works(3)).await;
+    let (handle, run) = start(
+        Worker::new(store.clone(), reg)
+            .concurrency(3)
+            .lease(LONG_LEASE)
+            .abort_grace(Duration::from_millis(300)),
+    );
+    for _ in 0..3 {
+        assert_eq!(rx.recv().await.unwrap().1, None, "a handler started");
+    }
+    handle.stop(StopMode::Abort);
+    let status = run.await.unwrap().unwrap();
+    let mut told: Vec<_> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+    told.sort_by_key(|t| t.0);
+    assert_eq!(
+        told,
+        vec![(0, Some(Cancelled::Abort)), (1, Some(Cancelled::Abort))],
+        "the handlers that listen hear why"
+    );
+    assert_eq!(
+        (
+            status.processed,
+            status.released,
+            status.failed,
+            status.retried
+        ),
+        (1, 2, 0, 0)
+    );
+    assert!(matches!(store.job(ids[0]).await, Err(Error::NotFound(_))));
+    for id in &ids[1..] {
+        let job = store.job(*id).await.unwrap();
+        assert_eq!((job.state, job.attempts), (JobState::Ready, 0));
+        assert_eq!(job.last_error, None);
+    }
+}
+
 /// Two workers on one queue run every job exactly once, and leave nothing behind.
 pub async fn two_workers_share_a_queue_running_each_job_once(store: Arc<dyn QueueStore>) {
     let runs: Arc<Mutex<HashMap<u32, u32>>> = Arc::default();
