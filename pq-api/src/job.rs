@@ -99,17 +99,147 @@ impl FromStr for When {
     type Err = Error;
 
     fn from_str(s: &str) -> Result<Self> {
-        let s = s.trim();
-        if let Ok(d) = humantime::parse_duration(s) {
-            return Ok(When::In(d));
+        parse_when(s).map_err(|reason| Error::invalid("time", reason))
+    }
+}
+
+fn parse_when(s: &str) -> std::result::Result<When, String> {
+    let s = s.trim();
+    if let Ok(d) = humantime::parse_duration(s) {
+        return Ok(When::In(d));
+    }
+    if let Ok(at) = DateTime::parse_from_rfc3339(s) {
+        return Ok(When::At(at.with_timezone(&Utc)));
+    }
+    Err(format!(
+        "{s:?} is neither a duration like \"5m\" nor an RFC 3339 datetime"
+    ))
+}
+
+/// What every time option of a job or a task takes ([`NewJob::run_at`],
+/// [`NewJob::expected_at`], [`TaskDefaults::schedule_at`](crate::TaskDefaults::schedule_at),
+/// …): a [`When`], a `DateTime<Utc>`, a [`Duration`] from now, or a string, either a duration
+/// (`"2m"`, `"1h 30m"`) or an RFC 3339 datetime.
+///
+/// The options take it without a `Result`: a string that is neither is kept as the job's
+/// error, and the job is refused, as [`Error::InvalidArgument`], when it is put.
+///
+/// ```
+/// use pq_api::{IntoWhen, NewJob, When};
+/// use std::time::Duration;
+/// assert_eq!("2m".into_when()?, When::In(Duration::from_secs(120)));
+/// let job = NewJob::new("reports", &42)?.run_at("1h").expected_at("2026-12-01T09:00:00Z");
+/// assert!(job.validate().is_ok());
+/// assert!(NewJob::new("reports", &42)?.expected_at("soon").validate().is_err());
+/// # Ok::<(), pq_api::Error>(())
+/// ```
+pub trait IntoWhen {
+    /// The time this stands for, or why it stands for none.
+    fn into_when(self) -> Result<When>;
+}
+
+impl IntoWhen for When {
+    fn into_when(self) -> Result<When> {
+        Ok(self)
+    }
+}
+
+impl IntoWhen for DateTime<Utc> {
+    fn into_when(self) -> Result<When> {
+        Ok(When::At(self))
+    }
+}
+
+impl IntoWhen for Duration {
+    fn into_when(self) -> Result<When> {
+        Ok(When::In(self))
+    }
+}
+
+impl IntoWhen for &str {
+    fn into_when(self) -> Result<When> {
+        self.parse()
+    }
+}
+
+impl IntoWhen for &String {
+    fn into_when(self) -> Result<When> {
+        self.parse()
+    }
+}
+
+impl IntoWhen for String {
+    fn into_when(self) -> Result<When> {
+        self.parse()
+    }
+}
+
+/// What a delay option takes ([`TaskDefaults::retry_in`](crate::TaskDefaults::retry_in)): a
+/// [`Duration`], or a string such as `"30s"` or `"1h 30m"`.
+///
+/// ```
+/// use pq_api::IntoDelay;
+/// use std::time::Duration;
+/// assert_eq!("2m".into_delay()?, Duration::from_secs(120));
+/// assert!("later".into_delay().is_err());
+/// # Ok::<(), pq_api::Error>(())
+/// ```
+pub trait IntoDelay {
+    /// The delay this stands for, or why it stands for none.
+    fn into_delay(self) -> Result<Duration>;
+}
+
+impl IntoDelay for Duration {
+    fn into_delay(self) -> Result<Duration> {
+        Ok(self)
+    }
+}
+
+impl IntoDelay for &str {
+    fn into_delay(self) -> Result<Duration> {
+        humantime::parse_duration(self.trim()).map_err(|_| {
+            Error::invalid(
+                "delay",
+                format!("{self:?} is not a duration like \"30s\" or \"1h 30m\""),
+            )
+        })
+    }
+}
+
+impl IntoDelay for &String {
+    fn into_delay(self) -> Result<Duration> {
+        self.as_str().into_delay()
+    }
+}
+
+impl IntoDelay for String {
+    fn into_delay(self) -> Result<Duration> {
+        self.as_str().into_delay()
+    }
+}
+
+/// The first option a builder was given that stands for nothing, kept for when the builder
+/// is used: which option, and why.
+pub(crate) type BadOption = Option<(&'static str, String)>;
+
+/// Sets `slot` from `value`, or records in `bad` (if nothing is recorded yet) why not.
+pub(crate) fn set_option<T>(
+    slot: &mut Option<T>,
+    bad: &mut BadOption,
+    what: &'static str,
+    value: Result<T>,
+) {
+    match value {
+        Ok(v) => *slot = Some(v),
+        Err(e) => {
+            if bad.is_none() {
+                let reason = match e {
+                    Error::InvalidArgument { reason, .. } => reason,
+                    other => other.to_string(),
+                };
+                *bad = Some((what, reason));
+            }
         }
-        if let Ok(at) = DateTime::parse_from_rfc3339(s) {
-            return Ok(When::At(at.with_timezone(&Utc)));
-        }
-        Err(Error::invalid(
-            "time",
-            format!("{s:?} is neither a duration like \"5m\" nor an RFC 3339 datetime"),
-        ))
     }
 }
 
@@ -146,6 +276,8 @@ pub struct NewJob {
     /// Keep a record of the job for this long once it completes (see
     /// [`QueueStore::finished`](crate::QueueStore::finished)); `None`: no record.
     pub keep_history: Option<Duration>,
+    /// A time option given a string that is no time: the job is refused when put.
+    bad_option: BadOption,
 }
 
 impl NewJob {
@@ -166,6 +298,7 @@ impl NewJob {
             serial_key: None,
             cursor_key: None,
             keep_history: None,
+            bad_option: None,
         }
     }
 
@@ -206,13 +339,21 @@ impl NewJob {
         }
     }
 
-    /// Not claimable before `when`.
-    pub fn run_at(mut self, when: impl Into<When>) -> Self {
-        self.run_at = Some(when.into());
+    /// Not claimable before `when`: a datetime, a [`Duration`] from now, or a string
+    /// ([`IntoWhen`]: `"5m"`, an RFC 3339 datetime; one that is neither has the job refused
+    /// when it is put).
+    pub fn run_at(mut self, when: impl IntoWhen) -> Self {
+        set_option(
+            &mut self.run_at,
+            &mut self.bad_option,
+            "run_at",
+            when.into_when(),
+        );
         self
     }
 
-    /// Not claimable before the given delay (`"5m"`) or datetime string has passed.
+    /// Not claimable before the given delay (`"5m"`) or datetime string has passed: as
+    /// [`run_at`](NewJob::run_at), refusing a bad string at once.
     pub fn delay(self, when: &str) -> Result<Self> {
         Ok(self.run_at(when.parse::<When>()?))
     }
@@ -223,9 +364,15 @@ impl NewJob {
         self
     }
 
-    /// Sets the deadline that orders jobs of equal priority.
-    pub fn expected_at(mut self, when: impl Into<When>) -> Self {
-        self.expected_at = Some(when.into());
+    /// Sets the deadline that orders jobs of equal priority: the same forms as
+    /// [`run_at`](NewJob::run_at) ([`IntoWhen`]).
+    pub fn expected_at(mut self, when: impl IntoWhen) -> Self {
+        set_option(
+            &mut self.expected_at,
+            &mut self.bad_option,
+            "expected_at",
+            when.into_when(),
+        );
         self
     }
 
@@ -237,6 +384,9 @@ impl NewJob {
 
     /// Checks every field; stores call this before they change anything.
     pub fn validate(&self) -> Result<()> {
+        if let Some((what, reason)) = &self.bad_option {
+            return Err(Error::invalid(what, reason.clone()));
+        }
         validate_queue_name(&self.queue)?;
         if self.max_attempts == 0 {
             return Err(Error::invalid("max_attempts", "must be at least 1"));

@@ -53,9 +53,9 @@ pub use error::{BoxError, Error, Result};
 pub use ext::{jobs_stream, QueueStoreExt};
 pub use job::{
     micros, validate_delay, validate_key, validate_lease, validate_queue_name, Claim, ClaimedJob,
-    Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats, When,
-    DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT, MAX_DURATION, MAX_KEY_LEN,
-    MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
+    Done, Failure, FinishedJob, IntoDelay, IntoWhen, Job, JobId, JobState, Lease, NewJob,
+    QueueStats, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT, MAX_DURATION,
+    MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
 pub use store::QueueStore;
 pub use task::{

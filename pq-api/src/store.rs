@@ -34,6 +34,10 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   stored, and the error is returned (`put_many_is_atomic`).
     /// - A job without `run_at` is ready at once; one whose `run_at` lies ahead is
     ///   [`JobState::Scheduled`] and not claimable until then (`scheduled_job_is_not_claimable_before_its_time`).
+    ///   Relative times count from the store's clock at the put; every time option takes a
+    ///   duration or datetime string as well ([`IntoWhen`](crate::IntoWhen);
+    ///   `delay_strings_schedule_jobs`, `time_options_take_the_same_forms`), and one that is no
+    ///   time refuses the job.
     /// - Each job starts with `attempts = 0`; ids are unique within the store
     ///   (`put_returns_distinct_ids_of_ready_jobs`), returned in the order given
     ///   (`put_many_returns_ids_in_the_order_given`).

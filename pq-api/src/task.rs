@@ -21,7 +21,8 @@ use tokio::sync::Notify;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::job::{
-    validate_queue_name, ClaimedJob, Done, Job, JobId, Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS,
+    set_option, validate_queue_name, BadOption, ClaimedJob, Done, IntoDelay, IntoWhen, Job, JobId,
+    Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS,
 };
 use crate::store::QueueStore;
 
@@ -103,6 +104,9 @@ pub trait Task: Serialize + DeserializeOwned + Send + 'static {
     /// The job that runs this task, with the task's defaults applied.
     fn to_job(&self) -> Result<NewJob> {
         let defaults = Self::defaults();
+        if let Some((what, reason)) = defaults.bad_option {
+            return Err(Error::invalid(what, reason));
+        }
         let mut envelope = serde_json::Map::with_capacity(2);
         envelope.insert(TASK_FIELD.into(), Value::from(Self::NAME));
         envelope.insert(ARGS_FIELD.into(), self.encode()?);
@@ -169,6 +173,8 @@ pub struct TaskDefaults {
     pub backoff: Backoff,
     /// Keep a record of each completed job this long ([`NewJob::keep_history`]).
     pub keep_history: Option<Duration>,
+    /// An option given a string that is no time: the task's jobs are refused.
+    bad_option: BadOption,
 }
 
 impl Default for TaskDefaults {
@@ -180,6 +186,7 @@ impl Default for TaskDefaults {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: Backoff::default(),
             keep_history: None,
+            bad_option: None,
         }
     }
 }
@@ -190,15 +197,28 @@ impl TaskDefaults {
         Self::default()
     }
 
-    /// Jobs run at `when` (a [`std::time::Duration`] from enqueueing, or an instant).
-    pub fn schedule_at(mut self, when: impl Into<When>) -> Self {
-        self.schedule_at = Some(when.into());
+    /// Jobs run at `when`: a [`std::time::Duration`] from enqueueing, an instant, or a string
+    /// such as `"1m"` ([`IntoWhen`]; one that is no time has the task's jobs refused by
+    /// [`Task::to_job`]).
+    pub fn schedule_at(mut self, when: impl IntoWhen) -> Self {
+        set_option(
+            &mut self.schedule_at,
+            &mut self.bad_option,
+            "schedule_at",
+            when.into_when(),
+        );
         self
     }
 
-    /// Jobs are expected done by `when`.
-    pub fn expected_at(mut self, when: impl Into<When>) -> Self {
-        self.expected_at = Some(when.into());
+    /// Jobs are expected done by `when`: the same forms as
+    /// [`schedule_at`](TaskDefaults::schedule_at).
+    pub fn expected_at(mut self, when: impl IntoWhen) -> Self {
+        set_option(
+            &mut self.expected_at,
+            &mut self.bad_option,
+            "expected_at",
+            when.into_when(),
+        );
         self
     }
 
@@ -220,9 +240,21 @@ impl TaskDefaults {
         self
     }
 
-    /// Retry after a fixed delay (malthe/pq's `retry_in`).
-    pub fn retry_in(self, delay: Duration) -> Self {
-        self.backoff(Backoff::Fixed(delay))
+    /// Retry after a fixed delay (malthe/pq's `retry_in`): a [`Duration`] or a string such as
+    /// `"30s"` ([`IntoDelay`]; one that is no delay has the task's jobs refused by
+    /// [`Task::to_job`]).
+    pub fn retry_in(mut self, delay: impl IntoDelay) -> Self {
+        let mut fixed = None;
+        set_option(
+            &mut fixed,
+            &mut self.bad_option,
+            "retry_in",
+            delay.into_delay(),
+        );
+        match fixed {
+            Some(d) => self.backoff(Backoff::Fixed(d)),
+            None => self,
+        }
     }
 
     /// Retry by this policy.
@@ -781,4 +813,48 @@ fn not_a_task() -> TaskError {
         "payload is not a task: expected {{\"{TASK_FIELD}\": name, \"{ARGS_FIELD}\": …}}"
     ))
     .give_up()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Report;
+
+    impl Task for Report {
+        const NAME: &'static str = "report";
+        fn defaults() -> TaskDefaults {
+            TaskDefaults::new()
+                .schedule_at("1m")
+                .expected_at("2m")
+                .retry_in("30s")
+        }
+    }
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Broken;
+
+    impl Task for Broken {
+        const NAME: &'static str = "broken";
+        fn defaults() -> TaskDefaults {
+            TaskDefaults::new().retry_in("a while")
+        }
+    }
+
+    #[test]
+    fn task_defaults_take_time_strings() -> Result<()> {
+        let job = Report.to_job()?;
+        assert_eq!(job.run_at, Some(When::In(Duration::from_secs(60))));
+        assert_eq!(job.expected_at, Some(When::In(Duration::from_secs(120))));
+        assert_eq!(
+            Report::defaults().backoff,
+            Backoff::Fixed(Duration::from_secs(30))
+        );
+        match Broken.to_job() {
+            Err(Error::InvalidArgument { what, .. }) => assert_eq!(what, "retry_in"),
+            other => panic!("a bad retry_in must refuse the job: {other:?}"),
+        }
+        Ok(())
+    }
 }

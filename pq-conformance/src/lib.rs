@@ -11,18 +11,20 @@
 //! `pq-conformance` as a dev-dependency (`examples/tests/conformance.rs` in pq's repository
 //! runs a store of its own this way):
 //!
-//! ```ignore
+//! ```
 //! //! pq's conformance suite on MyStore.
 //! use std::sync::Arc;
 //!
 //! use pq_api::QueueStore;
+//! # use pq_memory::MemoryStore as MyStore;
 //!
 //! async fn new_store() -> Arc<dyn QueueStore> {
-//!     Arc::new(my_crate::MyStore::new()) // a fresh, isolated store for each case
+//!     Arc::new(MyStore::new()) // a fresh, isolated store for each case
 //! }
 //!
 //! // MyStore keeps no job history: its cases are skipped, each saying so.
 //! pq_conformance::suite!(new_store, skip: [history]);
+//! # fn main() {}
 //! ```
 //!
 //! Each case runs on a runtime of its own, on a thread of its own, watched from outside: a
@@ -172,6 +174,7 @@ macro_rules! suite {
             put::put_rejects_zero_max_attempts,
             put::scheduled_job_is_not_claimable_before_its_time,
             put::delay_strings_schedule_jobs,
+            put::time_options_take_the_same_forms,
             put::typed_payloads_round_trip,
             put::queues_are_isolated,
             put::put_rejects_payloads_nested_past_the_limit,

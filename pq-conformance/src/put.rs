@@ -142,6 +142,51 @@ pub async fn delay_strings_schedule_jobs(store: Arc<dyn QueueStore>) {
     assert!(NewJob::from_json("q", json!(3)).delay("soon").is_err());
 }
 
+/// Every time option takes the same forms (a duration string, a datetime string, a
+/// `Duration`); a string that is no time has the job refused when put, and nothing changes.
+pub async fn time_options_take_the_same_forms(store: Arc<dyn QueueStore>) {
+    let before = Utc::now();
+    let id = store
+        .put_job(
+            NewJob::from_json("q", json!(1))
+                .run_at("1h")
+                .expected_at("2m"),
+        )
+        .await
+        .unwrap();
+    let job = store.job(id).await.unwrap();
+    let minutes = |t: chrono::DateTime<Utc>| (t - before).num_seconds() as f64 / 60.0;
+    assert!(
+        (59.0..61.0).contains(&minutes(job.run_at)),
+        "{}",
+        job.run_at
+    );
+    let expected = job.expected_at.expect("an expected_at");
+    assert!((1.0..3.0).contains(&minutes(expected)), "{expected}");
+
+    let id = store
+        .put_job(NewJob::from_json("q", json!(2)).expected_at("2999-01-02T03:04:05Z"))
+        .await
+        .unwrap();
+    let expected = store.job(id).await.unwrap().expected_at;
+    assert_eq!(
+        expected.map(|t| t.to_rfc3339()).as_deref(),
+        Some("2999-01-02T03:04:05+00:00")
+    );
+
+    for bad in [
+        NewJob::from_json("q", json!(3)).expected_at("soon"),
+        NewJob::from_json("q", json!(3)).run_at("whenever"),
+    ] {
+        let err = store.put_job(bad).await.unwrap_err();
+        assert!(matches!(err, Error::InvalidArgument { .. }), "{err:?}");
+    }
+    assert_eq!(
+        store.stats("q").await.unwrap().scheduled + store.stats("q").await.unwrap().ready,
+        2
+    );
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Email {
     to: String,
