@@ -70,7 +70,9 @@ pub trait QueueStoreExt: QueueStore {
     }
 
     /// Claims one job, waiting up to `timeout` for one to become claimable; `None` when the
-    /// time ran out. `claim.limit` is ignored: one job is claimed.
+    /// time ran out. `claim.limit` is ignored: one job is claimed. Like every claim it leases
+    /// the job rather than removing it: complete it (or fail, release or snooze it), or it is
+    /// claimable again once its lease runs out.
     async fn get(&self, claim: &Claim, timeout: Duration) -> Result<Option<ClaimedJob>> {
         let claim = claim.clone().limit(1);
         let deadline = Instant::now() + timeout;
@@ -90,10 +92,22 @@ pub trait QueueStoreExt: QueueStore {
     /// `claim.limit` at a time and waiting while none is claimable. Each item must be
     /// completed, failed or released by the consumer; an error ends nothing, the next poll
     /// tries again.
-    fn jobs(&self, claim: Claim) -> BoxStream<'_, Result<ClaimedJob>>
-    where
-        Self: Sized,
-    {
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use pq_api::{Claim, QueueStore, QueueStoreExt};
+    /// use std::sync::Arc;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store: Arc<dyn QueueStore> = Arc::new(pq_memory::MemoryStore::new());
+    /// store.put("emails", &"hello").await?;
+    /// let mut jobs = store.jobs(Claim::new(["emails"]));
+    /// if let Some(job) = jobs.next().await {
+    ///     store.complete(&job?.lease).await?;
+    /// }
+    /// # Ok::<(), pq_api::Error>(())
+    /// # }).unwrap();
+    /// ```
+    fn jobs(&self, claim: Claim) -> BoxStream<'_, Result<ClaimedJob>> {
         jobs_stream(self, claim)
     }
 }
