@@ -5,8 +5,10 @@
 //! `FOR UPDATE SKIP LOCKED` in one round trip; `wait` is woken by LISTEN/NOTIFY through
 //! diesel-async's notification stream.
 //!
-//! Every write has an `_in` variant for your own connection, typically inside
-//! `transaction(...)`, so a job is enqueued, or claimed and removed, atomically with your writes:
+//! Three operations have an `_in` variant for your own connection, typically inside
+//! `transaction(...)`: [`put_many_in`](DieselStore::put_many_in),
+//! [`claim_in`](DieselStore::claim_in) and [`complete_many_in`](DieselStore::complete_many_in),
+//! so a job is enqueued, or claimed and removed, atomically with your writes:
 //!
 //! ```no_run
 //! use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};

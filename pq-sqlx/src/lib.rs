@@ -5,8 +5,10 @@
 //! `pq-diesel`. Claims use `FOR UPDATE SKIP LOCKED` in one round trip; `wait` is woken by
 //! LISTEN/NOTIFY through a [`PgListener`].
 //!
-//! The reason to queue in PostgreSQL is transactions, and every write has an `_in` variant
-//! that runs on your own connection or transaction:
+//! The reason to queue in PostgreSQL is transactions: [`put_many_in`](SqlxStore::put_many_in),
+//! [`claim_in`](SqlxStore::claim_in) and [`complete_many_in`](SqlxStore::complete_many_in) run
+//! on your own connection or transaction. (A query text you build at run time goes to sqlx in
+//! [`sqlx::AssertSqlSafe`], once you have made sure it is safe.)
 //!
 //! ```no_run
 //! use pq_api::{Claim, NewJob, QueueStore};
@@ -862,8 +864,3 @@ impl<T: SqlxTask> JobHandler for Transactional<T> {
         }
     }
 }
-
-/// The README's Rust examples, compiled as doctests so they stay true.
-#[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
