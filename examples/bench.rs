@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use pq_api::sql::{InsertArrays, QueueTable, Statements, Vacuuming};
+use pq_api::postgres::{InsertArrays, QueueTable, Statements, Vacuuming};
 use pq_api::{
     Claim, ClaimedJob, Completion, Done, Failure, FinishedJob, Job, JobHandler, JobId, JobState,
     Lease, NewJob, QueueStats, QueueStore, QueueStoreExt, Registry, StopMode, Task, TaskContext,

@@ -41,7 +41,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use pq_api::sql::QueueTable;
+use pq_api::postgres::QueueTable;
 use pq_api::{
     QueueStore, Registry, RunTask, StopMode, Task, TaskContext, TaskError, Worker, WorkerHandle,
 };

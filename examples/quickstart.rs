@@ -29,7 +29,7 @@ async fn open_store() -> Result<Arc<dyn QueueStore>, Box<dyn std::error::Error>>
         Ok(url) => {
             let pool = sqlx::PgPool::connect(&url).await?;
             // A table of its own, so the example never touches an app's `public.pq_jobs`.
-            let table = pq_api::sql::QueueTable::new("pq_quickstart", "jobs")?;
+            let table = pq_api::postgres::QueueTable::new("pq_quickstart", "jobs")?;
             let store = pq_sqlx::SqlxStore::with_table(pool, table).await?;
             store.purge("emails").await?;
             println!("store: PostgreSQL (sqlx), table pq_quickstart.jobs");

@@ -53,7 +53,7 @@ async fn open_store() -> Result<Arc<dyn QueueStore>, Box<dyn std::error::Error>>
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let pool = sqlx::PgPool::connect(&url).await?;
-            let table = pq_api::sql::QueueTable::new("pq_examples", "throttle_jobs")?;
+            let table = pq_api::postgres::QueueTable::new("pq_examples", "throttle_jobs")?;
             let store = pq_sqlx::SqlxStore::with_table(pool, table).await?;
             store.purge(QUEUE).await?;
             println!("store: PostgreSQL (sqlx), table pq_examples.throttle_jobs");

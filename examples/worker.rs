@@ -82,7 +82,7 @@ async fn open_store() -> Result<Arc<dyn QueueStore>, Box<dyn std::error::Error>>
     match std::env::var("DATABASE_URL") {
         Ok(url) => {
             let pool = sqlx::PgPool::connect(&url).await?;
-            let table = pq_api::sql::QueueTable::new("pq_examples", "worker_jobs")?;
+            let table = pq_api::postgres::QueueTable::new("pq_examples", "worker_jobs")?;
             let store = pq_sqlx::SqlxStore::with_table(pool, table).await?;
             for queue in ["emails", "payments"] {
                 store.purge(queue).await?;

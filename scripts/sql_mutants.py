@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hand-written mutants of the shared SQL (pq-api/src/sql.rs), each run against the sqlx
+"""Hand-written mutants of the shared SQL (pq-api/src/postgres/statements.rs), each run against the sqlx
 store's conformance suite and PostgreSQL tests. Run through scripts/mutants.sh.
 
 Each mutant breaks one promise in the statement text. It is caught when a test fails; a
@@ -10,7 +10,7 @@ import shutil
 import subprocess
 import sys
 
-SQL = "pq-api/src/sql.rs"
+SQL = "pq-api/src/postgres/statements.rs"
 TOKEN = "WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running'"
 UNFENCED = "WHERE id = $1::int8 AND state = 'running'"
 

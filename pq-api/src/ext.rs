@@ -115,7 +115,7 @@ pub trait QueueStoreExt: QueueStore {
 impl<S: QueueStore + ?Sized> QueueStoreExt for S {}
 
 /// [`QueueStoreExt::jobs`] for any store, `dyn QueueStore` included.
-pub fn jobs_stream<S: QueueStore + ?Sized>(
+pub(crate) fn jobs_stream<S: QueueStore + ?Sized>(
     store: &S,
     claim: Claim,
 ) -> BoxStream<'_, Result<ClaimedJob>> {

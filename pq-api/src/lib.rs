@@ -11,9 +11,10 @@
 //! - serial and cursor keys ([`NewJob::serial_key`], [`NewJob::cursor_key`]) with per-key
 //!   state, opt-in job history ([`NewJob::keep_history`], [`FinishedJob`]), and payload
 //!   [`codec`]s ([`Json`], `MessagePack` with the `msgpack` feature, [`Queue`]);
-//! - [`sql`], the PostgreSQL statements both SQL stores (`pq-sqlx`, `pq-diesel`) run.
-//! - [`wake`] and [`warm`], what else the two SQL stores share: waking `wait` from
-//!   LISTEN/NOTIFY, and the connections a store keeps checked out while it is busy.
+//! - [`validate`], the argument checks every store runs, so that all refuse the same input;
+//! - [`postgres`], the machinery both SQL stores (`pq-sqlx`, `pq-diesel`) are built from: not
+//!   an API for applications, but for [`QueueTable`](postgres::QueueTable) and
+//!   [`schema_ddl`](postgres::schema_ddl).
 //!
 //! ```
 //! use pq_api::{Claim, Failure, NewJob, QueueStore, QueueStoreExt};
@@ -39,23 +40,26 @@ pub mod codec;
 mod error;
 mod ext;
 mod job;
-pub mod sql;
+pub mod postgres;
 mod store;
 pub mod task;
-pub mod wake;
-pub mod warm;
 mod worker;
+
+/// The argument checks every store runs before it changes anything, so that every store
+/// refuses the same input with the same [`Error::InvalidArgument`].
+pub mod validate {
+    pub use crate::job::{validate_delay, validate_key, validate_lease, validate_queue_name};
+}
 
 #[cfg(feature = "msgpack")]
 pub use codec::MessagePack;
 pub use codec::{Codec, Json, Queue};
 pub use error::{BoxError, Error, Result};
-pub use ext::{jobs_stream, QueueStoreExt};
+pub use ext::QueueStoreExt;
 pub use job::{
-    micros, validate_delay, validate_key, validate_lease, validate_queue_name, Claim, ClaimedJob,
-    Done, Failure, FinishedJob, IntoDelay, IntoWhen, Job, JobId, JobState, Lease, NewJob,
-    QueueStats, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT, MAX_DURATION,
-    MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
+    Claim, ClaimedJob, Done, Failure, FinishedJob, IntoDelay, IntoWhen, Job, JobId, JobState,
+    Lease, NewJob, QueueStats, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT,
+    MAX_DURATION, MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
 pub use store::QueueStore;
 pub use task::{

@@ -77,7 +77,7 @@ pub trait QueueStore: Send + Sync + Debug {
     /// - A stored job that cannot be decoded (a row written by plain SQL, or before pq's
     ///   checks, holding a value pq cannot read) is not handed out: the claim fails it at once,
     ///   giving up, with `last_error` saying why, and returns the rest of the batch
-    ///   ([`Undecodable`](crate::sql::Undecodable); the PostgreSQL stores' tests check it).
+    ///   ([`Undecodable`](crate::postgres::Undecodable); the PostgreSQL stores' tests check it).
     /// - Returns an empty list, not an error, when nothing is claimable
     ///   (`claim_of_nothing_returns_empty`).
     /// - An invalid claim (no queues, bad queue name, limit 0 or above
@@ -88,7 +88,7 @@ pub trait QueueStore: Send + Sync + Debug {
     /// loses nothing the queue promises: after a crash the job is claimable again and runs
     /// again, as after an expired lease (delivery is at least once). pq's PostgreSQL stores
     /// do: their own claims commit without waiting for the WAL flush (see
-    /// [`Statements::claim`](crate::sql::Statements::claim)); claims in a caller's transaction
+    /// [`Statements::claim`](crate::postgres::Statements::claim)); claims in a caller's transaction
     /// commit as that transaction does. Puts, completions and failures are durable when they
     /// return.
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>>;

@@ -4,7 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use pq_api::{jobs_stream, Claim, Failure, NewJob, QueueStore, QueueStoreExt};
+use pq_api::{Claim, Failure, NewJob, QueueStore, QueueStoreExt};
 use serde_json::json;
 use tokio::time::Instant;
 
@@ -112,7 +112,7 @@ pub async fn blocking_get_returns_a_job_or_none(store: Arc<dyn QueueStore>) {
 pub async fn job_stream_yields_every_job(store: Arc<dyn QueueStore>) {
     let jobs = (0..7).map(|i| NewJob::from_json("q", json!(i))).collect();
     let mut ids = store.put_many(jobs).await.unwrap();
-    let mut stream = jobs_stream(&*store, Claim::new(["q"]).limit(3).lease(LONG_LEASE));
+    let mut stream = store.jobs(Claim::new(["q"]).limit(3).lease(LONG_LEASE));
     let mut seen = Vec::new();
     while seen.len() < 7 {
         let job = stream.next().await.unwrap().unwrap();

@@ -1,7 +1,7 @@
 //! # pq-diesel: pq's `QueueStore` on diesel-async
 //!
 //! [`DieselStore`] runs on a deadpool pool of [`AsyncPgConnection`]s and sends the statements
-//! of [`pq_api::sql`], byte for byte the same as `pq-sqlx`. Claims use
+//! of [`pq_api::postgres`], byte for byte the same as `pq-sqlx`. Claims use
 //! `FOR UPDATE SKIP LOCKED` in one round trip; `wait` is woken by LISTEN/NOTIFY through
 //! diesel-async's notification stream.
 //!
@@ -45,20 +45,21 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl, SimpleAsyncC
 use futures_util::StreamExt;
 mod prepared;
 
-use pq_api::sql::{
-    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements, Upkeep,
+use pq_api::postgres::conn::{Lane, Warm, WarmConn};
+use pq_api::postgres::listen::Wakeups;
+use pq_api::postgres::{
+    self as sql, micros, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements,
+    Statements, Upkeep,
 };
 use pq_api::task::decode_args;
-use pq_api::wake::Wakeups;
-use pq_api::warm::{Lane, Warm, WarmConn};
 use pq_api::{
-    micros, Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler,
-    JobId, JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
+    Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler, JobId,
+    JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
 };
 use prepared::{prepared, prepared_as};
 use tokio::sync::oneshot;
 
-pub use pq_api::sql::QueueTable;
+pub use pq_api::postgres::QueueTable;
 
 /// The pool type the store runs on.
 pub type PgPool = Pool<AsyncPgConnection>;
@@ -70,7 +71,7 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 ///
 /// Its own statements (everything but the `_in` variants) run on connections from your pool.
 /// While it is busy the store keeps the connections of its claims and of its completions
-/// checked out between statements, one each ([`pq_api::warm`]): a worker sends the two at once,
+/// checked out between statements, one each ([`pq_api::postgres::conn`]): a worker sends the two at once,
 /// and on the pool alone they swapped connections whenever a completion finished after its
 /// claim, each then running on the other's server process (measured: the worker's claim calls
 /// 1.19–1.25× the bare loop's in the benchmark, against 1.13–1.15× kept apart). Any other
@@ -95,7 +96,7 @@ struct Inner {
     /// When the store vacuums its table and checks its statistics (see
     /// [`DieselStore::vacuum_every`], [`DieselStore::analyze_when_stale`]).
     upkeep: Upkeep,
-    /// The connections kept between the store's statements ([`pq_api::warm`]).
+    /// The connections kept between the store's statements ([`pq_api::postgres::conn`]).
     warm: Arc<Warm<Object<AsyncPgConnection>>>,
 }
 
@@ -786,7 +787,7 @@ impl QueueStore for DieselStore {
     }
 
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        pq_api::validate_lease(lease_for)?;
+        pq_api::validate::validate_lease(lease_for)?;
         let mut conn = self.conn().await?;
         let rows: Vec<RunAtRow> = prepared(&self.inner.sql.extend)
             .bind::<BigInt, _>(lease.job_id.0)
@@ -807,7 +808,7 @@ impl QueueStore for DieselStore {
     }
 
     async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
-        pq_api::validate_delay(delay)?;
+        pq_api::validate::validate_delay(delay)?;
         let mut conn = self.conn().await?;
         let rows: Vec<IdRow> = prepared(&self.inner.sql.release)
             .bind::<BigInt, _>(lease.job_id.0)

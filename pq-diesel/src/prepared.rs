@@ -3,7 +3,7 @@
 //! `diesel::sql_query` marks itself unsafe to cache, so diesel prepares it as an unnamed
 //! statement on every call: an extra round trip, and PostgreSQL parses and plans it afresh
 //! each time (for the claim, as long as running it). Our statements are fixed texts from
-//! `pq_api::sql`, safe to keep prepared per connection, keyed by their text, as sqlx does.
+//! `pq_api::postgres`, safe to keep prepared per connection, keyed by their text, as sqlx does.
 
 use std::marker::PhantomData;
 use std::sync::Arc;

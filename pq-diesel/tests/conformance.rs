@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use pq_api::sql::QueueTable;
+use pq_api::postgres::QueueTable;
 use pq_api::QueueStore;
 use pq_conformance::postgres::{database_url, fresh_schema};
 use pq_diesel::DieselStore;

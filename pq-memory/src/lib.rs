@@ -28,8 +28,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use pq_api::{
-    micros, Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobId, JobState, Lease,
-    NewJob, QueueStats, QueueStore, Result,
+    Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob,
+    QueueStats, QueueStore, Result,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -64,7 +64,7 @@ impl Entry {
         )
     }
 
-    /// The contract's state, as `STATE_EXPR` in `pq_api::sql` computes it.
+    /// The contract's state, as `STATE_EXPR` in `pq_api::postgres` computes it.
     fn state(&self, now: DateTime<Utc>) -> JobState {
         let j = &self.job;
         match self.stored {
@@ -433,7 +433,8 @@ fn now() -> DateTime<Utc> {
 }
 
 fn after(now: DateTime<Utc>, d: Duration) -> DateTime<Utc> {
-    now + TimeDelta::microseconds(micros(d))
+    // Whole microseconds, the resolution PostgreSQL keeps; validated durations fit.
+    now + TimeDelta::microseconds(i64::try_from(d.as_micros()).unwrap_or(i64::MAX))
 }
 
 impl MemoryStore {
@@ -636,7 +637,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        pq_api::validate_lease(lease_for)?;
+        pq_api::validate::validate_lease(lease_for)?;
         let expires = after(now(), lease_for);
         let mut inner = self.lock();
         let key = inner.held(lease)?.key_id();
@@ -658,7 +659,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
-        pq_api::validate_delay(delay)?;
+        pq_api::validate::validate_delay(delay)?;
         let now = now();
         let at = (now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)).trunc_subsecs(6);
         {

@@ -1,7 +1,7 @@
 //! # pq-sqlx: pq's `QueueStore` on sqlx
 //!
 //! [`SqlxStore`] keeps the jobs in one PostgreSQL table (schema and table configurable through
-//! [`QueueTable`]) and runs the statements of [`pq_api::sql`], byte for byte the same as
+//! [`QueueTable`]) and runs the statements of [`pq_api::postgres`], byte for byte the same as
 //! `pq-diesel`. Claims use `FOR UPDATE SKIP LOCKED` in one round trip; `wait` is woken by
 //! LISTEN/NOTIFY through a [`PgListener`].
 //!
@@ -44,14 +44,15 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use pq_api::sql::{
-    self, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements, Statements, Upkeep,
+use pq_api::postgres::listen::Wakeups;
+use pq_api::postgres::{
+    self as sql, micros, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements,
+    Statements, Upkeep,
 };
 use pq_api::task::decode_args;
-use pq_api::wake::Wakeups;
 use pq_api::{
-    micros, Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler,
-    JobId, JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
+    Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler, JobId,
+    JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
 };
 use sqlx::error::BoxDynError;
 use sqlx::postgres::{PgListener, PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
@@ -59,10 +60,10 @@ use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
 use tokio::sync::oneshot;
 
 mod warm;
-use pq_api::warm::Lane;
+use pq_api::postgres::conn::Lane;
 use warm::{Warm, WarmConn};
 
-pub use pq_api::sql::QueueTable;
+pub use pq_api::postgres::QueueTable;
 
 /// How often `wait` looks at the table while the listener connection is down.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
@@ -235,7 +236,7 @@ impl SqlxStore {
     }
 
     /// A store on the given table, trusting that its schema is in place (for apps that apply
-    /// [`pq_api::sql::schema_ddl`] with their own migration tool).
+    /// [`pq_api::postgres::schema_ddl`] with their own migration tool).
     pub fn without_migrating(pool: PgPool, table: QueueTable) -> Self {
         SqlxStore {
             inner: Arc::new(Inner {
@@ -623,7 +624,7 @@ impl QueueStore for SqlxStore {
     }
 
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        pq_api::validate_lease(lease_for)?;
+        pq_api::validate::validate_lease(lease_for)?;
         let mut c = self.conn().await?;
         let until: Option<Time> = sqlx::query_scalar(q(&self.inner.sql.extend))
             .bind(lease.job_id.0)
@@ -641,7 +642,7 @@ impl QueueStore for SqlxStore {
     }
 
     async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
-        pq_api::validate_delay(delay)?;
+        pq_api::validate::validate_delay(delay)?;
         let mut c = self.conn().await?;
         let id: Option<i64> = sqlx::query_scalar(q(&self.inner.sql.release))
             .bind(lease.job_id.0)

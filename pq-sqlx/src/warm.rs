@@ -1,5 +1,5 @@
 //! The few connections the store keeps checked out of its pool while it is busy
-//! ([`pq_api::warm`]).
+//! ([`pq_api::postgres::conn`]).
 //!
 //! sqlx's pool hands idle connections out oldest first and, on every release, spawns a task
 //! that pings the connection before it is idle again: a query run on the pool costs a second
@@ -11,7 +11,7 @@
 use std::ops::{Deref, DerefMut};
 use std::sync::Arc;
 
-use pq_api::warm::{self, Lane};
+use pq_api::postgres::conn::{self as warm, Lane};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres};
 

@@ -5,7 +5,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use pq_api::sql::QueueTable;
+use pq_api::postgres::QueueTable;
 use pq_api::{Claim, Error, JobState, NewJob, QueueStore, QueueStoreExt};
 use pq_conformance::postgres::{database_url, fresh_schema};
 use pq_diesel::DieselStore;
@@ -237,7 +237,7 @@ async fn migrating_is_idempotent_and_safe_when_concurrent() {
     .fetch_all(&pool)
     .await
     .unwrap();
-    let all: Vec<i32> = pq_api::sql::migrations(&table)
+    let all: Vec<i32> = pq_api::postgres::migrations(&table)
         .iter()
         .map(|m| m.version)
         .collect();
@@ -443,7 +443,7 @@ async fn claim_is_served_by_the_claim_index_not_a_scan() {
         .execute(store.pool())
         .await
         .unwrap();
-    let sql = pq_api::sql::Statements::new(store.table()).claim(1, 10);
+    let sql = pq_api::postgres::Statements::new(store.table()).claim(1, 10);
     // Each connection first plans the claim for its parameters, then settles on one generic
     // plan for every later claim: both must be served by the indexes.
     for mode in ["force_custom_plan", "force_generic_plan"] {
@@ -492,7 +492,7 @@ async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
     .await
     .unwrap();
     let mut conn = store.pool().acquire().await.unwrap();
-    let sql = pq_api::sql::Statements::new(store.table()).claim_in_transaction(1, 16);
+    let sql = pq_api::postgres::Statements::new(store.table()).claim_in_transaction(1, 16);
     for _ in 0..12 {
         let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
         store
@@ -571,7 +571,7 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .await
         .unwrap();
     let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
-    let sql = pq_api::sql::Statements::new(&table);
+    let sql = pq_api::postgres::Statements::new(&table);
     let own = sql.claim(1, 1);
     assert!(own.contains(ASYNC));
     let sqlx_store = SqlxStore::with_table(pool.clone(), table.clone())
@@ -596,7 +596,7 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .unwrap();
     diesel_store.put_many(jobs()).await.unwrap();
     claim_running(&diesel_store).await;
-    let own = pq_api::sql::Statements::new(&diesel_table).claim(1, 1);
+    let own = pq_api::postgres::Statements::new(&diesel_table).claim(1, 1);
     assert_eq!(diesel_plan_counts(&diesel_pool, &own).await.len(), 1);
 
     // That text really turns synchronous_commit off for its transaction: run inside an
@@ -689,7 +689,7 @@ async fn diesel_keeps_its_statements_prepared_and_stops_planning_the_claim() {
             16
         );
     }
-    let sql = pq_api::sql::Statements::new(&table).claim(1, 16);
+    let sql = pq_api::postgres::Statements::new(&table).claim(1, 16);
     let counts = diesel_plan_counts(&diesel_pool, &sql).await;
     let [c] = counts.as_slice() else {
         panic!(
@@ -912,13 +912,13 @@ async fn both_stores_vacuum_their_table_after_so_many_claimed_jobs_unless_told_n
 }
 
 /// PostgreSQL skips a `VACUUM` by a role that does not own the table (with a warning), so
-/// before its first vacuum a store asks [`Statements::may_vacuum`](pq_api::sql::Statements),
+/// before its first vacuum a store asks [`Statements::may_vacuum`](pq_api::postgres::Statements),
 /// and leaves the table to autovacuum if the answer is no: the owner may, a role with every
 /// privilege on the table but not its owner may not.
 #[tokio::test]
 async fn only_the_tables_owner_may_vacuum_it() {
     let store = store().await;
-    let sql = pq_api::sql::Statements::new(store.table());
+    let sql = pq_api::postgres::Statements::new(store.table());
     let schema = store.table().schema();
     let role = format!("{schema}_app");
     let mut conn = store.pool().acquire().await.unwrap();

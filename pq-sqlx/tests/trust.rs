@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
-use pq_api::sql::QueueTable;
+use pq_api::postgres::QueueTable;
 use pq_api::{
     Claim, Error, JobId, JobState, QueueStore, QueueStoreExt, Registry, RunTask, StopMode, Task,
     TaskContext, TaskDefaults, TaskError, Worker, WorkerStatus,

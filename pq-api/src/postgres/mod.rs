@@ -1,0 +1,28 @@
+//! The PostgreSQL machinery both SQL stores (`pq-sqlx`, `pq-diesel`) are built from: the
+//! table's names ([`table`]), the statements they send ([`statements`]), the schema and its
+//! migrations ([`migrations`](mod@migrations)), the rows they decode and the arrays they bind ([`rows`]), the
+//! upkeep of the table ([`upkeep`]), the connections a store keeps while busy ([`conn`]) and
+//! the wakeups behind `wait` ([`listen`]).
+//!
+//! This is the stores' machinery, not an API to build an application on: it changes whenever
+//! the stores need it to, without notice. What an application needs of it is
+//! [`QueueTable`] (where the jobs live) and [`schema_ddl`] (the schema, for your own
+//! migration tool); both stores re-export [`QueueTable`].
+
+pub mod conn;
+pub mod listen;
+pub mod migrations;
+pub mod rows;
+pub mod statements;
+pub mod table;
+pub mod upkeep;
+
+pub use crate::job::micros;
+pub use migrations::{migrations, schema_ddl, Migration, MigrationStatements};
+pub use rows::{
+    completed_in_order, freeing, parse_state, pg_time, retry_params, DoneArrays, FinishedRow,
+    InsertArrays, JobRow, Undecodable,
+};
+pub use statements::{begin_bounded, Statements, CLAIM_TEXTS_KEPT, HANDLER_IDLE_TIMEOUT};
+pub use table::{QueueTable, MAX_SCHEMA_LEN, MAX_TABLE_LEN};
+pub use upkeep::{Analyzing, Upkeep, Vacuuming};
