@@ -215,6 +215,54 @@ impl Statements {
         self.next_run.replace("{queues}", &queue_values(queues))
     }
 
+    /// Every statement by name, rendered: both inserts, the claims for one and two queues
+    /// (asynchronous and in a transaction, limit 32), the wait for one and two queues, and
+    /// the rest. What the golden file (`pq-api/tests/golden/statements.sql`) holds for the
+    /// default table, so that a change to any text shows in review.
+    pub fn all(&self) -> Vec<(String, Arc<str>)> {
+        let mut all: Vec<(String, Arc<str>)> = vec![
+            ("insert".into(), self.insert_plain.clone()),
+            ("insert, cursor keys".into(), self.insert_cursor.clone()),
+        ];
+        for queues in [1, 2] {
+            all.push((
+                format!("claim, {queues} queue(s), limit 32"),
+                self.claim(queues, 32),
+            ));
+            all.push((
+                format!("claim in a transaction, {queues} queue(s), limit 32"),
+                self.claim_in_transaction(queues, 32),
+            ));
+        }
+        for queues in [1, 2] {
+            all.push((
+                format!("next run, {queues} queue(s)"),
+                Arc::from(self.next_run(queues)),
+            ));
+        }
+        let named = [
+            ("complete", &self.complete),
+            ("fail", &self.fail),
+            ("extend", &self.extend),
+            ("release", &self.release),
+            ("cancel", &self.cancel),
+            ("retry", &self.retry),
+            ("job", &self.job),
+            ("stats", &self.stats),
+            ("purge", &self.purge),
+            ("key state", &self.key_state),
+            ("finished", &self.finished),
+            ("history", &self.history),
+            ("cleanup history", &self.cleanup_history),
+            ("listen", &self.listen),
+            ("vacuum", &self.vacuum),
+            ("may vacuum", &self.may_vacuum),
+            ("analyze if stale", &self.analyze_if_stale),
+        ];
+        all.extend(named.into_iter().map(|(n, t)| (n.to_string(), t.clone())));
+        all
+    }
+
     /// Renders every statement for `table`.
     pub fn new(table: &QueueTable) -> Self {
         let t = table.qualified();

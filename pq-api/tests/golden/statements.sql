@@ -1,0 +1,165 @@
+-- Every statement pq runs, rendered for the default table "public"."pq_jobs".
+-- Written by pq-api/tests/golden.rs (PQ_BLESS=1); do not edit by hand.
+
+-- insert
+WITH ins AS (INSERT INTO "public"."pq_jobs" AS t (queue, payload, priority, run_at, expected_at, max_attempts, key, cursor, keep_for) SELECT j.queue, j.payload::jsonb, j.priority, COALESCE(j.run_at, statement_timestamp() + j.run_in * interval '1 microsecond'), COALESCE(j.expected_at, statement_timestamp() + j.expected_in * interval '1 microsecond'), j.max_attempts, j.key, j.cursor, j.keep_for FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[], $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[]) WITH ORDINALITY AS j(queue, payload, priority, run_at, run_in, expected_at, expected_in, max_attempts, key, cursor, keep_for, ord) ORDER BY j.ord RETURNING t.id, t.cursor, t.queue, t.key), new_keys AS (INSERT INTO "public"."pq_jobs_keys" (queue, key) SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL ON CONFLICT DO NOTHING) SELECT id, cursor, CASE WHEN cursor THEN queue END AS queue, CASE WHEN cursor THEN key END AS key FROM ins
+
+-- insert, cursor keys
+WITH ins AS (INSERT INTO "public"."pq_jobs" AS t (queue, payload, priority, run_at, expected_at, max_attempts, key, cursor, keep_for) SELECT j.queue, j.payload::jsonb, j.priority, COALESCE(j.run_at, statement_timestamp() + j.run_in * interval '1 microsecond'), COALESCE(j.expected_at, statement_timestamp() + j.expected_in * interval '1 microsecond'), j.max_attempts, j.key, j.cursor, j.keep_for FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[], $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[]) WITH ORDINALITY AS j(queue, payload, priority, run_at, run_in, expected_at, expected_in, max_attempts, key, cursor, keep_for, ord) ORDER BY j.ord ON CONFLICT (queue, key) WHERE cursor AND lease_token IS NULL DO UPDATE SET cursor = EXCLUDED.cursor RETURNING t.id, t.cursor, t.queue, t.key), new_keys AS (INSERT INTO "public"."pq_jobs_keys" (queue, key) SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL ON CONFLICT DO NOTHING) SELECT id, cursor, CASE WHEN cursor THEN queue END AS queue, CASE WHEN cursor THEN key END AS key FROM ins
+
+-- claim, 1 queue(s), limit 32
+WITH cand AS (SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (VALUES (($1::text[])[1])) AS q(name) CROSS JOIN LATERAL (SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at FROM "public"."pq_jobs" AS j WHERE j.queue = q.name AND j.state <> 'failed' AND j.run_at <= statement_timestamp() AND j.attempts < j.max_attempts AND (j.key IS NULL OR (NOT EXISTS (SELECT 1 FROM "public"."pq_jobs_keys" AS k WHERE k.queue = j.queue AND k.key = j.key AND k.running_id <> j.id AND k.running_until > statement_timestamp()) AND (SELECT o.id = j.id FROM "public"."pq_jobs" AS o WHERE o.queue = j.queue AND o.key = j.key AND o.state <> 'failed' AND o.run_at <= statement_timestamp() AND o.attempts < o.max_attempts ORDER BY o.priority DESC, o.expected_at ASC NULLS LAST, o.run_at ASC, o.id ASC LIMIT 1))) ORDER BY j.priority DESC, j.expected_at ASC NULLS LAST, j.run_at ASC, j.id ASC LIMIT 32 FOR UPDATE OF j SKIP LOCKED) AS c ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC LIMIT 32), picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c LEFT JOIN LATERAL (SELECT true AS free FROM "public"."pq_jobs_keys" AS k WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key AND (k.running_id IS NULL OR k.running_id = c.id OR k.running_until <= statement_timestamp()) FOR UPDATE SKIP LOCKED) AS h ON true WHERE c.key IS NULL OR h.free), claimed AS (UPDATE "public"."pq_jobs" AS t SET state = 'running', attempts = t.attempts + 1, lease_token = $3::int8, run_at = statement_timestamp() + $2::int8 * interval '1 microsecond' FROM picked WHERE t.id = picked.id RETURNING t.*, picked.prev_run_at), taken AS (UPDATE "public"."pq_jobs_keys" AS k SET running_id = c.id, running_until = c.run_at FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state) SELECT id, queue, payload::text AS payload, priority, expected_at, run_at, 'running' AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, keep_for, CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC
+
+-- claim in a transaction, 1 queue(s), limit 32
+WITH cand AS (SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (VALUES (($1::text[])[1])) AS q(name) CROSS JOIN LATERAL (SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at FROM "public"."pq_jobs" AS j WHERE j.queue = q.name AND j.state <> 'failed' AND j.run_at <= statement_timestamp() AND j.attempts < j.max_attempts AND (j.key IS NULL OR (NOT EXISTS (SELECT 1 FROM "public"."pq_jobs_keys" AS k WHERE k.queue = j.queue AND k.key = j.key AND k.running_id <> j.id AND k.running_until > statement_timestamp()) AND (SELECT o.id = j.id FROM "public"."pq_jobs" AS o WHERE o.queue = j.queue AND o.key = j.key AND o.state <> 'failed' AND o.run_at <= statement_timestamp() AND o.attempts < o.max_attempts ORDER BY o.priority DESC, o.expected_at ASC NULLS LAST, o.run_at ASC, o.id ASC LIMIT 1))) ORDER BY j.priority DESC, j.expected_at ASC NULLS LAST, j.run_at ASC, j.id ASC LIMIT 32 FOR UPDATE OF j SKIP LOCKED) AS c ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC LIMIT 32), picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c LEFT JOIN LATERAL (SELECT true AS free FROM "public"."pq_jobs_keys" AS k WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key AND (k.running_id IS NULL OR k.running_id = c.id OR k.running_until <= statement_timestamp()) FOR UPDATE SKIP LOCKED) AS h ON true WHERE c.key IS NULL OR h.free), claimed AS (UPDATE "public"."pq_jobs" AS t SET state = 'running', attempts = t.attempts + 1, lease_token = $3::int8, run_at = statement_timestamp() + $2::int8 * interval '1 microsecond' FROM picked WHERE t.id = picked.id RETURNING t.*, picked.prev_run_at), taken AS (UPDATE "public"."pq_jobs_keys" AS k SET running_id = c.id, running_until = c.run_at FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state) SELECT id, queue, payload::text AS payload, priority, expected_at, run_at, 'running' AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, keep_for, CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC
+
+-- claim, 2 queue(s), limit 32
+WITH cand AS (SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (VALUES (($1::text[])[1]), (($1::text[])[2])) AS q(name) CROSS JOIN LATERAL (SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at FROM "public"."pq_jobs" AS j WHERE j.queue = q.name AND j.state <> 'failed' AND j.run_at <= statement_timestamp() AND j.attempts < j.max_attempts AND (j.key IS NULL OR (NOT EXISTS (SELECT 1 FROM "public"."pq_jobs_keys" AS k WHERE k.queue = j.queue AND k.key = j.key AND k.running_id <> j.id AND k.running_until > statement_timestamp()) AND (SELECT o.id = j.id FROM "public"."pq_jobs" AS o WHERE o.queue = j.queue AND o.key = j.key AND o.state <> 'failed' AND o.run_at <= statement_timestamp() AND o.attempts < o.max_attempts ORDER BY o.priority DESC, o.expected_at ASC NULLS LAST, o.run_at ASC, o.id ASC LIMIT 1))) ORDER BY j.priority DESC, j.expected_at ASC NULLS LAST, j.run_at ASC, j.id ASC LIMIT 32 FOR UPDATE OF j SKIP LOCKED) AS c ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC LIMIT 32), picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c LEFT JOIN LATERAL (SELECT true AS free FROM "public"."pq_jobs_keys" AS k WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key AND (k.running_id IS NULL OR k.running_id = c.id OR k.running_until <= statement_timestamp()) FOR UPDATE SKIP LOCKED) AS h ON true WHERE c.key IS NULL OR h.free), claimed AS (UPDATE "public"."pq_jobs" AS t SET state = 'running', attempts = t.attempts + 1, lease_token = $3::int8, run_at = statement_timestamp() + $2::int8 * interval '1 microsecond' FROM picked WHERE t.id = picked.id RETURNING t.*, picked.prev_run_at), taken AS (UPDATE "public"."pq_jobs_keys" AS k SET running_id = c.id, running_until = c.run_at FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state) SELECT id, queue, payload::text AS payload, priority, expected_at, run_at, 'running' AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, keep_for, CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC
+
+-- claim in a transaction, 2 queue(s), limit 32
+WITH cand AS (SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (VALUES (($1::text[])[1]), (($1::text[])[2])) AS q(name) CROSS JOIN LATERAL (SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at FROM "public"."pq_jobs" AS j WHERE j.queue = q.name AND j.state <> 'failed' AND j.run_at <= statement_timestamp() AND j.attempts < j.max_attempts AND (j.key IS NULL OR (NOT EXISTS (SELECT 1 FROM "public"."pq_jobs_keys" AS k WHERE k.queue = j.queue AND k.key = j.key AND k.running_id <> j.id AND k.running_until > statement_timestamp()) AND (SELECT o.id = j.id FROM "public"."pq_jobs" AS o WHERE o.queue = j.queue AND o.key = j.key AND o.state <> 'failed' AND o.run_at <= statement_timestamp() AND o.attempts < o.max_attempts ORDER BY o.priority DESC, o.expected_at ASC NULLS LAST, o.run_at ASC, o.id ASC LIMIT 1))) ORDER BY j.priority DESC, j.expected_at ASC NULLS LAST, j.run_at ASC, j.id ASC LIMIT 32 FOR UPDATE OF j SKIP LOCKED) AS c ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC LIMIT 32), picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c LEFT JOIN LATERAL (SELECT true AS free FROM "public"."pq_jobs_keys" AS k WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key AND (k.running_id IS NULL OR k.running_id = c.id OR k.running_until <= statement_timestamp()) FOR UPDATE SKIP LOCKED) AS h ON true WHERE c.key IS NULL OR h.free), claimed AS (UPDATE "public"."pq_jobs" AS t SET state = 'running', attempts = t.attempts + 1, lease_token = $3::int8, run_at = statement_timestamp() + $2::int8 * interval '1 microsecond' FROM picked WHERE t.id = picked.id RETURNING t.*, picked.prev_run_at), taken AS (UPDATE "public"."pq_jobs_keys" AS k SET running_id = c.id, running_until = c.run_at FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state) SELECT id, queue, payload::text AS payload, priority, expected_at, run_at, 'running' AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, keep_for, CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC
+
+-- next run, 1 queue(s)
+WITH RECURSIVE qs AS (SELECT DISTINCT name FROM (VALUES (($1::text[])[1])) AS q(name) WHERE name IS NOT NULL), ks AS (SELECT qs.name AS queue, (SELECT min(key) FROM "public"."pq_jobs" WHERE queue = qs.name AND key IS NOT NULL AND state <> 'failed') AS key FROM qs UNION ALL SELECT ks.queue, (SELECT min(key) FROM "public"."pq_jobs" WHERE queue = ks.queue AND key > ks.key AND state <> 'failed') FROM ks WHERE ks.key IS NOT NULL), nr AS (SELECT LEAST((SELECT min(n.run_at) FROM qs CROSS JOIN LATERAL (SELECT run_at FROM "public"."pq_jobs" WHERE queue = qs.name AND key IS NULL AND state <> 'failed' AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS n), (SELECT min(GREATEST(h.run_at, CASE WHEN k.running_until > statement_timestamp() THEN k.running_until END)) FROM ks CROSS JOIN LATERAL (SELECT run_at FROM "public"."pq_jobs" WHERE queue = ks.queue AND key = ks.key AND state <> 'failed' AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS h LEFT JOIN "public"."pq_jobs_keys" AS k ON k.queue = ks.queue AND k.key = ks.key)) AS at) SELECT CASE WHEN isfinite(at) THEN at END AS next_at, statement_timestamp() AS now FROM nr
+
+-- next run, 2 queue(s)
+WITH RECURSIVE qs AS (SELECT DISTINCT name FROM (VALUES (($1::text[])[1]), (($1::text[])[2])) AS q(name) WHERE name IS NOT NULL), ks AS (SELECT qs.name AS queue, (SELECT min(key) FROM "public"."pq_jobs" WHERE queue = qs.name AND key IS NOT NULL AND state <> 'failed') AS key FROM qs UNION ALL SELECT ks.queue, (SELECT min(key) FROM "public"."pq_jobs" WHERE queue = ks.queue AND key > ks.key AND state <> 'failed') FROM ks WHERE ks.key IS NOT NULL), nr AS (SELECT LEAST((SELECT min(n.run_at) FROM qs CROSS JOIN LATERAL (SELECT run_at FROM "public"."pq_jobs" WHERE queue = qs.name AND key IS NULL AND state <> 'failed' AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS n), (SELECT min(GREATEST(h.run_at, CASE WHEN k.running_until > statement_timestamp() THEN k.running_until END)) FROM ks CROSS JOIN LATERAL (SELECT run_at FROM "public"."pq_jobs" WHERE queue = ks.queue AND key = ks.key AND state <> 'failed' AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS h LEFT JOIN "public"."pq_jobs_keys" AS k ON k.queue = ks.queue AND k.key = ks.key)) AS at) SELECT CASE WHEN isfinite(at) THEN at END AS next_at, statement_timestamp() AS now FROM nr
+
+-- complete
+WITH done AS (DELETE FROM "public"."pq_jobs" AS t USING unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS l(id, token, result, key_state) WHERE t.id = l.id AND t.lease_token = l.token AND t.state = 'running' RETURNING t.id, t.queue, CASE WHEN t.keep_for IS NOT NULL THEN t.payload END AS payload, t.key, t.cursor, t.priority, t.attempts, t.created_at, t.keep_for, l.result, l.key_state), freed AS (UPDATE "public"."pq_jobs_keys" AS k SET running_id = NULL, running_until = NULL, state = COALESCE(done.key_state::jsonb, k.state) FROM done WHERE done.key IS NOT NULL AND k.queue = done.queue AND k.key = done.key AND k.running_id = done.id), kept AS (INSERT INTO "public"."pq_jobs_history" (id, queue, payload, key, cursor, priority, attempts, result, created_at, finished_at, keep_until) SELECT id, queue, payload, key, cursor, priority, attempts, result::jsonb, created_at, statement_timestamp(), statement_timestamp() + keep_for * interval '1 microsecond' FROM done WHERE keep_for IS NOT NULL) SELECT id FROM done
+
+-- fail
+WITH f AS (UPDATE "public"."pq_jobs" SET state = CASE WHEN $6::bool AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, run_at = CASE WHEN $6::bool AND attempts < max_attempts THEN COALESCE($3::timestamptz, statement_timestamp() + $4::int8 * interval '1 microsecond') ELSE statement_timestamp() END, last_error = $5::text WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' RETURNING id, queue, key, CASE WHEN state = 'failed' THEN 'failed' WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state), freed AS (UPDATE "public"."pq_jobs_keys" AS k SET running_id = NULL, running_until = NULL FROM f WHERE f.key IS NOT NULL AND k.queue = f.queue AND k.key = f.key AND k.running_id = f.id) SELECT state FROM f
+
+-- extend
+WITH e AS (UPDATE "public"."pq_jobs" SET run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' RETURNING id, queue, key, run_at), moved AS (UPDATE "public"."pq_jobs_keys" AS k SET running_until = e.run_at FROM e WHERE e.key IS NOT NULL AND k.queue = e.queue AND k.key = e.key AND k.running_id = e.id) SELECT run_at FROM e
+
+-- release
+WITH r AS (UPDATE "public"."pq_jobs" SET state = 'queued', attempts = GREATEST(attempts - 1, 0), run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' RETURNING id, queue, key), freed AS (UPDATE "public"."pq_jobs_keys" AS k SET running_id = NULL, running_until = NULL FROM r WHERE r.key IS NOT NULL AND k.queue = r.queue AND k.key = r.key AND k.running_id = r.id) SELECT id FROM r
+
+-- cancel
+WITH target AS (SELECT id, CASE WHEN state = 'failed' THEN 'failed' WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state FROM "public"."pq_jobs" WHERE id = $1::int8 FOR UPDATE), gone AS (DELETE FROM "public"."pq_jobs" AS t USING target WHERE t.id = target.id AND target.state <> 'running' RETURNING t.id) SELECT state FROM target
+
+-- retry
+WITH target AS (SELECT id, CASE WHEN state = 'failed' THEN 'failed' WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state FROM "public"."pq_jobs" WHERE id = $1::int8 FOR UPDATE), restarted AS (UPDATE "public"."pq_jobs" AS t SET state = 'queued', attempts = 0, run_at = statement_timestamp() FROM target WHERE t.id = target.id AND target.state = 'failed' RETURNING t.id) SELECT state FROM target
+
+-- job
+SELECT id, queue, payload::text AS payload, priority, expected_at, run_at, CASE WHEN state = 'failed' THEN 'failed' WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, keep_for, NULL::text AS key_state FROM "public"."pq_jobs" WHERE id = $1::int8
+
+-- stats
+SELECT CASE WHEN state = 'failed' THEN 'failed' WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state, count(*)::int8 AS n FROM "public"."pq_jobs" WHERE queue = $1::text GROUP BY 1
+
+-- purge
+WITH gone AS (DELETE FROM "public"."pq_jobs" WHERE queue = $1::text RETURNING id), freed AS (UPDATE "public"."pq_jobs_keys" SET running_id = NULL, running_until = NULL WHERE queue = $1::text AND running_id IS NOT NULL) SELECT count(*)::int8 AS n FROM gone
+
+-- key state
+SELECT COALESCE(state::text, 'null') AS state FROM "public"."pq_jobs_keys" WHERE queue = $1::text AND key = $2::text
+
+-- finished
+SELECT id, queue, payload::text AS payload, key, cursor, priority, attempts, result::text AS result, created_at, finished_at, keep_until FROM "public"."pq_jobs_history" WHERE id = $1::int8
+
+-- history
+SELECT id, queue, payload::text AS payload, key, cursor, priority, attempts, result::text AS result, created_at, finished_at, keep_until FROM "public"."pq_jobs_history" WHERE queue = $1::text ORDER BY finished_at DESC, id DESC LIMIT $2::int8
+
+-- cleanup history
+WITH gone AS (DELETE FROM "public"."pq_jobs_history" WHERE keep_until <= statement_timestamp() RETURNING 1) SELECT count(*)::int8 AS n FROM gone
+
+-- listen
+LISTEN "pq_1888fa0b9cef109e"
+
+-- vacuum
+VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) "public"."pq_jobs"
+
+-- may vacuum
+SELECT pg_has_role(c.relowner, 'USAGE') AS may FROM pg_class AS c WHERE c.oid = '"public"."pq_jobs"'::regclass
+
+-- analyze if stale
+DO $$BEGIN IF (SELECT s.n_live_tup > 1000 AND (c.reltuples < 0 OR c.reltuples * 2 < s.n_live_tup) AND pg_has_role(c.relowner, 'USAGE') FROM pg_class AS c JOIN pg_stat_user_tables AS s ON s.relid = c.oid WHERE c.oid = '"public"."pq_jobs"'::regclass) THEN ANALYZE "public"."pq_jobs"; END IF; END$$
+
+-- begin, transactional handler
+BEGIN; SET LOCAL idle_in_transaction_session_timeout = 30000
+
+-- migrations: lock
+SELECT pg_advisory_xact_lock($1::int8)
+
+-- migrations: prepare
+CREATE SCHEMA IF NOT EXISTS "public";
+CREATE TABLE IF NOT EXISTS "public"."pq_jobs_migrations" (version integer PRIMARY KEY, description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+
+-- migrations: applied
+SELECT version FROM "public"."pq_jobs_migrations" ORDER BY version
+
+-- migrations: record
+INSERT INTO "public"."pq_jobs_migrations" (version, description) VALUES ($1::int4, $2::text)
+
+-- migration 1: jobs table, claim index, notify trigger
+CREATE TABLE "public"."pq_jobs" (
+  id bigserial PRIMARY KEY,
+  queue text NOT NULL CHECK (length(queue) BETWEEN 1 AND 128),
+  payload jsonb NOT NULL,
+  priority integer NOT NULL DEFAULT 0,
+  expected_at timestamptz,
+  run_at timestamptz NOT NULL DEFAULT now(),
+  state text NOT NULL DEFAULT 'queued' CHECK (state IN ('queued', 'running', 'failed')),
+  attempts integer NOT NULL DEFAULT 0,
+  max_attempts integer NOT NULL DEFAULT 5 CHECK (max_attempts >= 1),
+  lease_token bigint,
+  last_error text,
+  created_at timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX "pq_jobs_claim" ON "public"."pq_jobs" (queue, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC) WHERE state <> 'failed';
+CREATE INDEX "pq_jobs_run_at" ON "public"."pq_jobs" (queue, run_at) WHERE state <> 'failed';
+CREATE FUNCTION "public"."pq_jobs_notify"() RETURNS trigger LANGUAGE plpgsql AS $pq$
+BEGIN
+  PERFORM pg_notify('pq_1888fa0b9cef109e', q.queue) FROM (SELECT DISTINCT queue FROM new_rows WHERE state = 'queued') AS q;
+  RETURN NULL;
+END
+$pq$;
+CREATE TRIGGER pq_notify_insert AFTER INSERT ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
+CREATE TRIGGER pq_notify_update AFTER UPDATE ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
+
+-- migration 2: serial and cursor keys, key states, job history
+ALTER TABLE "public"."pq_jobs" ADD COLUMN key text CHECK (length(key) BETWEEN 1 AND 255),
+  ADD COLUMN cursor boolean NOT NULL DEFAULT false,
+  ADD COLUMN keep_for bigint CHECK (keep_for > 0);
+DROP INDEX "public"."pq_jobs_run_at";
+CREATE INDEX "pq_jobs_run_at" ON "public"."pq_jobs" (queue, run_at) WHERE state <> 'failed' AND key IS NULL;
+CREATE INDEX "pq_jobs_key" ON "public"."pq_jobs" (queue, key, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC) WHERE key IS NOT NULL AND state <> 'failed';
+CREATE INDEX "pq_jobs_key_run_at" ON "public"."pq_jobs" (queue, key, run_at) WHERE key IS NOT NULL AND state <> 'failed';
+CREATE UNIQUE INDEX "pq_jobs_cursor_pending" ON "public"."pq_jobs" (queue, key) WHERE cursor AND lease_token IS NULL;
+CREATE TABLE "public"."pq_jobs_keys" (
+  queue text NOT NULL,
+  key text NOT NULL,
+  running_id bigint,
+  running_until timestamptz,
+  state jsonb,
+  PRIMARY KEY (queue, key)
+);
+CREATE TABLE "public"."pq_jobs_history" (
+  id bigint PRIMARY KEY,
+  queue text NOT NULL,
+  payload jsonb NOT NULL,
+  key text,
+  cursor boolean NOT NULL,
+  priority integer NOT NULL,
+  attempts integer NOT NULL,
+  result jsonb,
+  created_at timestamptz NOT NULL,
+  finished_at timestamptz NOT NULL,
+  keep_until timestamptz NOT NULL
+);
+CREATE INDEX "pq_jobs_history_queue" ON "public"."pq_jobs_history" (queue, finished_at DESC, id DESC);
+CREATE INDEX "pq_jobs_history_keep" ON "public"."pq_jobs_history" (keep_until);
+CREATE FUNCTION "public"."pq_jobs_key_freed"() RETURNS trigger LANGUAGE plpgsql AS $pq$
+BEGIN
+  IF EXISTS (SELECT 1 FROM "public"."pq_jobs" WHERE queue = NEW.queue AND key = NEW.key AND state <> 'failed') THEN
+    PERFORM pg_notify('pq_1888fa0b9cef109e', NEW.queue);
+  END IF;
+  RETURN NULL;
+END
+$pq$;
+CREATE TRIGGER pq_notify_key_freed AFTER UPDATE ON "public"."pq_jobs_keys" FOR EACH ROW WHEN (OLD.running_id IS NOT NULL AND NEW.running_id IS NULL) EXECUTE FUNCTION "public"."pq_jobs_key_freed"();
+
+-- migration 3: finite timestamps only
+ALTER TABLE "public"."pq_jobs" ADD CONSTRAINT "pq_jobs_finite_times" CHECK (isfinite(run_at) AND isfinite(created_at) AND (expected_at IS NULL OR isfinite(expected_at))) NOT VALID;
+ALTER TABLE "public"."pq_jobs_history" ADD CONSTRAINT "pq_jobs_history_finite_times" CHECK (isfinite(created_at) AND isfinite(finished_at) AND isfinite(keep_until)) NOT VALID;
