@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Hand-written mutants of the shared SQL (pq-api/src/postgres/statements.rs), each run against the sqlx
+"""Hand-written mutants of the shared SQL (pq-api/src/postgres/sql/*.sql), each run against the sqlx
 store's conformance suite and PostgreSQL tests. Run through scripts/mutants.sh.
 
 Each mutant breaks one promise in the statement text. It is caught when a test fails; a
@@ -10,50 +10,57 @@ import shutil
 import subprocess
 import sys
 
-SQL = "pq-api/src/postgres/statements.rs"
+SQL = "pq-api/src/postgres/sql/"
 TOKEN = "WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running'"
 UNFENCED = "WHERE id = $1::int8 AND state = 'running'"
+ORDER = "j.priority DESC, j.expected_at ASC NULLS LAST"
 
-# (name, text, replacement, which occurrence of the text: 0 for the first)
+# (name, statement file, text, replacement, which occurrence of the text: 0 for the first)
 MUTANTS = [
-    ("complete ignores the lease token", "AND t.lease_token = l.token", "", 0),
-    ("fail ignores the lease token", TOKEN, UNFENCED, 0),
-    ("extend ignores the lease token", TOKEN, UNFENCED, 1),
-    ("release ignores the lease token", TOKEN, UNFENCED, 2),
-    ("claim does not count the attempt", "attempts = t.attempts + 1", "attempts = t.attempts", 0),
-    ("claim takes jobs before their time", "AND {a}.run_at <= statement_timestamp()", "", 0),
-    ("claim takes jobs out of attempts", "AND {a}.attempts < {a}.max_attempts", "", 0),
-    ("claim orders priority ascending",
-     "{a}.priority DESC, {a}.expected_at ASC NULLS LAST",
-     "{a}.priority ASC, {a}.expected_at ASC NULLS LAST", 0),
-    ("claim puts jobs without a deadline first",
-     "{a}.priority DESC, {a}.expected_at ASC NULLS LAST",
-     "{a}.priority DESC, {a}.expected_at ASC NULLS FIRST", 0),
-    ("claim returns its rows latest first", "prev_run_at ASC, id ASC", "prev_run_at DESC, id ASC", 0),
-    ("claim blocks on locked rows instead of skipping them",
+    ("complete ignores the lease token", "complete.sql", "AND t.lease_token = l.token", "", 0),
+    ("fail ignores the lease token", "fail.sql", TOKEN, UNFENCED, 0),
+    ("extend ignores the lease token", "extend.sql", TOKEN, UNFENCED, 0),
+    ("release ignores the lease token", "release.sql", TOKEN, UNFENCED, 0),
+    ("claim does not count the attempt", "claim.sql",
+     "attempts = t.attempts + 1", "attempts = t.attempts", 0),
+    ("claim takes jobs before their time", "claim.sql",
+     "AND j.run_at <= statement_timestamp()", "", 0),
+    ("claim takes jobs out of attempts", "claim.sql",
+     "AND j.attempts < j.max_attempts", "", 0),
+    ("claim orders priority ascending", "claim.sql",
+     ORDER, "j.priority ASC, j.expected_at ASC NULLS LAST", 0),
+    ("claim puts jobs without a deadline first", "claim.sql",
+     ORDER, "j.priority DESC, j.expected_at ASC NULLS FIRST", 0),
+    ("claim returns its rows latest first", "claim.sql",
+     "prev_run_at ASC, id ASC", "prev_run_at DESC, id ASC", 0),
+    ("claim blocks on locked rows instead of skipping them", "claim.sql",
      "FOR UPDATE OF j SKIP LOCKED", "FOR UPDATE OF j", 0),
-    ("a key held by another job is taken",
+    ("a key held by another job is taken", "claim.sql",
      "k.running_id IS NULL OR k.running_id = c.id", "true OR k.running_id = c.id", 0),
-    ("an expired lease keeps its key", "AND k.running_until > statement_timestamp())", ")", 0),
-    ("fail never gives up",
+    ("an expired lease keeps its key", "claim.sql",
+     "AND k.running_until > statement_timestamp())", ")", 0),
+    ("fail never gives up", "fail.sql",
      "WHEN $6::bool AND attempts < max_attempts THEN 'queued'",
      "WHEN attempts < max_attempts THEN 'queued'", 0),
-    ("release counts the attempt", "attempts = GREATEST(attempts - 1, 0)", "attempts = attempts", 0),
-    ("cancel removes running jobs", "target.state <> 'running'", "true", 0),
-    ("retry keeps the attempts", "SET state = 'queued', attempts = 0", "SET state = 'queued'", 0),
-    ("purge leaves keys held", "freed AS (UPDATE {keys} SET running_id = NULL",
-     "freed AS (UPDATE {keys} SET running_id = running_id", 0),
-    ("a job out of attempts is not failed", "WHEN attempts >= max_attempts THEN 'failed'",
-     "WHEN false THEN 'failed'", 0),
-    ("completing keeps no history", "FROM done WHERE keep_for IS NOT NULL", "FROM done WHERE false", 0),
-    ("completing saves no key state", "state = COALESCE(done.key_state::jsonb, k.state)",
-     "state = k.state", 0),
-    ("a cursor key keeps no pending job",
+    ("release counts the attempt", "release.sql",
+     "attempts = GREATEST(attempts - 1, 0)", "attempts = attempts", 0),
+    ("cancel removes running jobs", "cancel.sql", "target.state <> 'running'", "true", 0),
+    ("retry keeps the attempts", "retry.sql",
+     "SET state = 'queued', attempts = 0", "SET state = 'queued'", 0),
+    ("purge leaves keys held", "purge.sql",
+     "UPDATE {keys} SET running_id = NULL", "UPDATE {keys} SET running_id = running_id", 0),
+    ("a job out of attempts is not failed", "state.sql",
+     "WHEN attempts >= max_attempts THEN 'failed'", "WHEN false THEN 'failed'", 0),
+    ("completing keeps no history", "complete.sql",
+     "FROM done WHERE keep_for IS NOT NULL", "FROM done WHERE false", 0),
+    ("completing saves no key state", "complete.sql",
+     "state = COALESCE(done.key_state::jsonb, k.state)", "state = k.state", 0),
+    ("a cursor key keeps no pending job", "on_conflict_cursor.sql",
      "ON CONFLICT (queue, key) WHERE cursor AND lease_token IS NULL",
      "ON CONFLICT (queue, key) WHERE cursor AND lease_token IS NULL AND false", 0),
-    ("wait sleeps until the latest job", "nr AS (SELECT LEAST(", "nr AS (SELECT GREATEST(", 0),
-    ("extend does not move the lease", "SET run_at = statement_timestamp() + $3::int8",
-     "SET run_at = run_at + 0 * $3::int8", 0),
+    ("wait sleeps until the latest job", "next_run.sql", "SELECT LEAST(", "SELECT GREATEST(", 0),
+    ("extend does not move the lease", "extend.sql",
+     "SET run_at = statement_timestamp() + $3::int8", "SET run_at = run_at + 0 * $3::int8", 0),
 ]
 
 # Survivors by design: (name, why it breaks no promise).
@@ -79,26 +86,27 @@ def mutate(text, old, new, nth):
 def main():
     # `--start N` resumes an interrupted run at the Nth mutant (from 0).
     start = int(sys.argv[sys.argv.index("--start") + 1]) if "--start" in sys.argv else 0
-    original = open(SQL).read()
     caught = allowed = survived = 0
-    try:
-        for name, old, new, nth in MUTANTS[start:]:
-            open(SQL, "w").write(mutate(original, old, new, nth))
+    for name, file, old, new, nth in MUTANTS[start:]:
+        path = SQL + file
+        original = open(path).read()
+        try:
+            open(path, "w").write(mutate(original, old, new, nth))
             run = subprocess.run(
                 ["cargo", "test", "-q", "-p", "pq-sqlx", "--test", "conformance",
                  "--test", "postgres", "--test", "trust"],
                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            if run.returncode != 0:
-                caught += 1
-                print(f"sql mutant caught: {name}", flush=True)
-            elif name in ALLOWED:
-                allowed += 1
-                print(f"sql mutant allowed: {name} ({ALLOWED[name]})", flush=True)
-            else:
-                survived += 1
-                print(f"sql mutant SURVIVED: {name}", flush=True)
-    finally:
-        open(SQL, "w").write(original)
+        finally:
+            open(path, "w").write(original)
+        if run.returncode != 0:
+            caught += 1
+            print(f"sql mutant caught: {name}", flush=True)
+        elif name in ALLOWED:
+            allowed += 1
+            print(f"sql mutant allowed: {name} ({ALLOWED[name]})", flush=True)
+        else:
+            survived += 1
+            print(f"sql mutant SURVIVED: {name}", flush=True)
     print(f"mutants (shared SQL, sqlx store): {caught} caught, {allowed} allowed, "
           f"{survived} survived, of {len(MUTANTS) - start}")
     return 1 if survived else 0

@@ -64,7 +64,7 @@ impl Entry {
         )
     }
 
-    /// The contract's state, as `STATE_EXPR` in `pq_api::postgres` computes it.
+    /// The contract's state, as `pq-api/src/postgres/sql/state.sql` computes it.
     fn state(&self, now: DateTime<Utc>) -> JobState {
         let j = &self.job;
         match self.stored {

@@ -12,6 +12,7 @@
 pub mod conn;
 pub mod listen;
 pub mod migrations;
+mod render;
 pub mod rows;
 pub mod statements;
 pub mod table;

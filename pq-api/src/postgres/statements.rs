@@ -1,8 +1,10 @@
 //! The statements both SQL stores run, rendered once per configured table.
 //!
-//! Every statement is parameterised text with `$n` placeholders; identifiers come only from
-//! a validated [`QueueTable`] and are quoted in one place. `pq-sqlx` and `pq-diesel` send
-//! these exact strings, so the two stores run byte-identical SQL.
+//! Each statement is a `.sql` file of `postgres/sql/` whose header says what it takes and
+//! returns: parameterised text with `$n` placeholders, and `{name}` placeholders for the
+//! table's names, which come only from a validated [`QueueTable`] and are quoted in one place.
+//! `pq-sqlx` and `pq-diesel` send these exact strings, so the two stores run byte-identical
+//! SQL; `pq-api/tests/golden/statements.sql` holds them rendered for the default table.
 
 #[cfg(doc)]
 use super::upkeep::{Analyzing, Vacuuming};
@@ -10,27 +12,40 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use super::render::statement;
 use super::rows::InsertArrays;
 use super::table::QueueTable;
 
 /// How many rendered claim texts [`Statements::claim`] keeps; past that it renders each
 /// new one on every call.
 pub const CLAIM_TEXTS_KEPT: usize = 256;
-/// The job's state as the contract defines it, from the stored columns at `statement_timestamp()`.
-const STATE_EXPR: &str = "CASE WHEN state = 'failed' THEN 'failed' \
-     WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' \
-     WHEN attempts >= max_attempts THEN 'failed' \
-     WHEN run_at > statement_timestamp() THEN 'scheduled' \
-     ELSE 'ready' END";
-
-/// The columns of a job row, in the order [`JobRow`] is decoded.
-const JOB_COLUMNS: &str = "id, queue, payload::text AS payload, priority, expected_at, run_at, \
-     {state} AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, \
-     keep_for";
-
-/// The columns of a history row, in the order [`FinishedRow`] is decoded.
-const FINISHED_COLUMNS: &str = "id, queue, payload::text AS payload, key, cursor, priority, \
-     attempts, result::text AS result, created_at, finished_at, keep_until";
+/// The statement files, each documented in its header.
+mod files {
+    pub(super) const STATE: &str = include_str!("sql/state.sql");
+    pub(super) const JOB_COLUMNS: &str = include_str!("sql/job_columns.sql");
+    pub(super) const FINISHED_COLUMNS: &str = include_str!("sql/finished_columns.sql");
+    pub(super) const INSERT: &str = include_str!("sql/insert.sql");
+    pub(super) const ON_CONFLICT_CURSOR: &str = include_str!("sql/on_conflict_cursor.sql");
+    pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
+    pub(super) const COMPLETE: &str = include_str!("sql/complete.sql");
+    pub(super) const FAIL: &str = include_str!("sql/fail.sql");
+    pub(super) const EXTEND: &str = include_str!("sql/extend.sql");
+    pub(super) const RELEASE: &str = include_str!("sql/release.sql");
+    pub(super) const CANCEL: &str = include_str!("sql/cancel.sql");
+    pub(super) const RETRY: &str = include_str!("sql/retry.sql");
+    pub(super) const JOB: &str = include_str!("sql/job.sql");
+    pub(super) const STATS: &str = include_str!("sql/stats.sql");
+    pub(super) const PURGE: &str = include_str!("sql/purge.sql");
+    pub(super) const KEY_STATE: &str = include_str!("sql/key_state.sql");
+    pub(super) const FINISHED: &str = include_str!("sql/finished.sql");
+    pub(super) const HISTORY: &str = include_str!("sql/history.sql");
+    pub(super) const CLEANUP_HISTORY: &str = include_str!("sql/cleanup_history.sql");
+    pub(super) const NEXT_RUN: &str = include_str!("sql/next_run.sql");
+    pub(super) const LISTEN: &str = include_str!("sql/listen.sql");
+    pub(super) const VACUUM: &str = include_str!("sql/vacuum.sql");
+    pub(super) const MAY_VACUUM: &str = include_str!("sql/may_vacuum.sql");
+    pub(super) const ANALYZE_IF_STALE: &str = include_str!("sql/analyze_if_stale.sql");
+}
 
 /// Rendered claim texts by queue count, limit and how the claim commits.
 type ClaimTexts = HashMap<(usize, u32, Commit), Arc<str>>;
@@ -44,10 +59,11 @@ enum Commit {
     AsSet,
 }
 
-/// Added to the claim's final `SELECT` for [`Commit::Async`]: the claim's own transaction
-/// commits without waiting for its WAL flush. A one-time filter, evaluated once per claim.
+/// Put in place of the claim's ` {commit}` for [`Commit::Async`]: the claim's own
+/// transaction commits without waiting for its WAL flush. A one-time filter, evaluated once
+/// per claim.
 const ASYNC_COMMIT: &str =
-    "WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL ";
+    " WHERE (SELECT set_config('synchronous_commit', 'off', true)) IS NOT NULL";
 
 /// Every statement pq runs against one [`QueueTable`]. Cheap to clone.
 ///
@@ -177,7 +193,7 @@ impl Statements {
             self.claim
                 .replace("{queues}", &queue_values(queues))
                 .replace("{limit}", &limit.to_string())
-                .replace("{commit}", commit_filter),
+                .replace(" {commit}", commit_filter),
         );
         if kept.len() < CLAIM_TEXTS_KEPT {
             kept.insert((queues, limit, commit), text.clone());
@@ -263,239 +279,57 @@ impl Statements {
         all
     }
 
-    /// Renders every statement for `table`.
+    /// Renders every statement for `table`, from the files of `postgres/sql/`.
     pub fn new(table: &QueueTable) -> Self {
-        let t = table.qualified();
+        use files::*;
+        let jobs = table.qualified();
         let keys = table.object(&format!("{}_keys", table.table()));
         let history = table.object(&format!("{}_history", table.table()));
-        let cols = JOB_COLUMNS.replace("{state}", STATE_EXPR);
-        let claim_cols = JOB_COLUMNS.replace("{state}", "'running'");
-        let ready = |a: &str| {
-            format!(
-                "{a}.state <> 'failed' AND {a}.run_at <= statement_timestamp() \
-                 AND {a}.attempts < {a}.max_attempts"
-            )
+        let channel = format!("\"{}\"", table.channel());
+        let state = statement(STATE, &[]);
+        let job_columns = statement(JOB_COLUMNS, &[("state", &state)]);
+        let claim_columns = statement(JOB_COLUMNS, &[("state", "'running'")]);
+        let finished_columns = statement(FINISHED_COLUMNS, &[]);
+        let on_conflict = statement(ON_CONFLICT_CURSOR, &[]);
+        let vars = [
+            ("jobs", jobs.as_str()),
+            ("keys", keys.as_str()),
+            ("history", history.as_str()),
+            ("channel", channel.as_str()),
+            ("state", state.as_str()),
+            ("job_columns", job_columns.as_str()),
+            ("claim_columns", claim_columns.as_str()),
+            ("finished_columns", finished_columns.as_str()),
+        ];
+        let s = |file: &str| -> Arc<str> { Arc::from(statement(file, &vars)) };
+        let insert = |on_conflict: &str| -> Arc<str> {
+            let mut with = vars.to_vec();
+            with.push(("on_conflict", on_conflict));
+            Arc::from(statement(INSERT, &with))
         };
-        let order = |a: &str| {
-            format!("{a}.priority DESC, {a}.expected_at ASC NULLS LAST, {a}.run_at ASC, {a}.id ASC")
-        };
-        let (ready_j, ready_o, order_j, order_o, order_c) =
-            (ready("j"), ready("o"), order("j"), order("o"), order("c"));
-        // Frees the key a job held; `{src}` names the rows with `id`, `queue`, `key`.
-        let free_key = |src: &str| {
-            format!(
-                "UPDATE {keys} AS k SET running_id = NULL, running_until = NULL \
-                 FROM {src} WHERE {src}.key IS NOT NULL AND k.queue = {src}.queue \
-                 AND k.key = {src}.key AND k.running_id = {src}.id"
-            )
-        };
-        let insert = |on_conflict: &str| {
-            format!(
-                "WITH ins AS (INSERT INTO {t} AS t (queue, payload, priority, run_at, expected_at, \
-                 max_attempts, key, cursor, keep_for) \
-                 SELECT j.queue, j.payload::jsonb, j.priority, \
-                 COALESCE(j.run_at, statement_timestamp() + j.run_in * interval '1 microsecond'), \
-                 COALESCE(j.expected_at, statement_timestamp() + j.expected_in * interval '1 microsecond'), \
-                 j.max_attempts, j.key, j.cursor, j.keep_for \
-                 FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[], \
-                 $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[]) \
-                 WITH ORDINALITY AS j(queue, payload, priority, run_at, run_in, expected_at, \
-                 expected_in, max_attempts, key, cursor, keep_for, ord) \
-                 ORDER BY j.ord{on_conflict} \
-                 RETURNING t.id, t.cursor, t.queue, t.key), \
-                 new_keys AS (INSERT INTO {keys} (queue, key) \
-                 SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL \
-                 ON CONFLICT DO NOTHING) \
-                 SELECT id, cursor, CASE WHEN cursor THEN queue END AS queue, \
-                 CASE WHEN cursor THEN key END AS key FROM ins"
-            )
-        };
-        let s = |text: String| -> Arc<str> { Arc::from(text) };
         Statements {
-            insert_plain: s(insert("")),
-            insert_cursor: s(insert(
-                " ON CONFLICT (queue, key) WHERE cursor AND lease_token IS NULL \
-                 DO UPDATE SET cursor = EXCLUDED.cursor",
-            )),
-            // A keyed job is a candidate if no other job holds its key (tested first: it is the
-            // cheaper probe, and rules out every waiting job of a held key) and it heads its
-            // key's claimable jobs; `picked` then locks the key's row, re-checked at its latest version,
-            // which makes the check race-free. The head test is written as a boolean subquery,
-            // not `(SELECT id …) = j.id`: the planner guesses an equality with a subquery
-            // passes 0.5% of rows, expects to scan the whole index, and above
-            // `jit_above_cost` spends ~100 ms compiling every claim.
-            claim: s(format!(
-                "WITH cand AS (\
-                 SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at \
-                 FROM (VALUES {{queues}}) AS q(name) \
-                 CROSS JOIN LATERAL (SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at \
-                 FROM {t} AS j WHERE j.queue = q.name AND {ready_j} \
-                 AND (j.key IS NULL OR (\
-                 NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = j.queue \
-                 AND k.key = j.key AND k.running_id <> j.id \
-                 AND k.running_until > statement_timestamp()) \
-                 AND (SELECT o.id = j.id FROM {t} AS o WHERE o.queue = j.queue AND o.key = j.key \
-                 AND {ready_o} ORDER BY {order_o} LIMIT 1))) \
-                 ORDER BY {order_j} LIMIT {{limit}} FOR UPDATE OF j SKIP LOCKED) AS c \
-                 ORDER BY {order_c} LIMIT {{limit}}), \
-                 picked AS (SELECT c.id, c.run_at AS prev_run_at FROM cand AS c \
-                 LEFT JOIN LATERAL (SELECT true AS free FROM {keys} AS k \
-                 WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key \
-                 AND (k.running_id IS NULL OR k.running_id = c.id \
-                 OR k.running_until <= statement_timestamp()) \
-                 FOR UPDATE SKIP LOCKED) AS h ON true \
-                 WHERE c.key IS NULL OR h.free), \
-                 claimed AS (UPDATE {t} AS t SET state = 'running', attempts = t.attempts + 1, \
-                 lease_token = $3::int8, \
-                 run_at = statement_timestamp() + $2::int8 * interval '1 microsecond' \
-                 FROM picked WHERE t.id = picked.id RETURNING t.*, picked.prev_run_at), \
-                 taken AS (UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at \
-                 FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key \
-                 RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state) \
-                 SELECT {claim_cols}, \
-                 CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state \
-                 FROM claimed LEFT JOIN taken ON k_queue = queue AND k_key = key \
-                 {{commit}}ORDER BY priority DESC, expected_at ASC NULLS LAST, prev_run_at ASC, id ASC"
-            )),
-            // The payload is carried along only for jobs that keep a history record.
-            complete: s(format!(
-                "WITH done AS (DELETE FROM {t} AS t \
-                 USING unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) \
-                 AS l(id, token, result, key_state) \
-                 WHERE t.id = l.id AND t.lease_token = l.token AND t.state = 'running' \
-                 RETURNING t.id, t.queue, \
-                 CASE WHEN t.keep_for IS NOT NULL THEN t.payload END AS payload, t.key, t.cursor, \
-                 t.priority, t.attempts, t.created_at, t.keep_for, l.result, l.key_state), \
-                 freed AS (UPDATE {keys} AS k SET running_id = NULL, running_until = NULL, \
-                 state = COALESCE(done.key_state::jsonb, k.state) \
-                 FROM done WHERE done.key IS NOT NULL AND k.queue = done.queue \
-                 AND k.key = done.key AND k.running_id = done.id), \
-                 kept AS (INSERT INTO {history} (id, queue, payload, key, cursor, priority, \
-                 attempts, result, created_at, finished_at, keep_until) \
-                 SELECT id, queue, payload, key, cursor, priority, attempts, result::jsonb, \
-                 created_at, statement_timestamp(), \
-                 statement_timestamp() + keep_for * interval '1 microsecond' \
-                 FROM done WHERE keep_for IS NOT NULL) \
-                 SELECT id FROM done"
-            )),
-            fail: s(format!(
-                "WITH f AS (UPDATE {t} SET \
-                 state = CASE WHEN $6::bool AND attempts < max_attempts THEN 'queued' ELSE 'failed' END, \
-                 run_at = CASE WHEN $6::bool AND attempts < max_attempts THEN COALESCE($3::timestamptz, \
-                 statement_timestamp() + $4::int8 * interval '1 microsecond') \
-                 ELSE statement_timestamp() END, \
-                 last_error = $5::text \
-                 WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
-                 RETURNING id, queue, key, {STATE_EXPR} AS state), \
-                 freed AS ({free}) \
-                 SELECT state FROM f",
-                free = free_key("f")
-            )),
-            extend: s(format!(
-                "WITH e AS (UPDATE {t} \
-                 SET run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' \
-                 WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
-                 RETURNING id, queue, key, run_at), \
-                 moved AS (UPDATE {keys} AS k SET running_until = e.run_at FROM e \
-                 WHERE e.key IS NOT NULL AND k.queue = e.queue AND k.key = e.key \
-                 AND k.running_id = e.id) \
-                 SELECT run_at FROM e"
-            )),
-            release: s(format!(
-                "WITH r AS (UPDATE {t} SET state = 'queued', \
-                 attempts = GREATEST(attempts - 1, 0), \
-                 run_at = statement_timestamp() + $3::int8 * interval '1 microsecond' \
-                 WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running' \
-                 RETURNING id, queue, key), \
-                 freed AS ({free}) \
-                 SELECT id FROM r",
-                free = free_key("r")
-            )),
-            cancel: s(format!(
-                "WITH target AS (SELECT id, {STATE_EXPR} AS state FROM {t} WHERE id = $1::int8 FOR UPDATE), \
-                 gone AS (DELETE FROM {t} AS t USING target \
-                 WHERE t.id = target.id AND target.state <> 'running' RETURNING t.id) \
-                 SELECT state FROM target"
-            )),
-            retry: s(format!(
-                "WITH target AS (SELECT id, {STATE_EXPR} AS state FROM {t} WHERE id = $1::int8 FOR UPDATE), \
-                 restarted AS (UPDATE {t} AS t SET state = 'queued', attempts = 0, \
-                 run_at = statement_timestamp() FROM target \
-                 WHERE t.id = target.id AND target.state = 'failed' RETURNING t.id) \
-                 SELECT state FROM target"
-            )),
-            job: s(format!(
-                "SELECT {cols}, NULL::text AS key_state FROM {t} WHERE id = $1::int8"
-            )),
-            stats: s(format!(
-                "SELECT {STATE_EXPR} AS state, count(*)::int8 AS n FROM {t} \
-                 WHERE queue = $1::text GROUP BY 1"
-            )),
-            purge: s(format!(
-                "WITH gone AS (DELETE FROM {t} WHERE queue = $1::text RETURNING id), \
-                 freed AS (UPDATE {keys} SET running_id = NULL, running_until = NULL \
-                 WHERE queue = $1::text AND running_id IS NOT NULL) \
-                 SELECT count(*)::int8 AS n FROM gone"
-            )),
-            key_state: s(format!(
-                "SELECT COALESCE(state::text, 'null') AS state FROM {keys} \
-                 WHERE queue = $1::text AND key = $2::text"
-            )),
-            finished: s(format!(
-                "SELECT {FINISHED_COLUMNS} FROM {history} WHERE id = $1::int8"
-            )),
-            history: s(format!(
-                "SELECT {FINISHED_COLUMNS} FROM {history} WHERE queue = $1::text \
-                 ORDER BY finished_at DESC, id DESC LIMIT $2::int8"
-            )),
-            cleanup_history: s(format!(
-                "WITH gone AS (DELETE FROM {history} WHERE keep_until <= statement_timestamp() \
-                 RETURNING 1) SELECT count(*)::int8 AS n FROM gone"
-            )),
+            insert_plain: insert(""),
+            insert_cursor: insert(&on_conflict),
+            claim: s(CLAIM),
             claims: Arc::default(),
-            // Jobs without a key: the earliest `run_at` per queue. Keyed jobs: per live key
-            // (found by skipping through the key index), its earliest `run_at`, but not before
-            // a live lease on the key runs out.
-            next_run: s(format!(
-                "WITH RECURSIVE qs AS (SELECT DISTINCT name FROM (VALUES {{queues}}) AS q(name) \
-                 WHERE name IS NOT NULL), \
-                 ks AS (SELECT qs.name AS queue, (SELECT min(key) FROM {t} WHERE queue = qs.name \
-                 AND key IS NOT NULL AND state <> 'failed') AS key FROM qs \
-                 UNION ALL \
-                 SELECT ks.queue, (SELECT min(key) FROM {t} WHERE queue = ks.queue \
-                 AND key > ks.key AND state <> 'failed') FROM ks WHERE ks.key IS NOT NULL), \
-                 nr AS (SELECT LEAST(\
-                 (SELECT min(n.run_at) FROM qs CROSS JOIN LATERAL (SELECT run_at FROM {t} \
-                 WHERE queue = qs.name AND key IS NULL AND state <> 'failed' \
-                 AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS n), \
-                 (SELECT min(GREATEST(h.run_at, CASE WHEN k.running_until > statement_timestamp() \
-                 THEN k.running_until END)) FROM ks CROSS JOIN LATERAL (SELECT run_at FROM {t} \
-                 WHERE queue = ks.queue AND key = ks.key AND state <> 'failed' \
-                 AND attempts < max_attempts ORDER BY run_at LIMIT 1) AS h \
-                 LEFT JOIN {keys} AS k ON k.queue = ks.queue AND k.key = ks.key)\
-                 ) AS at) \
-                 SELECT CASE WHEN isfinite(at) THEN at END AS next_at, statement_timestamp() AS now \
-                 FROM nr"
-            )),
-            listen: s(format!("LISTEN \"{}\"", table.channel())),
-            // INDEX_CLEANUP ON: left to its default, PostgreSQL skips the index pass when few
-            // heap pages hold dead rows (under 2% of them, as on a large backlog), and the
-            // index entries the claims scan past are what this vacuum is for.
-            vacuum: s(format!("VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) {t}")),
-            may_vacuum: s(format!(
-                "SELECT pg_has_role(c.relowner, 'USAGE') AS may FROM pg_class AS c \
-                 WHERE c.oid = '{t}'::regclass"
-            )),
-            // Ownership checked first: without it PostgreSQL would skip the ANALYZE with a
-            // warning, at every check. (Other roles allowed to analyze it, such as the
-            // database's owner, are left to autovacuum.)
-            analyze_if_stale: s(format!(
-                "DO $$BEGIN IF (SELECT s.n_live_tup > 1000 \
-                 AND (c.reltuples < 0 OR c.reltuples * 2 < s.n_live_tup) \
-                 AND pg_has_role(c.relowner, 'USAGE') \
-                 FROM pg_class AS c JOIN pg_stat_user_tables AS s ON s.relid = c.oid \
-                 WHERE c.oid = '{t}'::regclass) THEN ANALYZE {t}; END IF; END$$"
-            )),
+            complete: s(COMPLETE),
+            fail: s(FAIL),
+            extend: s(EXTEND),
+            release: s(RELEASE),
+            cancel: s(CANCEL),
+            retry: s(RETRY),
+            job: s(JOB),
+            stats: s(STATS),
+            purge: s(PURGE),
+            key_state: s(KEY_STATE),
+            finished: s(FINISHED),
+            history: s(HISTORY),
+            cleanup_history: s(CLEANUP_HISTORY),
+            next_run: s(NEXT_RUN),
+            listen: s(LISTEN),
+            vacuum: s(VACUUM),
+            may_vacuum: s(MAY_VACUUM),
+            analyze_if_stale: s(ANALYZE_IF_STALE),
         }
     }
 }

@@ -84,7 +84,8 @@ SELECT pg_advisory_xact_lock($1::int8)
 
 -- migrations: prepare
 CREATE SCHEMA IF NOT EXISTS "public";
-CREATE TABLE IF NOT EXISTS "public"."pq_jobs_migrations" (version integer PRIMARY KEY, description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
+CREATE TABLE IF NOT EXISTS "public"."pq_jobs_migrations" (version integer PRIMARY KEY,
+  description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now());
 
 -- migrations: applied
 SELECT version FROM "public"."pq_jobs_migrations" ORDER BY version
@@ -107,16 +108,20 @@ CREATE TABLE "public"."pq_jobs" (
   last_error text,
   created_at timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX "pq_jobs_claim" ON "public"."pq_jobs" (queue, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC) WHERE state <> 'failed';
+CREATE INDEX "pq_jobs_claim" ON "public"."pq_jobs" (queue, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC)
+  WHERE state <> 'failed';
 CREATE INDEX "pq_jobs_run_at" ON "public"."pq_jobs" (queue, run_at) WHERE state <> 'failed';
 CREATE FUNCTION "public"."pq_jobs_notify"() RETURNS trigger LANGUAGE plpgsql AS $pq$
 BEGIN
-  PERFORM pg_notify('pq_1888fa0b9cef109e', q.queue) FROM (SELECT DISTINCT queue FROM new_rows WHERE state = 'queued') AS q;
+  PERFORM pg_notify('pq_1888fa0b9cef109e', q.queue)
+  FROM (SELECT DISTINCT queue FROM new_rows WHERE state = 'queued') AS q;
   RETURN NULL;
 END
 $pq$;
-CREATE TRIGGER pq_notify_insert AFTER INSERT ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
-CREATE TRIGGER pq_notify_update AFTER UPDATE ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
+CREATE TRIGGER pq_notify_insert AFTER INSERT ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
+CREATE TRIGGER pq_notify_update AFTER UPDATE ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows
+  FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
 
 -- migration 2: serial and cursor keys, key states, job history
 ALTER TABLE "public"."pq_jobs" ADD COLUMN key text CHECK (length(key) BETWEEN 1 AND 255),
@@ -124,7 +129,8 @@ ALTER TABLE "public"."pq_jobs" ADD COLUMN key text CHECK (length(key) BETWEEN 1 
   ADD COLUMN keep_for bigint CHECK (keep_for > 0);
 DROP INDEX "public"."pq_jobs_run_at";
 CREATE INDEX "pq_jobs_run_at" ON "public"."pq_jobs" (queue, run_at) WHERE state <> 'failed' AND key IS NULL;
-CREATE INDEX "pq_jobs_key" ON "public"."pq_jobs" (queue, key, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC) WHERE key IS NOT NULL AND state <> 'failed';
+CREATE INDEX "pq_jobs_key" ON "public"."pq_jobs" (queue, key, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC)
+  WHERE key IS NOT NULL AND state <> 'failed';
 CREATE INDEX "pq_jobs_key_run_at" ON "public"."pq_jobs" (queue, key, run_at) WHERE key IS NOT NULL AND state <> 'failed';
 CREATE UNIQUE INDEX "pq_jobs_cursor_pending" ON "public"."pq_jobs" (queue, key) WHERE cursor AND lease_token IS NULL;
 CREATE TABLE "public"."pq_jobs_keys" (
@@ -158,8 +164,14 @@ BEGIN
   RETURN NULL;
 END
 $pq$;
-CREATE TRIGGER pq_notify_key_freed AFTER UPDATE ON "public"."pq_jobs_keys" FOR EACH ROW WHEN (OLD.running_id IS NOT NULL AND NEW.running_id IS NULL) EXECUTE FUNCTION "public"."pq_jobs_key_freed"();
+CREATE TRIGGER pq_notify_key_freed AFTER UPDATE ON "public"."pq_jobs_keys" FOR EACH ROW
+  WHEN (OLD.running_id IS NOT NULL AND NEW.running_id IS NULL)
+  EXECUTE FUNCTION "public"."pq_jobs_key_freed"();
 
 -- migration 3: finite timestamps only
-ALTER TABLE "public"."pq_jobs" ADD CONSTRAINT "pq_jobs_finite_times" CHECK (isfinite(run_at) AND isfinite(created_at) AND (expected_at IS NULL OR isfinite(expected_at))) NOT VALID;
-ALTER TABLE "public"."pq_jobs_history" ADD CONSTRAINT "pq_jobs_history_finite_times" CHECK (isfinite(created_at) AND isfinite(finished_at) AND isfinite(keep_until)) NOT VALID;
+ALTER TABLE "public"."pq_jobs" ADD CONSTRAINT "pq_jobs_finite_times"
+  CHECK (isfinite(run_at) AND isfinite(created_at) AND (expected_at IS NULL OR isfinite(expected_at)))
+  NOT VALID;
+ALTER TABLE "public"."pq_jobs_history" ADD CONSTRAINT "pq_jobs_history_finite_times"
+  CHECK (isfinite(created_at) AND isfinite(finished_at) AND isfinite(keep_until))
+  NOT VALID;

@@ -1,0 +1,17 @@
+-- Records a failed attempt: $1 int8 id, $2 int8 token, $3 timestamptz retry_at,
+-- $4 int8 retry_in µs, $5 text error, $6 bool retry (false: give up) → state. The job waits
+-- for its retry while attempts are left and $6 allows it, else it is failed; its key is freed.
+WITH f AS (
+  UPDATE {jobs} SET
+    state = CASE WHEN $6::bool AND attempts < max_attempts THEN 'queued' ELSE 'failed' END,
+    run_at = CASE WHEN $6::bool AND attempts < max_attempts
+                  THEN COALESCE($3::timestamptz, statement_timestamp() + $4::int8 * interval '1 microsecond')
+                  ELSE statement_timestamp() END,
+    last_error = $5::text
+  WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running'
+  RETURNING id, queue, key, {state} AS state
+), freed AS (
+  UPDATE {keys} AS k SET running_id = NULL, running_until = NULL
+  FROM f WHERE f.key IS NOT NULL AND k.queue = f.queue AND k.key = f.key AND k.running_id = f.id
+)
+SELECT state FROM f

@@ -1,0 +1,27 @@
+-- Puts jobs. $1 text[] queue, $2 text[] payload, $3 int4[] priority, $4 timestamptz[] run_at,
+-- $5 int8[] run_in µs, $6 timestamptz[] expected_at, $7 int8[] expected_in µs,
+-- $8 int4[] max_attempts, $9 text[] key, $10 bool[] cursor, $11 int8[] keep_for µs
+-- → id, cursor, queue, key per row (queue and key only for cursor-keyed rows).
+-- {on_conflict} is empty, or for rows with cursor keys the ON CONFLICT clause that folds a
+-- put into the key's pending job (on_conflict_cursor.sql).
+WITH ins AS (
+  INSERT INTO {jobs} AS t (queue, payload, priority, run_at, expected_at, max_attempts, key, cursor, keep_for)
+  SELECT j.queue, j.payload::jsonb, j.priority,
+         COALESCE(j.run_at, statement_timestamp() + j.run_in * interval '1 microsecond'),
+         COALESCE(j.expected_at, statement_timestamp() + j.expected_in * interval '1 microsecond'),
+         j.max_attempts, j.key, j.cursor, j.keep_for
+  FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[],
+              $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[])
+       WITH ORDINALITY AS j(queue, payload, priority, run_at, run_in, expected_at,
+                            expected_in, max_attempts, key, cursor, keep_for, ord)
+  ORDER BY j.ord
+  {on_conflict}
+  RETURNING t.id, t.cursor, t.queue, t.key
+), new_keys AS (
+  INSERT INTO {keys} (queue, key)
+  SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL
+  ON CONFLICT DO NOTHING
+)
+SELECT id, cursor, CASE WHEN cursor THEN queue END AS queue,
+       CASE WHEN cursor THEN key END AS key
+FROM ins

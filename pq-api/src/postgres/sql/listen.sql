@@ -1,0 +1,2 @@
+-- Listens on the table's channel (no parameters).
+LISTEN {channel}
