@@ -564,38 +564,3 @@ async fn an_aborted_transactional_handler_ends_its_transaction_on_the_server() {
         assert_eq!((job.state, job.attempts), (JobState::Ready, 0));
     }
 }
-
-#[tokio::test]
-async fn diesel_maps_a_terminated_session_to_a_retryable_error() {
-    use diesel::sql_types::Integer;
-
-    #[derive(diesel::QueryableByName)]
-    struct Pid {
-        #[diesel(sql_type = Integer)]
-        pid: i32,
-    }
-
-    let admin = pool(2).await;
-    let diesel_pool = DieselStore::pool(&database_url().await, 1).unwrap();
-    let mut conn = diesel_pool.get().await.unwrap();
-    let row: Pid = diesel::sql_query("SELECT pg_backend_pid() AS pid")
-        .get_result(&mut conn)
-        .await
-        .unwrap();
-    // The session is ended while a statement of it runs, as a restart or an operator does.
-    let terminate = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
-        sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)")
-            .bind(row.pid)
-            .fetch_one(&admin)
-            .await
-            .unwrap()
-    };
-    let (ran, ended) = tokio::join!(
-        diesel::sql_query("SELECT pg_sleep(30)").execute(&mut conn),
-        terminate
-    );
-    assert!(ended);
-    let err = pq_diesel::map_err(ran.unwrap_err());
-    assert!(err.is_retryable(), "{err:?}");
-}

@@ -1,0 +1,375 @@
+//! The statements of both SQL stores: byte-identical SQL from both drivers, the claim served by
+//! its index and planned once per connection, and claims that commit asynchronously.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use pq_api::postgres::QueueTable;
+use pq_api::{Claim, JobState, NewJob, QueueStore, QueueStoreExt};
+use pq_conformance::postgres::{database_url, fresh_schema};
+use pq_diesel::DieselStore;
+use pq_sqlx::SqlxStore;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&database_url().await)
+        .await
+        .expect("connect")
+}
+
+async fn store() -> SqlxStore {
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    SqlxStore::with_table(pool().await, table).await.unwrap()
+}
+
+/// Runs the same scenario through a store: every statement kind once.
+async fn scenario(store: &dyn QueueStore) {
+    store.put("s", &json!(1)).await.unwrap();
+    store
+        .put_many(vec![NewJob::from_json("s", json!(2)).max_attempts(1)])
+        .await
+        .unwrap();
+    let jobs = store.claim(&Claim::new(["s"]).limit(2)).await.unwrap();
+    store
+        .extend(&jobs[0].lease, Duration::from_secs(60))
+        .await
+        .unwrap();
+    store
+        .fail(&jobs[1].lease, pq_api::Failure::new("x"))
+        .await
+        .unwrap();
+    store.retry(jobs[1].id()).await.unwrap();
+    store.complete(&jobs[0].lease).await.unwrap();
+    let job = store.claim(&Claim::new(["s"])).await.unwrap().remove(0);
+    store.release(&job.lease).await.unwrap();
+    store.job(job.id()).await.unwrap();
+    store.stats("s").await.unwrap();
+    store
+        .wait(&["s".to_string()], Duration::from_millis(10))
+        .await
+        .unwrap();
+    store.cancel(job.id()).await.unwrap();
+    // A cursor key takes the insert's other form.
+    store
+        .put_many(vec![NewJob::from_json("s", json!(3)).cursor_key("c")])
+        .await
+        .unwrap();
+    store.purge("s").await.unwrap();
+    store.key_state("s", "k").await.unwrap();
+    store.finished(job.id()).await.unwrap_err();
+    store.history("s", 10).await.unwrap();
+    store.cleanup_history().await.unwrap();
+}
+
+/// The statements recorded for `table`, with its schema and channel names masked.
+async fn statements_of(pool: &PgPool, table: &QueueTable) -> BTreeSet<String> {
+    let schema = table.schema();
+    let texts: Vec<String> = sqlx::query_scalar(
+        "SELECT query FROM pg_stat_statements WHERE query LIKE '%' || $1 || '%'",
+    )
+    .bind(schema)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    texts
+        .into_iter()
+        .map(|t| {
+            t.replace(schema, "<schema>")
+                .replace(&table.channel(), "<channel>")
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statement() {
+    let pool = pool().await;
+    sqlx::raw_sql("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&pool)
+        .await
+        .unwrap();
+
+    let sqlx_table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let sqlx_store = SqlxStore::with_table(pool.clone(), sqlx_table.clone())
+        .await
+        .unwrap();
+    scenario(&sqlx_store).await;
+
+    let diesel_table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
+        .await
+        .unwrap();
+    scenario(&diesel_store).await;
+
+    let from_sqlx = statements_of(&pool, &sqlx_table).await;
+    let from_diesel = statements_of(&pool, &diesel_table).await;
+    assert!(
+        from_sqlx.len() >= 17,
+        "too few statements recorded: {from_sqlx:#?}"
+    );
+    assert_eq!(from_sqlx, from_diesel);
+
+    let claims: Vec<&String> = from_sqlx
+        .iter()
+        .filter(|q| q.contains("SKIP LOCKED"))
+        .collect();
+    assert_eq!(claims.len(), 1, "{claims:#?}");
+    let claim = claims[0];
+    assert!(claim.starts_with("WITH cand AS") && claim.contains("FOR UPDATE OF j SKIP LOCKED"));
+    assert!(
+        !claim.trim_end().trim_end_matches(';').contains(';'),
+        "one statement"
+    );
+}
+
+#[tokio::test]
+async fn claim_is_served_by_the_claim_index_not_a_scan() {
+    let store = store().await;
+    let t = store.table().qualified();
+    let keys = store
+        .table()
+        .qualified()
+        .replace("pq_jobs\"", "pq_jobs_keys\"");
+    // 20,000 plain jobs, and 20,000 keyed ones behind 1,000 keys.
+    let fill = format!(
+        "INSERT INTO {t} (queue, payload) SELECT 'big', '{{}}'::jsonb FROM generate_series(1, 20000); \
+         INSERT INTO {t} (queue, payload, key) SELECT 'keyed', '{{}}'::jsonb, 'k' || (i % 1000) \
+         FROM generate_series(1, 20000) AS i; \
+         INSERT INTO {keys} (queue, key) SELECT DISTINCT queue, key FROM {t} WHERE key IS NOT NULL; \
+         ANALYZE {t}; ANALYZE {keys};"
+    );
+    sqlx::raw_sql(AssertSqlSafe(fill))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let sql = pq_api::postgres::Statements::new(store.table()).claim(1, 10);
+    // Each connection first plans the claim for its parameters, then settles on one generic
+    // plan for every later claim: both must be served by the indexes.
+    for mode in ["force_custom_plan", "force_generic_plan"] {
+        for queue in ["big", "keyed"] {
+            let mut tx = store.pool().begin().await.unwrap();
+            sqlx::query(AssertSqlSafe(format!("SET LOCAL plan_cache_mode = {mode}")))
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+            let plan: Vec<String> =
+                sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")))
+                    .bind(vec![queue.to_string()])
+                    .bind(60_000_000_i64)
+                    .bind(1_i64)
+                    .fetch_all(&mut *tx)
+                    .await
+                    .unwrap();
+            tx.rollback().await.unwrap();
+            let plan = plan.join("\n");
+            assert!(
+                plan.contains("Index Scan using pq_jobs_claim"),
+                "{mode}: {plan}"
+            );
+            // No scan of the jobs table (the keys table may be scanned while it is tiny).
+            assert!(!plan.contains("Seq Scan on pq_jobs "), "{mode}: {plan}");
+            if queue == "keyed" {
+                assert!(
+                    plan.contains("Index Scan using pq_jobs_key on"),
+                    "{mode}: {plan}"
+                );
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
+    let store = store().await;
+    let jobs = (0..1000).map(|n| NewJob::new("q", &json!(n)).unwrap());
+    store.put_many(jobs.collect()).await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "ANALYZE {}",
+        store.table().qualified()
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let mut conn = store.pool().acquire().await.unwrap();
+    let sql = pq_api::postgres::Statements::new(store.table()).claim_in_transaction(1, 16);
+    for _ in 0..12 {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+        store
+            .claim_in(&mut tx, &Claim::new(["q"]).limit(16))
+            .await
+            .unwrap();
+        tx.rollback().await.unwrap();
+    }
+    let (generic, custom): (i64, i64) = sqlx::query_as(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind(&sql)
+    .fetch_one(&mut *conn)
+    .await
+    .unwrap();
+    // PostgreSQL plans the first five executions for their parameters, then compares.
+    assert!(
+        custom <= 5 && generic >= 7,
+        "generic {generic}, custom {custom}"
+    );
+}
+
+/// Asserts the job `id` is running, as read by the store on another connection.
+async fn assert_running(store: &dyn QueueStore, id: pq_api::JobId) {
+    assert_eq!(store.job(id).await.unwrap().state, JobState::Running);
+}
+
+/// Sets `synchronous_commit` on for the transaction `tx` is in.
+async fn sync_commit_on(tx: &mut sqlx::PgConnection) {
+    sqlx::query("SET LOCAL synchronous_commit = on")
+        .execute(tx)
+        .await
+        .unwrap();
+}
+
+/// `synchronous_commit` as the transaction `tx` is in sees it.
+async fn sync_commit(tx: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(tx)
+        .await
+        .unwrap()
+}
+
+/// Claims one job of queue `q` with the store's own claim and checks it is running.
+async fn claim_running(store: &dyn QueueStore) {
+    let job = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
+    assert_running(store, job.id()).await;
+}
+
+#[derive(diesel::QueryableByName)]
+struct Setting {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    synchronous_commit: String,
+}
+
+/// A store's own claim is a transaction by itself and commits without waiting for its WAL to
+/// reach the disk (a server crash could lose the claim, and the job would run again, as after
+/// a lost lease). A claim in the caller's transaction leaves that transaction's commit as the
+/// caller set it: the business writes beside it stay as durable as ever.
+#[tokio::test]
+async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_as_set() {
+    use diesel_async::{RunQueryDsl, SimpleAsyncConnection};
+    const ASYNC: &str = "set_config('synchronous_commit', 'off', true)";
+    let url = database_url().await;
+    let jobs = || {
+        (0..4)
+            .map(|n| NewJob::new("q", &json!(n)).unwrap())
+            .collect()
+    };
+
+    // The store's own claims, on one connection each: the statement prepared on it is the
+    // claim text that commits asynchronously.
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .connect(&url)
+        .await
+        .unwrap();
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let sql = pq_api::postgres::Statements::new(&table);
+    let own = sql.claim(1, 1);
+    assert!(own.contains(ASYNC));
+    let sqlx_store = SqlxStore::with_table(pool.clone(), table.clone())
+        .await
+        .unwrap();
+    sqlx_store.put_many(jobs()).await.unwrap();
+    claim_running(&sqlx_store).await;
+    // The store gives its kept connection back to the pool once idle.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let prepared: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM pg_prepared_statements WHERE statement = $1")
+            .bind(&*own)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(prepared, 1);
+
+    let diesel_table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&url, 1).unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool.clone(), diesel_table.clone())
+        .await
+        .unwrap();
+    diesel_store.put_many(jobs()).await.unwrap();
+    claim_running(&diesel_store).await;
+    let own = pq_api::postgres::Statements::new(&diesel_table).claim(1, 1);
+    assert_eq!(diesel_plan_counts(&diesel_pool, &own).await.len(), 1);
+
+    // That text really turns synchronous_commit off for its transaction: run inside an
+    // explicit one that set it on, the setting shows. (Set explicitly: the test server may
+    // run with it off.)
+    let other = self::pool().await;
+    let mut tx = other.begin().await.unwrap();
+    sync_commit_on(&mut tx).await;
+    let rows = sqlx::query(AssertSqlSafe(sql.claim(1, 1)))
+        .bind(vec!["q".to_string()])
+        .bind(30_000_000_i64)
+        .bind(7_i64)
+        .fetch_all(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    assert_eq!(sync_commit(&mut tx).await, "off");
+    tx.rollback().await.unwrap();
+
+    // In the caller's transaction, on either driver: as the caller set it.
+    let mut tx = other.begin().await.unwrap();
+    sync_commit_on(&mut tx).await;
+    let job = sqlx_store
+        .claim_in(&mut tx, &Claim::new(["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(sync_commit(&mut tx).await, "on");
+    tx.commit().await.unwrap();
+    assert_running(&sqlx_store, job.id()).await;
+
+    let mut conn = diesel_pool.get().await.unwrap();
+    conn.batch_execute("BEGIN; SET LOCAL synchronous_commit = on")
+        .await
+        .unwrap();
+    let job = diesel_store
+        .claim_in(&mut conn, &Claim::new(["q"]))
+        .await
+        .unwrap()
+        .remove(0);
+    let setting: Vec<Setting> = diesel::sql_query("SHOW synchronous_commit")
+        .load(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(setting[0].synchronous_commit, "on");
+    conn.batch_execute("COMMIT").await.unwrap();
+    drop(conn);
+    assert_running(&diesel_store, job.id()).await;
+}
+
+#[allow(dead_code)] // here only the rows are counted: one per connection that prepared the text
+#[derive(diesel::QueryableByName)]
+struct PlanCounts {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    generic_plans: i64,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    custom_plans: i64,
+}
+
+/// How often the statement `text` prepared on a connection of `pool` (one row per connection
+/// it is prepared on) was planned generically and for its parameters.
+async fn diesel_plan_counts(pool: &pq_diesel::PgPool, text: &str) -> Vec<PlanCounts> {
+    use diesel_async::RunQueryDsl;
+    let mut conn = pool.get().await.unwrap();
+    diesel::sql_query(
+        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
+    )
+    .bind::<diesel::sql_types::Text, _>(text.to_string())
+    .load(&mut conn)
+    .await
+    .unwrap()
+}

@@ -1,0 +1,194 @@
+//! Enqueueing and working jobs inside your own transaction on the sqlx store, and plain SQL
+//! enqueues.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
+
+use std::time::Duration;
+
+use pq_api::postgres::QueueTable;
+use pq_api::{Claim, Error, JobState, NewJob, QueueStore, QueueStoreExt};
+use pq_conformance::postgres::{database_url, fresh_schema};
+use pq_sqlx::SqlxStore;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&database_url().await)
+        .await
+        .expect("connect")
+}
+
+async fn store() -> SqlxStore {
+    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
+    SqlxStore::with_table(pool().await, table).await.unwrap()
+}
+
+async fn business_table(store: &SqlxStore) -> String {
+    let name = format!("\"{}\".orders", store.table().schema());
+    sqlx::query(AssertSqlSafe(format!(
+        "CREATE TABLE {name} (id int PRIMARY KEY, mailed bool NOT NULL DEFAULT false)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    name
+}
+
+#[tokio::test]
+async fn a_job_enqueued_in_a_rolled_back_transaction_never_existed() {
+    let store = store().await;
+    let orders = business_table(&store).await;
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {orders} (id) VALUES (1)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let ids = store
+        .put_many_in(&mut tx, vec![NewJob::from_json("mail", json!(1))])
+        .await
+        .unwrap();
+    tx.rollback().await.unwrap();
+    assert!(matches!(store.job(ids[0]).await, Err(Error::NotFound(_))));
+    assert_eq!(store.stats("mail").await.unwrap().total(), 0);
+}
+
+#[tokio::test]
+async fn a_job_enqueued_in_a_committed_transaction_is_visible_and_wakes_waiters() {
+    let store = store().await;
+    let orders = business_table(&store).await;
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .wait(&["mail".to_string()], Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tx = store.pool().begin().await.unwrap();
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {orders} (id) VALUES (1)"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    store
+        .put_many_in(&mut tx, vec![NewJob::from_json("mail", json!(1))])
+        .await
+        .unwrap();
+    // Not visible to others before commit.
+    assert_eq!(store.stats("mail").await.unwrap().total(), 0);
+    tx.commit().await.unwrap();
+    let woke = tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(woke);
+    assert_eq!(store.stats("mail").await.unwrap().ready, 1);
+}
+
+#[tokio::test]
+async fn transactional_processing_commits_the_removal_with_the_handlers_writes() {
+    let store = store().await;
+    let orders = business_table(&store).await;
+    sqlx::query(AssertSqlSafe(format!(
+        "INSERT INTO {orders} (id) VALUES (7)"
+    )))
+    .execute(store.pool())
+    .await
+    .unwrap();
+    let id = store.put("mail", &json!({"order": 7})).await.unwrap();
+
+    // The handler fails: everything rolls back and the job is claimable again at once.
+    let mut tx = store.pool().begin().await.unwrap();
+    let job = store
+        .claim_in(&mut tx, &Claim::new(["mail"]))
+        .await
+        .unwrap()
+        .remove(0);
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {orders} SET mailed = true WHERE id = 7"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    drop(tx); // rolls back, as a crashed handler's connection would
+    let seen = store.job(id).await.unwrap();
+    assert_eq!((seen.state, seen.attempts), (JobState::Ready, 0));
+    let mailed: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT mailed FROM {orders} WHERE id = 7"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(!mailed);
+
+    // The handler succeeds: its write and the job's removal commit together.
+    let mut tx = store.pool().begin().await.unwrap();
+    let again = store
+        .claim_in(&mut tx, &Claim::new(["mail"]))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(again.id(), job.id());
+    sqlx::query(AssertSqlSafe(format!(
+        "UPDATE {orders} SET mailed = true WHERE id = 7"
+    )))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(
+        store
+            .complete_many_in(&mut tx, &[again.lease.into()])
+            .await
+            .unwrap(),
+        vec![id]
+    );
+    tx.commit().await.unwrap();
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+    let mailed: bool = sqlx::query_scalar(AssertSqlSafe(format!(
+        "SELECT mailed FROM {orders} WHERE id = 7"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert!(mailed);
+}
+
+#[tokio::test]
+async fn a_plain_sql_insert_is_a_valid_enqueue_and_wakes_waiters() {
+    let store = store().await;
+    let waiter = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            store
+                .wait(&["raw".to_string()], Duration::from_secs(30))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sql = format!(
+        "INSERT INTO {} (queue, payload) VALUES ('raw', '{{\"from\": \"psql\"}}')",
+        store.table().qualified()
+    );
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(store.pool())
+        .await
+        .unwrap();
+    assert!(tokio::time::timeout(Duration::from_secs(10), waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap());
+    let job = store.claim(&Claim::new(["raw"])).await.unwrap().remove(0);
+    assert_eq!(*job.job.payload, json!({"from": "psql"}));
+    assert_eq!(
+        (job.job.priority, job.job.attempts, job.job.max_attempts),
+        (0, 1, pq_api::DEFAULT_MAX_ATTEMPTS)
+    );
+}
