@@ -717,8 +717,8 @@ struct JobRun {
 impl JobRun {
     /// Runs the job to its outcome. Everything but the handler's first poll is boxed when
     /// taken: a job that finishes on it (most) then lives in a small future, one allocation
-    /// under the allocator's large-request size (measured: a 1,480-byte future made glibc
-    /// consolidate its free lists at every job).
+    /// under the allocator's large-request size (a larger one made glibc consolidate its free
+    /// lists at every job).
     async fn run(
         mut self,
         cx: TaskContext,

@@ -73,8 +73,8 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 /// While it is busy the store keeps the connections of its claims and of its completions
 /// checked out between statements, one each ([`pq_api::postgres::conn`]): a worker sends the two at once,
 /// and on the pool alone they swapped connections whenever a completion finished after its
-/// claim, each then running on the other's server process (measured: the worker's claim calls
-/// 1.19–1.25× the bare loop's in the benchmark, against 1.13–1.15× kept apart). Any other
+/// claim, each then running on the other's server process, which slowed the claims (see
+/// `docs/design.md`, "Kept connections"). Any other
 /// statement takes a kept connection first, so a pool of one still serves them all. A kept
 /// connection goes back to the pool after 100 ms unused or 30 s kept, so an idle store holds
 /// none, and it never keeps the last connection a pool could lend. Once something calls

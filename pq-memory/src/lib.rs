@@ -141,7 +141,7 @@ impl KeyRow {
 /// in `running` instead, a hash set, as most jobs complete before their leases run out. A
 /// claim looks through `running` for leases that ran out only once `lease_floor` has
 /// passed. (A running job in the ordered set cost a tree removal and insertion per claim
-/// and a removal per completion; measured, a fifth of the in-memory worker's time.)
+/// and a removal per completion, a large part of the in-memory worker's time.)
 #[derive(Debug, Default)]
 struct Index {
     /// Per queue, its waiting jobs (neither running nor failed) in claim order.

@@ -73,8 +73,8 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 /// Its own statements (everything but the `_in` variants) run on connections from your pool.
 /// While it is busy the store keeps up to two of them checked out between statements, most
 /// recently used first, rather than handing each back after every statement (sqlx's pool
-/// pings a connection on every return and hands out the oldest idle one first, which cost a
-/// busy worker a third of its throughput). A kept connection goes back to the pool after
+/// pings a connection on every return and hands out the oldest idle one first, which slowed a
+/// busy worker markedly: see `docs/design.md`, "Kept connections"). A kept connection goes back to the pool after
 /// 100 ms unused or 30 s kept, so an idle store holds none, and it never keeps the last
 /// connection a pool could lend. Once something calls `wait`, the notification listener holds
 /// a connection of its own, opened with the pool's options, outside the pool. The store runs

@@ -3,11 +3,8 @@
 //!
 //! A worker claims and completes at once, round after round. Run on a pool, those statements
 //! land on whichever connection the pool hands out, and a statement that moves to another
-//! server process than its predecessor ran on is slower there. Measured on the benchmark's
-//! bare claim+complete loop (100,000 jobs, claim and complete pipelined on two connections):
-//! the two connections swapping roles every round ran 24,200 jobs/s, each keeping to its own
-//! 29,400; and on a pool that hands connections out oldest first (sqlx's), 8,500 against
-//! 13,000 on two held connections. So a store keeps up to [`MAX_WARM`] connections after its
+//! server process than its predecessor ran on is slower there (the figures are in
+//! `docs/design.md`, "Kept connections"). So a store keeps up to [`MAX_WARM`] connections after its
 //! statements succeed, claims on one and other statements on another ([`Lane`]), most recently
 //! used first, and gives each back to the pool once it has gone unused for [`KEEP_IDLE`], or
 //! has been kept for [`KEEP_AT_MOST`] (the pool's own checks, lifetime and release hooks then

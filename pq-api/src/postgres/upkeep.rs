@@ -99,12 +99,9 @@ where
 /// Why a store vacuums at all: a claim walks the claim index in claim order from its start,
 /// and every job claimed leaves an index entry there, pointing at the row's version from
 /// before the claim, that only `VACUUM` removes. Each claim then steps over all the entries
-/// the claims before it left: measured on the development machine, a claim of 32 took
-/// 1.1 ms with a freshly vacuumed table and 5.4 ms after 384,000 jobs, growing in a straight
-/// line, and autovacuum had not come round in that minute (it visits each database once per
-/// `autovacuum_naptime`, 1 min by default, while a busy queue claims hundreds of thousands of
-/// jobs a minute). Vacuumed every 10,000 jobs, the claim stayed at ~1 ms; a vacuum took ~20 ms on a
-/// table of 100,000 jobs and ~120–260 ms on one of a million.
+/// the claims before it left, and autovacuum visits each database only once per
+/// `autovacuum_naptime` (1 min by default), while a busy queue claims far more jobs than that
+/// in a minute. The measurements are in `docs/design.md`, "Vacuum and analyze pacing".
 ///
 /// The vacuum needs the table's owner: without that, PostgreSQL skips it with a warning. So
 /// before its first vacuum a store asks whether its role owns the table
@@ -254,13 +251,9 @@ impl Pacer for Vacuuming {
 /// when its workers are busy elsewhere). A table created empty and then filled — the first
 /// backlog a new deployment queues, or a bulk load — has none until then (or only those taken
 /// while it was empty), and PostgreSQL, guessing that few rows match the claim, plans it as a
-/// scan of the whole backlog and a sort.
-/// Measured on the development machine, a worker on a new table filled with 100,000 jobs
-/// (autovacuum off for it, as if its workers were busy elsewhere): 45 ms per claim of 32 (a
-/// bitmap scan of 99,776 rows and a sort spilling to disk), 1,375 jobs/s without the check,
-/// 35,304 with it, 38,587 with the table analyzed before the worker started; with 300,000
-/// jobs, 757 jobs/s without it and 35,821 with it. The check is one catalog query; the
-/// `ANALYZE` it may run samples at most 30,000 rows (0.2–0.3 s with a million queued).
+/// scan of the whole backlog and a sort. The check is one catalog query; the `ANALYZE` it may
+/// run samples at most 30,000 rows. The measurements are in `docs/design.md`, "Vacuum and
+/// analyze pacing".
 ///
 /// ```
 /// use pq_api::postgres::Analyzing;
