@@ -18,13 +18,13 @@ def key(v):
 meta = json.load(sys.stdin)
 resolved = {node["id"] for node in meta["resolve"]["nodes"]}
 newer = [
-    f"{p[\"name\"]} {p[\"version\"]} needs Rust {p[\"rust_version\"]}"
+    "%s %s needs Rust %s" % (p["name"], p["version"], p["rust_version"])
     for p in meta["packages"]
     if p["id"] in resolved and p.get("rust_version") and key(p["rust_version"]) > key(msrv)
 ]
 if newer:
     sys.exit("msrv: dependencies need a newer Rust than " + msrv + ":\n  " + "\n  ".join(newer))
-print(f"msrv: every locked dependency builds on Rust {msrv}")
+print("msrv: every locked dependency builds on Rust " + msrv)
 ' "$msrv"
 
 cargo clippy -q --workspace --all-targets -- -D clippy::incompatible_msrv
