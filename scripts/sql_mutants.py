@@ -4,7 +4,8 @@ store's conformance suite and PostgreSQL tests. Run through scripts/mutants.sh.
 
 Each mutant breaks one promise in the statement text. It is caught when a test fails; a
 mutant that survives must be in ALLOWED with the reason it breaks no promise, or the run
-fails. The source file is restored after each mutant, and at the end whatever happens.
+fails. The tests must pass without any mutant first (a baseline), so a broken test command
+cannot pass for a caught mutant. The file is restored after each mutant, whatever happens.
 """
 import shutil
 import subprocess
@@ -83,22 +84,41 @@ def mutate(text, old, new, nth):
     return text[:at] + new + text[at + len(old):]
 
 
+# The tests each mutant runs: the sqlx store's conformance suite and PostgreSQL tests, and
+# the tests both SQL stores share. Each must exist: a missing one fails every run, and the
+# baseline below then stops the script rather than count every mutant as caught.
+TESTS = [
+    ["-p", "pq-sqlx", "--test", "conformance", "--test", "transactions", "--test", "schema",
+     "--test", "connections"],
+    ["-p", "pq-examples", "--test", "postgres_statements", "--test", "postgres_trust",
+     "--test", "postgres_upkeep"],
+]
+
+
+def tests_fail():
+    for args in TESTS:
+        run = subprocess.run(["cargo", "test", "-q", *args],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        if run.returncode != 0:
+            return True
+    return False
+
+
 def main():
     # `--start N` resumes an interrupted run at the Nth mutant (from 0).
     start = int(sys.argv[sys.argv.index("--start") + 1]) if "--start" in sys.argv else 0
+    if tests_fail():
+        sys.exit("sql mutants: the tests fail without any mutant; fix them first")
     caught = allowed = survived = 0
     for name, file, old, new, nth in MUTANTS[start:]:
         path = SQL + file
         original = open(path).read()
         try:
             open(path, "w").write(mutate(original, old, new, nth))
-            run = subprocess.run(
-                ["cargo", "test", "-q", "-p", "pq-sqlx", "--test", "conformance",
-                 "--test", "postgres", "--test", "trust"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            failed = tests_fail()
         finally:
             open(path, "w").write(original)
-        if run.returncode != 0:
+        if failed:
             caught += 1
             print(f"sql mutant caught: {name}", flush=True)
         elif name in ALLOWED:
