@@ -51,6 +51,10 @@ pub mod validate {
     pub use crate::job::{validate_delay, validate_key, validate_lease, validate_queue_name};
 }
 
+#[doc(hidden)]
+pub use async_trait::async_trait;
+#[doc(hidden)]
+pub use chrono as __chrono;
 #[cfg(feature = "msgpack")]
 pub use codec::MessagePack;
 pub use codec::{Codec, Json, Queue};
@@ -61,6 +65,8 @@ pub use job::{
     Lease, NewJob, QueueStats, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT,
     MAX_DURATION, MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
+#[doc(hidden)]
+pub use serde_json as __serde_json;
 pub use store::QueueStore;
 pub use task::{
     Backoff, CancelHandle, Cancelled, Completion, JobHandler, Registry, RunTask, Task, TaskContext,

@@ -4,89 +4,59 @@
 //! statement on every call: an extra round trip, and PostgreSQL parses and plans it afresh
 //! each time (for the claim, as long as running it). Our statements are fixed texts from
 //! `pq_api::postgres`, safe to keep prepared per connection, keyed by their text, as sqlx does.
+//! Parameters come as the store's list of [`Param`]s.
 
 use std::marker::PhantomData;
 use std::sync::Arc;
 
 use diesel::pg::{Pg, PgQueryBuilder};
 use diesel::query_builder::{AstPass, Query, QueryBuilder, QueryFragment, QueryId};
-use diesel::serialize::ToSql;
-use diesel::sql_types::{HasSqlType, Untyped};
+use diesel::sql_types::{Array, BigInt, Bool, Integer, Nullable, Text, Timestamptz};
 use diesel::QueryResult;
+use pq_api::postgres::driver::Param;
 
-/// `text` with the values bound so far (`B`, a chain of [`Bound`]), returning rows of SQL
-/// type `R`: `Untyped` (loaded by column name, through `QueryableByName`, as with
-/// `sql_query`), or a tuple of the columns' types (loaded by position, through `Queryable`).
+/// `sql` with `params` bound in order, returning rows of SQL type `R`, a tuple of the
+/// columns' types: loaded by position, through `Queryable`, with no lookup of each column by
+/// its name in each row.
 #[must_use = "a statement does nothing until it is run"]
-pub(crate) struct Prepared<B, R = Untyped> {
+pub(crate) struct Prepared<'a, R> {
     sql: Arc<str>,
-    binds: B,
+    params: &'a [Param<'a>],
     row: PhantomData<fn() -> R>,
 }
 
-/// A statement to keep prepared, with no value bound yet, its rows loaded by column name.
-pub(crate) fn prepared(sql: &Arc<str>) -> Prepared<()> {
-    prepared_as(sql)
-}
-
-/// A statement to keep prepared, with no value bound yet, its rows of SQL type `R` loaded
-/// by position: no lookup of each column by its name in each row.
-pub(crate) fn prepared_as<R>(sql: &Arc<str>) -> Prepared<(), R> {
+/// `sql` with `params`, kept prepared, its rows of SQL type `R`.
+pub(crate) fn prepared<'a, R>(sql: &Arc<str>, params: &'a [Param<'a>]) -> Prepared<'a, R> {
     Prepared {
         sql: sql.clone(),
-        binds: (),
+        params,
         row: PhantomData,
     }
 }
 
-impl<B, R> Prepared<B, R> {
-    /// Binds the next `$n` to `value`, as SQL type `ST`.
-    pub(crate) fn bind<ST, V>(self, value: V) -> Prepared<Bound<B, ST, V>, R> {
-        Prepared {
-            sql: self.sql,
-            binds: Bound {
-                before: self.binds,
-                value,
-                sql_type: PhantomData,
-            },
-            row: PhantomData,
-        }
-    }
-}
-
-/// One bound value after those bound `before` it.
-pub(crate) struct Bound<B, ST, V> {
-    before: B,
-    value: V,
-    sql_type: PhantomData<fn() -> ST>,
-}
-
-/// Pushes bound values in order.
-pub(crate) trait Binds {
-    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()>;
-}
-
-impl Binds for () {
-    fn push<'b>(&'b self, _out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        Ok(())
-    }
-}
-
-impl<B: Binds, ST, V> Binds for Bound<B, ST, V>
-where
-    Pg: HasSqlType<ST>,
-    V: ToSql<ST, Pg>,
-{
-    fn push<'b>(&'b self, out: &mut AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.before.push(out)?;
-        out.push_bind_param::<ST, V>(&self.value)
-    }
-}
-
-impl<B: Binds, R> QueryFragment<Pg> for Prepared<B, R> {
-    /// Collects the bound values (the text already holds their `$n`).
+impl<R> QueryFragment<Pg> for Prepared<'_, R> {
+    /// Binds each parameter as the SQL type its variant names (the text already holds their
+    /// `$n`).
     fn walk_ast<'b>(&'b self, mut out: AstPass<'_, 'b, Pg>) -> QueryResult<()> {
-        self.binds.push(&mut out)
+        for p in self.params {
+            match p {
+                Param::Int8(v) => out.push_bind_param::<BigInt, _>(v)?,
+                Param::Int4(v) => out.push_bind_param::<Integer, _>(v)?,
+                Param::Bool(v) => out.push_bind_param::<Bool, _>(v)?,
+                Param::Text(v) => out.push_bind_param::<Text, _>(*v)?,
+                Param::Time(v) => out.push_bind_param::<Nullable<Timestamptz>, _>(v)?,
+                Param::Texts(v) => out.push_bind_param::<Array<Text>, _>(*v)?,
+                Param::OptTexts(v) => out.push_bind_param::<Array<Nullable<Text>>, _>(*v)?,
+                Param::Int4s(v) => out.push_bind_param::<Array<Integer>, _>(*v)?,
+                Param::Int8s(v) => out.push_bind_param::<Array<BigInt>, _>(*v)?,
+                Param::OptInt8s(v) => out.push_bind_param::<Array<Nullable<BigInt>>, _>(*v)?,
+                Param::OptTimes(v) => {
+                    out.push_bind_param::<Array<Nullable<Timestamptz>>, _>(*v)?;
+                }
+                Param::Bools(v) => out.push_bind_param::<Array<Bool>, _>(*v)?,
+            }
+        }
+        Ok(())
     }
 
     /// The text as written: walking the binds would append a `$n` for each.
@@ -97,12 +67,12 @@ impl<B: Binds, R> QueryFragment<Pg> for Prepared<B, R> {
 }
 
 /// No static id: diesel's statement cache keys the statement by its text.
-impl<B, R> QueryId for Prepared<B, R> {
+impl<R> QueryId for Prepared<'_, R> {
     type QueryId = ();
     const HAS_STATIC_QUERY_ID: bool = false;
 }
 
 /// Rows load as `R` says (see [`Prepared`]).
-impl<B, R> Query for Prepared<B, R> {
+impl<R> Query for Prepared<'_, R> {
     type SqlType = R;
 }

@@ -37,36 +37,22 @@
 //! For the worker, a [`SqlxTask`] runs inside a transaction that also removes its job:
 //! register it with [`SqlxStore::transactional`].
 
-use std::borrow::Cow;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use futures_util::TryStreamExt;
-use pq_api::postgres::listen::Wakeups;
-use pq_api::postgres::{
-    self as sql, micros, DoneArrays, FinishedRow, InsertArrays, JobRow, MigrationStatements,
-    Statements, Upkeep,
-};
+use pq_api::postgres::{self as sql, PgStore};
 use pq_api::task::decode_args;
 use pq_api::{
-    Claim, ClaimedJob, Completion, Done, Error, Failure, FinishedJob, Job, JobHandler, JobId,
-    JobState, Lease, NewJob, QueueStats, QueueStore, Result, Task, TaskContext, TaskError,
+    Claim, ClaimedJob, Completion, Done, Error, JobHandler, JobId, NewJob, Result, Task,
+    TaskContext, TaskError,
 };
-use sqlx::error::BoxDynError;
-use sqlx::postgres::{PgListener, PgRow, PgTypeInfo, PgValueFormat, PgValueRef};
-use sqlx::{AssertSqlSafe, Executor, PgConnection, PgPool, Postgres, Row};
-use tokio::sync::oneshot;
+use sqlx::{AssertSqlSafe, PgConnection, PgPool};
 
-mod warm;
-use pq_api::postgres::conn::Lane;
-use warm::{Warm, WarmConn};
+mod driver;
+use driver::Sqlx;
 
+pub use pq_api::postgres::listen::FALLBACK_POLL;
 pub use pq_api::postgres::QueueTable;
-
-/// How often `wait` looks at the table while the listener connection is down.
-pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 
 /// The sqlx store. Cloning gives another handle on the same store.
 ///
@@ -82,23 +68,10 @@ pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 /// than the rest of your application needs at its busiest.
 #[derive(Debug, Clone)]
 pub struct SqlxStore {
-    inner: Arc<Inner>,
+    store: PgStore<Sqlx>,
 }
 
-#[derive(Debug)]
-struct Inner {
-    pool: PgPool,
-    table: QueueTable,
-    sql: Statements,
-    wakeups: Arc<Wakeups>,
-    /// Connections kept between the store's own statements.
-    warm: Arc<Warm>,
-    /// When the store vacuums its table and checks its statistics (see
-    /// [`SqlxStore::vacuum_every`], [`SqlxStore::analyze_when_stale`]).
-    upkeep: Upkeep,
-    /// Dropping this stops the listener task.
-    stop_listener: Mutex<Option<oneshot::Sender<()>>>,
-}
+pq_api::__forward_queue_store!(SqlxStore => store);
 
 /// Maps a sqlx error into the contract's error, keeping it as the source.
 pub fn map_err(e: sqlx::Error) -> Error {
@@ -115,111 +88,6 @@ pub fn map_err(e: sqlx::Error) -> Error {
         | sqlx::Error::WorkerCrashed) => Error::Unavailable(Box::new(e)),
         e => Error::Backend(Box::new(e)),
     }
-}
-
-/// Runs `text` on a connection of `pool` as a simple query (no parameters, no transaction).
-fn simple_query(
-    pool: &PgPool,
-    text: &Arc<str>,
-) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
-    let (pool, text) = (pool.clone(), text.clone());
-    async move {
-        let mut c = pool.acquire().await.map_err(map_err)?;
-        let ran = sqlx::raw_sql(AssertSqlSafe(text)).execute(&mut *c).await;
-        ran.map(drop).map_err(map_err)
-    }
-}
-
-/// Runs `text`, a query of one boolean, on a connection of `pool`.
-fn ask(
-    pool: &PgPool,
-    text: &Arc<str>,
-) -> impl std::future::Future<Output = Result<bool>> + Send + 'static {
-    let (pool, text) = (pool.clone(), text.clone());
-    async move {
-        sqlx::query_scalar::<_, bool>(AssertSqlSafe(text))
-            .fetch_one(&pool)
-            .await
-            .map_err(map_err)
-    }
-}
-
-/// A `timestamptz` decoded without panicking: sqlx's own decoding of `'infinity'` overflows
-/// chrono and panics, where this returns an error for the one value.
-struct Time(DateTime<Utc>);
-
-impl sqlx::Type<Postgres> for Time {
-    fn type_info() -> PgTypeInfo {
-        <DateTime<Utc> as sqlx::Type<Postgres>>::type_info()
-    }
-    fn compatible(ty: &PgTypeInfo) -> bool {
-        <DateTime<Utc> as sqlx::Type<Postgres>>::compatible(ty)
-    }
-}
-
-impl<'r> sqlx::Decode<'r, Postgres> for Time {
-    fn decode(value: PgValueRef<'r>) -> std::result::Result<Self, BoxDynError> {
-        if value.format() == PgValueFormat::Text {
-            // Text is parsed, never added up: 'infinity' is an error here already.
-            return <DateTime<Utc> as sqlx::Decode<Postgres>>::decode(value).map(Time);
-        }
-        let micros = <i64 as sqlx::Decode<Postgres>>::decode(value)?;
-        sql::pg_time(micros)
-            .map(Time)
-            .ok_or_else(|| "a timestamp out of range (infinite?) for a job's time".into())
-    }
-}
-
-fn time(row: &PgRow, i: usize) -> Result<DateTime<Utc>> {
-    row.try_get::<Time, _>(i).map(|t| t.0).map_err(map_err)
-}
-
-fn opt_time(row: &PgRow, i: usize) -> Result<Option<DateTime<Utc>>> {
-    let t: Option<Time> = row.try_get(i).map_err(map_err)?;
-    Ok(t.map(|t| t.0))
-}
-
-fn q(text: &Arc<str>) -> AssertSqlSafe<Arc<str>> {
-    AssertSqlSafe(text.clone())
-}
-
-fn job_row(row: &PgRow) -> Result<JobRow<'_>> {
-    let get = |e: sqlx::Error| map_err(e);
-    Ok(JobRow {
-        id: row.try_get(0).map_err(get)?,
-        queue: row.try_get(1).map_err(get)?,
-        payload: Cow::Borrowed(row.try_get(2).map_err(get)?),
-        priority: row.try_get(3).map_err(get)?,
-        expected_at: opt_time(row, 4)?,
-        run_at: time(row, 5)?,
-        state: Cow::Borrowed(row.try_get(6).map_err(get)?),
-        attempts: row.try_get(7).map_err(get)?,
-        max_attempts: row.try_get(8).map_err(get)?,
-        last_error: row.try_get(9).map_err(get)?,
-        created_at: time(row, 10)?,
-        lease_token: row.try_get(11).map_err(get)?,
-        key: row.try_get(12).map_err(get)?,
-        cursor: row.try_get(13).map_err(get)?,
-        keep_for: row.try_get(14).map_err(get)?,
-        key_state: row.try_get(15).map_err(get)?,
-    })
-}
-
-fn finished_row(row: &PgRow) -> Result<FinishedRow> {
-    let get = |e: sqlx::Error| map_err(e);
-    Ok(FinishedRow {
-        id: row.try_get(0).map_err(get)?,
-        queue: row.try_get(1).map_err(get)?,
-        payload: row.try_get(2).map_err(get)?,
-        key: row.try_get(3).map_err(get)?,
-        cursor: row.try_get(4).map_err(get)?,
-        priority: row.try_get(5).map_err(get)?,
-        attempts: row.try_get(6).map_err(get)?,
-        result: row.try_get(7).map_err(get)?,
-        created_at: time(row, 8)?,
-        finished_at: time(row, 9)?,
-        keep_until: time(row, 10)?,
-    })
 }
 
 impl SqlxStore {
@@ -239,15 +107,7 @@ impl SqlxStore {
     /// [`pq_api::postgres::schema_ddl`] with their own migration tool).
     pub fn without_migrating(pool: PgPool, table: QueueTable) -> Self {
         SqlxStore {
-            inner: Arc::new(Inner {
-                sql: Statements::new(&table),
-                warm: Warm::new(pool.clone()),
-                upkeep: Upkeep::default(),
-                pool,
-                table,
-                wakeups: Arc::new(Wakeups::default()),
-                stop_listener: Mutex::new(None),
-            }),
+            store: PgStore::new(Sqlx(pool), table),
         }
     }
 
@@ -264,7 +124,7 @@ impl SqlxStore {
     /// # Ok(()) }
     /// ```
     pub fn vacuum_every(self, claimed_jobs: u64) -> Self {
-        self.inner.upkeep.vacuuming.set_every(claimed_jobs);
+        self.store.vacuum_every(claimed_jobs);
         self
     }
 
@@ -279,64 +139,24 @@ impl SqlxStore {
     /// # Ok(()) }
     /// ```
     pub fn analyze_when_stale(self, on: bool) -> Self {
-        self.inner.upkeep.analyzing.set_on(on);
+        self.store.analyze_when_stale(on);
         self
-    }
-
-    /// After a claim of `claimed` jobs: starts the store's vacuum or statistics check if due.
-    fn upkeep_after_claim(&self, claimed: usize) {
-        let pool = &self.inner.pool;
-        let run = |text: &Arc<str>| simple_query(pool, text);
-        let ask = |text: &Arc<str>| ask(pool, text);
-        self.inner
-            .upkeep
-            .after_claim(claimed, &self.inner.sql, run, ask);
     }
 
     /// The pool the store runs on.
     pub fn pool(&self) -> &PgPool {
-        &self.inner.pool
+        &self.store.driver().0
     }
 
     /// The table the store keeps its jobs in.
     pub fn table(&self) -> &QueueTable {
-        &self.inner.table
+        self.store.table()
     }
 
     /// Applies the missing schema migrations, in one transaction under an advisory lock, so
     /// concurrent callers are safe. Tracked in `"<schema>"."<table>_migrations"`.
     pub async fn migrate(&self) -> Result<()> {
-        let m = MigrationStatements::new(&self.inner.table);
-        let mut tx = self.inner.pool.begin().await.map_err(map_err)?;
-        sqlx::query(AssertSqlSafe(m.lock))
-            .bind(self.inner.table.lock_key())
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        sqlx::raw_sql(AssertSqlSafe(m.prepare))
-            .execute(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        let applied: Vec<i32> = sqlx::query_scalar(AssertSqlSafe(m.applied))
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(map_err)?;
-        for step in sql::migrations(&self.inner.table) {
-            if applied.contains(&step.version) {
-                continue;
-            }
-            sqlx::raw_sql(AssertSqlSafe(step.sql))
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-            sqlx::query(AssertSqlSafe(m.record.clone()))
-                .bind(step.version)
-                .bind(step.description)
-                .execute(&mut *tx)
-                .await
-                .map_err(map_err)?;
-        }
-        tx.commit().await.map_err(map_err)
+        self.store.migrate().await
     }
 
     /// [`QueueStore::put_many`] on your connection or transaction: roll it back and the jobs
@@ -346,21 +166,20 @@ impl SqlxStore {
         conn: &mut PgConnection,
         jobs: Vec<NewJob>,
     ) -> Result<Vec<JobId>> {
-        self.put_on(conn, jobs).await
+        self.store.put_many_in(conn, jobs).await
     }
 
     /// [`QueueStore::claim`] on your connection or transaction. Inside a transaction the claim
     /// is undone with it: the jobs are claimable again at once, their attempt not counted.
     /// It commits as your transaction (or, outside one, your session) is set to: unlike the
     /// store's own claim, which commits without waiting for the WAL flush
-    /// ([`Statements::claim`]), it leaves `synchronous_commit` alone.
+    /// ([`Statements::claim`](sql::Statements::claim)), it leaves `synchronous_commit` alone.
     pub async fn claim_in(
         &self,
         conn: &mut PgConnection,
         claim: &Claim,
     ) -> Result<Vec<ClaimedJob>> {
-        self.claim_on(conn, claim, Statements::claim_in_transaction)
-            .await
+        self.store.claim_in(conn, claim).await
     }
 
     /// [`QueueStore::complete_many`] on your connection or transaction: the jobs are removed
@@ -370,7 +189,7 @@ impl SqlxStore {
         conn: &mut PgConnection,
         done: &[Done],
     ) -> Result<Vec<JobId>> {
-        self.complete_on(conn, done).await
+        self.store.complete_many_in(conn, done).await
     }
 
     /// A worker handler for `T` that runs it inside a transaction which also completes its
@@ -401,395 +220,6 @@ impl SqlxStore {
             idle_timeout: sql::HANDLER_IDLE_TIMEOUT,
             task: std::marker::PhantomData,
         }
-    }
-
-    async fn put_on<'e, E: Executor<'e, Database = Postgres>>(
-        &self,
-        e: E,
-        jobs: Vec<NewJob>,
-    ) -> Result<Vec<JobId>> {
-        let a = InsertArrays::new(&jobs)?;
-        if jobs.is_empty() {
-            return Ok(Vec::new());
-        }
-        let insert = sqlx::query_as(q(self.inner.sql.insert(&a)))
-            .bind(&a.queue)
-            .bind(&a.payload)
-            .bind(&a.priority)
-            .bind(&a.run_at)
-            .bind(&a.run_in)
-            .bind(&a.expected_at)
-            .bind(&a.expected_in)
-            .bind(&a.max_attempts)
-            .bind(&a.key)
-            .bind(&a.cursor)
-            .bind(&a.keep_for)
-            .fetch_all(e);
-        let rows: Vec<(i64, bool, Option<String>, Option<String>)> =
-            sql::freeing(insert, jobs).await.map_err(map_err)?;
-        a.ids(rows)
-    }
-
-    /// Claims on `e` with the claim text `text` gives (see [`Statements::claim`]: the store's
-    /// own claims commit asynchronously, claims in a caller's transaction as it is set).
-    async fn claim_on(
-        &self,
-        conn: &mut PgConnection,
-        claim: &Claim,
-        text: fn(&Statements, usize, u32) -> Arc<str>,
-    ) -> Result<Vec<ClaimedJob>> {
-        claim.validate()?;
-        let queues = claim.distinct_queues();
-        let sql = text(&self.inner.sql, queues.len(), claim.limit);
-        let token = Lease::new_token();
-        let mut rows = sqlx::query(AssertSqlSafe(sql))
-            .bind(queues)
-            .bind(micros(claim.lease))
-            .bind(token)
-            .fetch(&mut *conn);
-        // Each row becomes a job as it is read: no vector of rows in between.
-        let mut jobs = Vec::with_capacity(usize::try_from(claim.limit.min(256)).unwrap_or(0));
-        let mut bad = Vec::new();
-        while let Some(row) = rows.try_next().await.map_err(map_err)? {
-            match job_row(&row).and_then(JobRow::into_claimed) {
-                Ok(job) => jobs.push(job),
-                Err(error) => {
-                    let id: i64 = row.try_get(0).map_err(map_err)?;
-                    let job_id = JobId(id);
-                    let lease = Lease { job_id, token };
-                    bad.push(sql::Undecodable { lease, error });
-                }
-            }
-        }
-        drop(rows);
-        for row in bad {
-            if let Err(e) = self.fail_on(conn, &row.lease, row.failure()).await {
-                row.not_failed(&e);
-            }
-        }
-        self.upkeep_after_claim(jobs.len());
-        Ok(jobs)
-    }
-
-    /// Records a failed attempt on `conn`: [`QueueStore::fail`].
-    async fn fail_on(
-        &self,
-        conn: &mut PgConnection,
-        lease: &Lease,
-        failure: Failure,
-    ) -> Result<JobState> {
-        failure.validate()?;
-        let (at, within) = sql::retry_params(&failure);
-        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.fail))
-            .bind(lease.job_id.0)
-            .bind(lease.token)
-            .bind(at)
-            .bind(within)
-            .bind(failure.error)
-            .bind(!failure.give_up)
-            .fetch_optional(conn)
-            .await
-            .map_err(map_err)?;
-        sql::parse_state(&state.ok_or(Error::LeaseLost(lease.job_id))?)
-    }
-
-    async fn complete_on<'e, E: Executor<'e, Database = Postgres>>(
-        &self,
-        e: E,
-        done: &[Done],
-    ) -> Result<Vec<JobId>> {
-        if done.is_empty() {
-            return Ok(Vec::new());
-        }
-        let a = DoneArrays::new(done)?;
-        let completed: Vec<i64> = sqlx::query_scalar(q(&self.inner.sql.complete))
-            .bind(a.id)
-            .bind(a.token)
-            .bind(a.result)
-            .bind(a.key_state)
-            .fetch_all(e)
-            .await
-            .map_err(map_err)?;
-        Ok(sql::completed_in_order(done, completed))
-    }
-
-    /// A connection for one of the store's own statements: one it kept, or one from the pool.
-    async fn conn(&self) -> Result<WarmConn> {
-        self.inner.warm.get(Lane::Rest).await
-    }
-
-    /// Keeps `c` for the next statement, its statement having succeeded. (Dropped instead,
-    /// after an error or a cancelled statement, it goes back to the pool, which checks it.)
-    fn keep(&self, c: WarmConn) {
-        self.inner.warm.keep(c);
-    }
-
-    /// Starts the listener task on first use.
-    fn ensure_listener(&self) {
-        if !self.inner.wakeups.claim_start() {
-            return;
-        }
-        let (stop_tx, stop_rx) = oneshot::channel();
-        if let Ok(mut slot) = self.inner.stop_listener.lock() {
-            *slot = Some(stop_tx);
-        }
-        let pool = self.inner.pool.clone();
-        let wakeups = self.inner.wakeups.clone();
-        let channel = self.inner.table.channel();
-        tokio::spawn(async move {
-            tokio::select! {
-                _ = stop_rx => {}
-                () = listen_forever(pool, wakeups, channel) => {}
-            }
-        });
-    }
-}
-
-async fn listen_forever(pool: PgPool, wakeups: Arc<Wakeups>, channel: String) {
-    // The listener holds its connection for as long as the store waits: one of its own,
-    // opened with the pool's options, rather than one of the pool's, which on a small pool
-    // would leave the store's statements none.
-    let own = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .max_lifetime(None)
-        .idle_timeout(None)
-        .connect_lazy_with((*pool.connect_options()).clone());
-    let mut reconnecting = false;
-    loop {
-        match PgListener::connect_with(&own).await {
-            Ok(mut listener) => {
-                if let Err(e) = listener.listen(&channel).await {
-                    tracing::warn!(error = %e, "pq: LISTEN failed");
-                } else {
-                    wakeups.set_connected(true);
-                    if reconnecting {
-                        wakeups.notify_all();
-                    }
-                    loop {
-                        match listener.try_recv().await {
-                            Ok(Some(n)) => wakeups.notify(n.payload()),
-                            // The connection dropped and was re-established: anything sent in
-                            // between is lost, so wake everyone to look.
-                            Ok(None) => wakeups.notify_all(),
-                            Err(e) => {
-                                tracing::warn!(error = %e, "pq: listener connection lost");
-                                break;
-                            }
-                        }
-                    }
-                }
-            }
-            Err(e) => tracing::warn!(error = %e, "pq: cannot connect the listener"),
-        }
-        wakeups.set_connected(false);
-        wakeups.notify_all();
-        reconnecting = true;
-        tokio::time::sleep(Duration::from_secs(1)).await;
-    }
-}
-
-fn one_state(state: Option<String>, id: JobId) -> Result<JobState> {
-    sql::parse_state(&state.ok_or(Error::NotFound(id))?)
-}
-
-#[async_trait]
-impl QueueStore for SqlxStore {
-    async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
-        let mut c = self.conn().await?;
-        let ids = self.put_on(&mut *c, jobs).await?;
-        self.keep(c);
-        Ok(ids)
-    }
-
-    async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
-        let mut c = self.inner.warm.get(Lane::Claim).await?;
-        let claimed = self.claim_on(&mut c, claim, Statements::claim).await?;
-        self.keep(c);
-        Ok(claimed)
-    }
-
-    async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>> {
-        let mut c = self.conn().await?;
-        let completed = self.complete_on(&mut *c, done).await?;
-        self.keep(c);
-        Ok(completed)
-    }
-
-    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
-        failure.validate()?;
-        let mut c = self.conn().await?;
-        let state = self.fail_on(&mut c, lease, failure).await?;
-        self.keep(c);
-        Ok(state)
-    }
-
-    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
-        pq_api::validate::validate_lease(lease_for)?;
-        let mut c = self.conn().await?;
-        let until: Option<Time> = sqlx::query_scalar(q(&self.inner.sql.extend))
-            .bind(lease.job_id.0)
-            .bind(lease.token)
-            .bind(micros(lease_for))
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        until.map(|t| t.0).ok_or(Error::LeaseLost(lease.job_id))
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        self.snooze(lease, Duration::ZERO).await
-    }
-
-    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
-        pq_api::validate::validate_delay(delay)?;
-        let mut c = self.conn().await?;
-        let id: Option<i64> = sqlx::query_scalar(q(&self.inner.sql.release))
-            .bind(lease.job_id.0)
-            .bind(lease.token)
-            .bind(micros(delay))
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        id.map(|_| ()).ok_or(Error::LeaseLost(lease.job_id))
-    }
-
-    async fn cancel(&self, id: JobId) -> Result<()> {
-        let mut c = self.conn().await?;
-        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.cancel))
-            .bind(id.0)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        match one_state(state, id)? {
-            JobState::Running => Err(Error::InvalidState {
-                id,
-                state: JobState::Running,
-            }),
-            _ => Ok(()),
-        }
-    }
-
-    async fn retry(&self, id: JobId) -> Result<()> {
-        let mut c = self.conn().await?;
-        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.retry))
-            .bind(id.0)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        match one_state(state, id)? {
-            JobState::Failed => Ok(()),
-            state => Err(Error::InvalidState { id, state }),
-        }
-    }
-
-    async fn job(&self, id: JobId) -> Result<Job> {
-        let mut c = self.conn().await?;
-        let row = sqlx::query(q(&self.inner.sql.job))
-            .bind(id.0)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        let row = row.ok_or(Error::NotFound(id))?;
-        job_row(&row)?.into_job()
-    }
-
-    async fn stats(&self, queue: &str) -> Result<QueueStats> {
-        let mut c = self.conn().await?;
-        let rows: Vec<(String, i64)> = sqlx::query_as(q(&self.inner.sql.stats))
-            .bind(queue)
-            .fetch_all(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        let mut stats = QueueStats::default();
-        for (state, n) in rows {
-            stats.add(sql::parse_state(&state)?, u64::try_from(n).unwrap_or(0));
-        }
-        Ok(stats)
-    }
-
-    async fn purge(&self, queue: &str) -> Result<u64> {
-        let mut c = self.conn().await?;
-        let n: i64 = sqlx::query_scalar(q(&self.inner.sql.purge))
-            .bind(queue)
-            .fetch_one(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    async fn key_state(&self, queue: &str, key: &str) -> Result<Option<serde_json::Value>> {
-        let mut c = self.conn().await?;
-        let state: Option<String> = sqlx::query_scalar(q(&self.inner.sql.key_state))
-            .bind(queue)
-            .bind(key)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        Ok(state.map(|s| serde_json::from_str(&s)).transpose()?)
-    }
-
-    async fn finished(&self, id: JobId) -> Result<FinishedJob> {
-        let mut c = self.conn().await?;
-        let row = sqlx::query(q(&self.inner.sql.finished))
-            .bind(id.0)
-            .fetch_optional(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        let row = row.ok_or(Error::NotFound(id))?;
-        finished_row(&row)?.into_finished()
-    }
-
-    async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
-        let mut c = self.conn().await?;
-        let rows = sqlx::query(q(&self.inner.sql.history))
-            .bind(queue)
-            .bind(i64::from(limit))
-            .fetch_all(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        rows.iter()
-            .map(|r| finished_row(r)?.into_finished())
-            .collect()
-    }
-
-    async fn cleanup_history(&self) -> Result<u64> {
-        let mut c = self.conn().await?;
-        let n: i64 = sqlx::query_scalar(q(&self.inner.sql.cleanup_history))
-            .fetch_one(&mut *c)
-            .await
-            .map_err(map_err)?;
-        self.keep(c);
-        Ok(u64::try_from(n).unwrap_or(0))
-    }
-
-    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {
-        self.ensure_listener();
-        let next_run = || async {
-            let mut c = self.conn().await?;
-            let sql = self.inner.sql.next_run(queues.len());
-            let row = sqlx::query(AssertSqlSafe(sql))
-                .bind(queues)
-                .fetch_one(&mut *c)
-                .await
-                .map_err(map_err)?;
-            let next = (opt_time(&row, 0)?, time(&row, 1)?);
-            self.keep(c);
-            Ok(next)
-        };
-        self.inner
-            .wakeups
-            .wait(queues, timeout, FALLBACK_POLL, next_run)
-            .await
     }
 }
 

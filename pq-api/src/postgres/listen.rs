@@ -17,6 +17,9 @@ use tokio::time::Instant;
 
 use crate::error::Result;
 
+/// How often `wait` looks at the table while the listener connection is down.
+pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
+
 /// How long a first `wait` gives the listener to connect before it relies on polling.
 const CONNECT_GRACE: Duration = Duration::from_secs(5);
 

@@ -1,8 +1,9 @@
 //! The PostgreSQL machinery both SQL stores (`pq-sqlx`, `pq-diesel`) are built from: the
 //! table's names ([`table`]), the statements they send ([`statements`]), the schema and its
 //! migrations ([`migrations`](mod@migrations)), the rows they decode and the arrays they bind ([`rows`]), the
-//! upkeep of the table ([`upkeep`]), the connections a store keeps while busy ([`conn`]) and
-//! the wakeups behind `wait` ([`listen`]).
+//! upkeep of the table ([`upkeep`]), the connections a store keeps while busy ([`conn`]), the
+//! wakeups behind `wait` ([`listen`]), and the store itself ([`store`]), written once over the
+//! [`driver`] seam that `pq-sqlx` and `pq-diesel` each implement.
 //!
 //! This is the stores' machinery, not an API to build an application on: it changes whenever
 //! the stores need it to, without notice. What an application needs of it is
@@ -10,11 +11,13 @@
 //! migration tool); both stores re-export [`QueueTable`].
 
 pub mod conn;
+pub mod driver;
 pub mod listen;
 pub mod migrations;
 mod render;
 pub mod rows;
 pub mod statements;
+pub mod store;
 pub mod table;
 pub mod upkeep;
 
@@ -25,5 +28,6 @@ pub use rows::{
     InsertArrays, JobRow, Undecodable,
 };
 pub use statements::{begin_bounded, Statements, CLAIM_TEXTS_KEPT, HANDLER_IDLE_TIMEOUT};
+pub use store::PgStore;
 pub use table::{QueueTable, MAX_SCHEMA_LEN, MAX_TABLE_LEN};
 pub use upkeep::{Analyzing, Upkeep, Vacuuming};

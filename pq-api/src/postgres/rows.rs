@@ -10,6 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
+use super::driver::Param;
 use crate::error::{Error, Result};
 use crate::job::micros;
 use crate::job::{ClaimedJob, Done, FinishedJob, Job, JobId, JobState, Lease};
@@ -196,6 +197,16 @@ pub struct DoneArrays {
 }
 
 impl DoneArrays {
+    /// The parameters of [`Statements::complete`], in order.
+    pub fn params(&self) -> [Param<'_>; 4] {
+        [
+            Param::Int8s(&self.id),
+            Param::Int8s(&self.token),
+            Param::OptTexts(&self.result),
+            Param::OptTexts(&self.key_state),
+        ]
+    }
+
     /// Splits completions into columns, JSON as text.
     pub fn new(done: &[Done]) -> Result<Self> {
         let mut a = DoneArrays::default();
@@ -280,6 +291,23 @@ impl InsertArrays {
             a.keep_for.push(job.keep_history.map(micros));
         }
         Ok(a)
+    }
+
+    /// The parameters of [`Statements::insert`], in order.
+    pub fn params(&self) -> [Param<'_>; 11] {
+        [
+            Param::Texts(&self.queue),
+            Param::Texts(&self.payload),
+            Param::Int4s(&self.priority),
+            Param::OptTimes(&self.run_at),
+            Param::OptInt8s(&self.run_in),
+            Param::OptTimes(&self.expected_at),
+            Param::OptInt8s(&self.expected_in),
+            Param::Int4s(&self.max_attempts),
+            Param::OptTexts(&self.key),
+            Param::Bools(&self.cursor),
+            Param::OptInt8s(&self.keep_for),
+        ]
     }
 
     /// The id of every job given, in order, from the rows [`Statements::insert`] returned

@@ -1,0 +1,616 @@
+//! The one PostgreSQL implementation of [`QueueStore`], generic over a [`Driver`].
+//!
+//! [`PgStore`] holds the job semantics both SQL stores share: which statement each operation
+//! runs with which parameters, what its rows mean, how a claim fails the rows it cannot decode,
+//! the migrations under their advisory lock, the connections it keeps while busy
+//! ([`conn`](super::conn)), the upkeep of the table ([`upkeep`](super::upkeep)) and the
+//! listener behind `wait`, reconnected whenever it is lost ([`listen`](super::listen)).
+//! `pq-sqlx`'s `SqlxStore` and `pq-diesel`'s `DieselStore` are each a `PgStore` on their
+//! driver, with the methods that take their library's connection types.
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures_util::future::BoxFuture;
+use tokio::sync::oneshot;
+
+use super::conn::{Lane, Warm, WarmConn};
+use super::driver::{scalars, Driver, Int4, Kind, Note, Param, Scalar};
+use super::listen::{Wakeups, FALLBACK_POLL};
+use super::migrations::{migrations, MigrationStatements};
+use super::rows::{
+    completed_in_order, freeing, parse_state, retry_params, DoneArrays, InsertArrays, JobRow,
+    Undecodable,
+};
+use super::statements::Statements;
+use super::table::QueueTable;
+use super::upkeep::Upkeep;
+use crate::error::{Error, Result};
+use crate::job::{
+    micros, Claim, ClaimedJob, Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob,
+    QueueStats,
+};
+use crate::store::QueueStore;
+use crate::validate::{validate_delay, validate_lease};
+
+/// How a claim's statement commits: [`Statements::claim`] for the store's own claims,
+/// [`Statements::claim_in_transaction`] for claims on a caller's connection.
+type ClaimText = fn(&Statements, usize, u32) -> Arc<str>;
+
+/// The PostgreSQL store on driver `D`. Cloning gives another handle on the same store.
+///
+/// Its own statements (everything but the `_in` variants) run on connections from the
+/// driver's pool. While it is busy the store keeps up to two of them checked out between
+/// statements, claims on one and the rest on the other, rather than handing each back after
+/// every statement ([`conn`](super::conn)). Once something calls `wait`, the notification
+/// listener holds a connection of its own.
+pub struct PgStore<D: Driver> {
+    inner: Arc<Inner<D>>,
+}
+
+impl<D: Driver> Clone for PgStore<D> {
+    fn clone(&self) -> Self {
+        PgStore {
+            inner: self.inner.clone(),
+        }
+    }
+}
+
+impl<D: Driver> fmt::Debug for PgStore<D> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("table", &self.inner.table)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<D: Driver> {
+    driver: D,
+    table: QueueTable,
+    sql: Statements,
+    wakeups: Arc<Wakeups>,
+    /// Connections kept between the store's own statements.
+    warm: Arc<Warm<D::Pooled>>,
+    /// When the store vacuums its table and checks its statistics.
+    upkeep: Upkeep,
+    /// Dropping this stops the listener task.
+    stop_listener: Mutex<Option<oneshot::Sender<()>>>,
+}
+
+impl<D: Driver> PgStore<D> {
+    /// A store on `table` through `driver`, trusting that the table's schema is in place (see
+    /// [`PgStore::migrate`]).
+    pub fn new(driver: D, table: QueueTable) -> Self {
+        PgStore {
+            inner: Arc::new(Inner {
+                sql: Statements::new(&table),
+                warm: Warm::new(),
+                upkeep: Upkeep::default(),
+                driver,
+                table,
+                wakeups: Arc::new(Wakeups::default()),
+                stop_listener: Mutex::new(None),
+            }),
+        }
+    }
+
+    /// The driver the store runs on.
+    pub fn driver(&self) -> &D {
+        &self.inner.driver
+    }
+
+    /// The table the store keeps its jobs in.
+    pub fn table(&self) -> &QueueTable {
+        &self.inner.table
+    }
+
+    /// Vacuums the jobs table after every `claimed_jobs` jobs this store claims (0 never
+    /// does): see [`Vacuuming`](super::Vacuuming).
+    pub fn vacuum_every(&self, claimed_jobs: u64) {
+        self.inner.upkeep.vacuuming.set_every(claimed_jobs);
+    }
+
+    /// Checks the planner statistics while the store claims, and analyzes the table when they
+    /// lag far behind it: see [`Analyzing`](super::Analyzing).
+    pub fn analyze_when_stale(&self, on: bool) {
+        self.inner.upkeep.analyzing.set_on(on);
+    }
+
+    /// Applies the missing schema migrations, in one transaction under an advisory lock, so
+    /// concurrent callers are safe. Tracked in `"<schema>"."<table>_migrations"`.
+    pub async fn migrate(&self) -> Result<()> {
+        let table = self.inner.table.clone();
+        let mut conn = self.inner.driver.acquire().await?;
+        D::transaction(&mut conn, Box::new(move |c| migrate_on::<D>(c, table))).await
+    }
+
+    /// [`QueueStore::put_many`] on `conn`, a connection or transaction of the caller's.
+    pub async fn put_many_in(&self, conn: &mut D::Conn, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        let a = InsertArrays::new(&jobs)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.insert_on(conn, jobs, a).await
+    }
+
+    /// Inserts `jobs`, split into `a`, on `conn`.
+    async fn insert_on(
+        &self,
+        conn: &mut D::Conn,
+        jobs: Vec<NewJob>,
+        a: InsertArrays,
+    ) -> Result<Vec<JobId>> {
+        let params = a.params();
+        let insert = D::inserted(conn, self.inner.sql.insert(&a), &params);
+        let rows = freeing(insert, jobs).await?;
+        a.ids(rows)
+    }
+
+    /// [`QueueStore::claim`] on `conn`, a connection or transaction of the caller's: it
+    /// commits as the caller's transaction (or session) is set to
+    /// ([`Statements::claim_in_transaction`]).
+    pub async fn claim_in(&self, conn: &mut D::Conn, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        self.claim_on(conn, claim, Statements::claim_in_transaction)
+            .await
+    }
+
+    /// [`QueueStore::complete_many`] on `conn`, a connection or transaction of the caller's.
+    pub async fn complete_many_in(&self, conn: &mut D::Conn, done: &[Done]) -> Result<Vec<JobId>> {
+        if done.is_empty() {
+            return Ok(Vec::new());
+        }
+        let a = DoneArrays::new(done)?;
+        let params = a.params();
+        let cells = D::column(conn, &self.inner.sql.complete, &params, Kind::Int8).await?;
+        Ok(completed_in_order(done, scalars::<i64>(cells)?))
+    }
+
+    /// Claims on `conn` with the claim text `text` gives. Each row becomes a job as it is
+    /// read; a row that cannot be decoded is failed at once, in its own statement, and the
+    /// rest are handed out ([`Undecodable`]).
+    async fn claim_on(
+        &self,
+        conn: &mut D::Conn,
+        claim: &Claim,
+        text: ClaimText,
+    ) -> Result<Vec<ClaimedJob>> {
+        claim.validate()?;
+        let queues = claim.distinct_queues();
+        let sql = text(&self.inner.sql, queues.len(), claim.limit);
+        let token = Lease::new_token();
+        let params = [
+            Param::Texts(&queues),
+            Param::Int8(micros(claim.lease)),
+            Param::Int8(token),
+        ];
+        let mut jobs = Vec::with_capacity(usize::try_from(claim.limit.min(256)).unwrap_or(0));
+        let mut bad = Vec::new();
+        let mut each = |id: i64, row: Result<JobRow<'_>>| match row.and_then(JobRow::into_claimed) {
+            Ok(job) => jobs.push(job),
+            Err(error) => bad.push(Undecodable {
+                lease: Lease {
+                    job_id: JobId(id),
+                    token,
+                },
+                error,
+            }),
+        };
+        D::jobs(conn, &sql, &params, &mut each).await?;
+        for row in bad {
+            if let Err(e) = self.fail_on(conn, &row.lease, row.failure()).await {
+                row.not_failed(&e);
+            }
+        }
+        self.upkeep_after_claim(jobs.len());
+        Ok(jobs)
+    }
+
+    /// Records a failed attempt on `conn`: [`QueueStore::fail`].
+    async fn fail_on(
+        &self,
+        conn: &mut D::Conn,
+        lease: &Lease,
+        failure: Failure,
+    ) -> Result<JobState> {
+        failure.validate()?;
+        let (at, within) = retry_params(&failure);
+        let params = [
+            Param::Int8(lease.job_id.0),
+            Param::Int8(lease.token),
+            Param::Time(at),
+            Param::Int8(within),
+            Param::Text(&failure.error),
+            Param::Bool(!failure.give_up),
+        ];
+        let cells = D::column(conn, &self.inner.sql.fail, &params, Kind::Text).await?;
+        let state = scalars::<String>(cells)?.into_iter().next();
+        parse_state(&state.ok_or(Error::LeaseLost(lease.job_id))?)
+    }
+
+    /// A connection for a statement of `lane`: one the store kept, else one from the pool.
+    async fn conn(&self, lane: Lane) -> Result<WarmConn<D::Pooled>> {
+        if self.inner.driver.is_closed() {
+            self.inner.warm.clear();
+        } else if let Some(c) = self.inner.warm.take(lane) {
+            return Ok(c);
+        }
+        let c = self.inner.driver.acquire().await?;
+        Ok(WarmConn::new(c, lane))
+    }
+
+    /// Keeps `c` for the next statement, its statement having succeeded. (Dropped instead,
+    /// after an error or a cancelled statement, it goes back to the pool, which checks it.)
+    fn keep(&self, c: WarmConn<D::Pooled>) {
+        if !self.inner.driver.is_closed() {
+            self.inner.warm.keep_from(c, self.inner.driver.pool_size());
+        }
+    }
+
+    /// Runs a statement of one column on a connection of the store's.
+    async fn column<T: Scalar>(&self, sql: &Arc<str>, params: &[Param<'_>]) -> Result<Vec<T>> {
+        let mut c = self.conn(Lane::Rest).await?;
+        let cells = D::column(&mut c, sql, params, T::KIND).await?;
+        self.keep(c);
+        scalars(cells)
+    }
+
+    /// After a claim of `claimed` jobs: starts the store's vacuum or statistics check if due,
+    /// on a connection of the pool (not the claim's: that may be in a caller's transaction).
+    fn upkeep_after_claim(&self, claimed: usize) {
+        let driver = &self.inner.driver;
+        let run = |text: &Arc<str>| {
+            let (driver, text) = (driver.clone(), text.clone());
+            async move {
+                let mut c = driver.acquire().await?;
+                D::batch(&mut c, &text).await
+            }
+        };
+        let ask = |text: &Arc<str>| {
+            let (driver, text) = (driver.clone(), text.clone());
+            async move {
+                let mut c = driver.acquire().await?;
+                let cells = D::column(&mut c, &text, &[], Kind::Bool).await?;
+                Ok(scalars::<bool>(cells)?.first() == Some(&true))
+            }
+        };
+        self.inner
+            .upkeep
+            .after_claim(claimed, &self.inner.sql, run, ask);
+    }
+
+    /// Starts the listener task on first use; it ends when the store is dropped.
+    fn ensure_listener(&self) {
+        if !self.inner.wakeups.claim_start() {
+            return;
+        }
+        let (stop_tx, stop_rx) = oneshot::channel();
+        if let Ok(mut slot) = self.inner.stop_listener.lock() {
+            *slot = Some(stop_tx);
+        }
+        let driver = self.inner.driver.clone();
+        let wakeups = self.inner.wakeups.clone();
+        let listen = self.inner.sql.listen.clone();
+        let channel = self.inner.table.channel();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = stop_rx => {}
+                () = listen_forever(driver, wakeups, listen, channel) => {}
+            }
+        });
+    }
+}
+
+/// The migrations, on `c` inside the migrating transaction.
+fn migrate_on<D: Driver>(c: &mut D::Conn, table: QueueTable) -> BoxFuture<'_, Result<()>> {
+    Box::pin(async move {
+        let m = MigrationStatements::new(&table);
+        let (lock, applied, record): (Arc<str>, Arc<str>, Arc<str>) =
+            (m.lock.into(), m.applied.into(), m.record.into());
+        D::execute(c, &lock, &[Param::Int8(table.lock_key())]).await?;
+        D::batch(c, &m.prepare).await?;
+        let applied = scalars::<Int4>(D::column(c, &applied, &[], Kind::Int4).await?)?;
+        for step in migrations(&table) {
+            if applied.iter().any(|v| v.0 == step.version) {
+                continue;
+            }
+            D::batch(c, &step.sql).await?;
+            let params = [Param::Int4(step.version), Param::Text(step.description)];
+            D::execute(c, &record, &params).await?;
+        }
+        Ok(())
+    })
+}
+
+/// Keeps a listening connection, reconnecting a second after each loss. While it is down
+/// `wait` polls; on every loss and reconnection every waiter is woken to look, since
+/// notifications sent meanwhile were lost.
+async fn listen_forever<D: Driver>(
+    driver: D,
+    wakeups: Arc<Wakeups>,
+    listen: Arc<str>,
+    channel: String,
+) {
+    let mut reconnecting = false;
+    loop {
+        let again = reconnecting;
+        let note = |note: Note<'_>| match note {
+            Note::Listening => {
+                wakeups.set_connected(true);
+                if again {
+                    wakeups.notify_all();
+                }
+            }
+            Note::Queue(queue) => wakeups.notify(queue),
+            Note::Missed => wakeups.notify_all(),
+        };
+        let lost = driver.listen(&listen, &channel, &note).await;
+        tracing::warn!(error = %lost, "pq: listener connection lost");
+        wakeups.set_connected(false);
+        wakeups.notify_all();
+        reconnecting = true;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+fn one<T>(values: Vec<T>, missing: Error) -> Result<T> {
+    values.into_iter().next().ok_or(missing)
+}
+
+fn count(n: Vec<i64>) -> u64 {
+    n.first().map_or(0, |&n| u64::try_from(n).unwrap_or(0))
+}
+
+#[async_trait]
+impl<D: Driver> QueueStore for PgStore<D> {
+    async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+        // Validated before a connection is taken: a bad job is refused whatever the server.
+        let a = InsertArrays::new(&jobs)?;
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut c = self.conn(Lane::Rest).await?;
+        let ids = self.insert_on(&mut c, jobs, a).await?;
+        self.keep(c);
+        Ok(ids)
+    }
+
+    async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
+        let mut c = self.conn(Lane::Claim).await?;
+        let claimed = self.claim_on(&mut c, claim, Statements::claim).await?;
+        self.keep(c);
+        Ok(claimed)
+    }
+
+    async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>> {
+        let mut c = self.conn(Lane::Rest).await?;
+        let completed = self.complete_many_in(&mut c, done).await?;
+        self.keep(c);
+        Ok(completed)
+    }
+
+    async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
+        failure.validate()?;
+        let mut c = self.conn(Lane::Rest).await?;
+        let state = self.fail_on(&mut c, lease, failure).await?;
+        self.keep(c);
+        Ok(state)
+    }
+
+    async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
+        validate_lease(lease_for)?;
+        let params = [
+            Param::Int8(lease.job_id.0),
+            Param::Int8(lease.token),
+            Param::Int8(micros(lease_for)),
+        ];
+        let until = self.column(&self.inner.sql.extend, &params).await?;
+        one(until, Error::LeaseLost(lease.job_id))
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        self.snooze(lease, Duration::ZERO).await
+    }
+
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()> {
+        validate_delay(delay)?;
+        let params = [
+            Param::Int8(lease.job_id.0),
+            Param::Int8(lease.token),
+            Param::Int8(micros(delay)),
+        ];
+        let ids: Vec<i64> = self.column(&self.inner.sql.release, &params).await?;
+        one(ids, Error::LeaseLost(lease.job_id)).map(drop)
+    }
+
+    async fn cancel(&self, id: JobId) -> Result<()> {
+        let state: Vec<String> = self
+            .column(&self.inner.sql.cancel, &[Param::Int8(id.0)])
+            .await?;
+        match parse_state(&one(state, Error::NotFound(id))?)? {
+            JobState::Running => Err(Error::InvalidState {
+                id,
+                state: JobState::Running,
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    async fn retry(&self, id: JobId) -> Result<()> {
+        let state: Vec<String> = self
+            .column(&self.inner.sql.retry, &[Param::Int8(id.0)])
+            .await?;
+        match parse_state(&one(state, Error::NotFound(id))?)? {
+            JobState::Failed => Ok(()),
+            state => Err(Error::InvalidState { id, state }),
+        }
+    }
+
+    async fn job(&self, id: JobId) -> Result<Job> {
+        let mut c = self.conn(Lane::Rest).await?;
+        let mut found = None;
+        let mut each = |_: i64, row: Result<JobRow<'_>>| {
+            found = Some(row.and_then(JobRow::into_job));
+        };
+        D::jobs(&mut c, &self.inner.sql.job, &[Param::Int8(id.0)], &mut each).await?;
+        self.keep(c);
+        found.ok_or(Error::NotFound(id))?
+    }
+
+    async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        let mut c = self.conn(Lane::Rest).await?;
+        let rows = D::counts(&mut c, &self.inner.sql.stats, &[Param::Text(queue)]).await?;
+        self.keep(c);
+        let mut stats = QueueStats::default();
+        for (state, n) in rows {
+            stats.add(parse_state(&state)?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(stats)
+    }
+
+    async fn purge(&self, queue: &str) -> Result<u64> {
+        let n = self
+            .column(&self.inner.sql.purge, &[Param::Text(queue)])
+            .await?;
+        Ok(count(n))
+    }
+
+    async fn key_state(&self, queue: &str, key: &str) -> Result<Option<serde_json::Value>> {
+        let params = [Param::Text(queue), Param::Text(key)];
+        let state: Vec<String> = self.column(&self.inner.sql.key_state, &params).await?;
+        Ok(state.first().map(|s| serde_json::from_str(s)).transpose()?)
+    }
+
+    async fn finished(&self, id: JobId) -> Result<FinishedJob> {
+        let mut c = self.conn(Lane::Rest).await?;
+        let rows = D::finished(&mut c, &self.inner.sql.finished, &[Param::Int8(id.0)]).await?;
+        self.keep(c);
+        one(rows, Error::NotFound(id))?.into_finished()
+    }
+
+    async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
+        let mut c = self.conn(Lane::Rest).await?;
+        let params = [Param::Text(queue), Param::Int8(i64::from(limit))];
+        let rows = D::finished(&mut c, &self.inner.sql.history, &params).await?;
+        self.keep(c);
+        rows.into_iter().map(|r| r.into_finished()).collect()
+    }
+
+    async fn cleanup_history(&self) -> Result<u64> {
+        let n = self.column(&self.inner.sql.cleanup_history, &[]).await?;
+        Ok(count(n))
+    }
+
+    async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool> {
+        self.ensure_listener();
+        let sql: Arc<str> = self.inner.sql.next_run(queues.len()).into();
+        let next_run = || async {
+            let mut c = self.conn(Lane::Rest).await?;
+            let next = D::next_run(&mut c, &sql, &[Param::Texts(queues)]).await?;
+            self.keep(c);
+            Ok(next)
+        };
+        self.inner
+            .wakeups
+            .wait(queues, timeout, FALLBACK_POLL, next_run)
+            .await
+    }
+}
+
+/// Implements [`QueueStore`] for a store type that wraps a [`PgStore`] (the expression after
+/// `=>` reaches it from `self`): each method runs the `PgStore`'s.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __forward_queue_store {
+    ($ty:ty => $field:tt) => {
+        #[$crate::async_trait]
+        impl $crate::QueueStore for $ty {
+            async fn put_many(
+                &self,
+                jobs: Vec<$crate::NewJob>,
+            ) -> $crate::Result<Vec<$crate::JobId>> {
+                $crate::QueueStore::put_many(&self.$field, jobs).await
+            }
+            async fn claim(
+                &self,
+                claim: &$crate::Claim,
+            ) -> $crate::Result<Vec<$crate::ClaimedJob>> {
+                $crate::QueueStore::claim(&self.$field, claim).await
+            }
+            async fn complete_many(
+                &self,
+                done: &[$crate::Done],
+            ) -> $crate::Result<Vec<$crate::JobId>> {
+                $crate::QueueStore::complete_many(&self.$field, done).await
+            }
+            async fn fail(
+                &self,
+                lease: &$crate::Lease,
+                failure: $crate::Failure,
+            ) -> $crate::Result<$crate::JobState> {
+                $crate::QueueStore::fail(&self.$field, lease, failure).await
+            }
+            async fn extend(
+                &self,
+                lease: &$crate::Lease,
+                lease_for: ::std::time::Duration,
+            ) -> $crate::Result<$crate::__chrono::DateTime<$crate::__chrono::Utc>> {
+                $crate::QueueStore::extend(&self.$field, lease, lease_for).await
+            }
+            async fn release(&self, lease: &$crate::Lease) -> $crate::Result<()> {
+                $crate::QueueStore::release(&self.$field, lease).await
+            }
+            async fn snooze(
+                &self,
+                lease: &$crate::Lease,
+                delay: ::std::time::Duration,
+            ) -> $crate::Result<()> {
+                $crate::QueueStore::snooze(&self.$field, lease, delay).await
+            }
+            async fn cancel(&self, id: $crate::JobId) -> $crate::Result<()> {
+                $crate::QueueStore::cancel(&self.$field, id).await
+            }
+            async fn retry(&self, id: $crate::JobId) -> $crate::Result<()> {
+                $crate::QueueStore::retry(&self.$field, id).await
+            }
+            async fn job(&self, id: $crate::JobId) -> $crate::Result<$crate::Job> {
+                $crate::QueueStore::job(&self.$field, id).await
+            }
+            async fn stats(&self, queue: &str) -> $crate::Result<$crate::QueueStats> {
+                $crate::QueueStore::stats(&self.$field, queue).await
+            }
+            async fn purge(&self, queue: &str) -> $crate::Result<u64> {
+                $crate::QueueStore::purge(&self.$field, queue).await
+            }
+            async fn key_state(
+                &self,
+                queue: &str,
+                key: &str,
+            ) -> $crate::Result<Option<$crate::__serde_json::Value>> {
+                $crate::QueueStore::key_state(&self.$field, queue, key).await
+            }
+            async fn finished(&self, id: $crate::JobId) -> $crate::Result<$crate::FinishedJob> {
+                $crate::QueueStore::finished(&self.$field, id).await
+            }
+            async fn history(
+                &self,
+                queue: &str,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::FinishedJob>> {
+                $crate::QueueStore::history(&self.$field, queue, limit).await
+            }
+            async fn cleanup_history(&self) -> $crate::Result<u64> {
+                $crate::QueueStore::cleanup_history(&self.$field).await
+            }
+            async fn wait(
+                &self,
+                queues: &[String],
+                timeout: ::std::time::Duration,
+            ) -> $crate::Result<bool> {
+                $crate::QueueStore::wait(&self.$field, queues, timeout).await
+            }
+        }
+    };
+}

@@ -1,0 +1,346 @@
+//! The diesel-async [`Driver`]: runs the store's statements on a deadpool pool of
+//! [`AsyncPgConnection`]s and converts their rows.
+
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{BigInt, Bool, Integer, Nullable, Text, Timestamptz};
+use diesel::Queryable;
+use diesel_async::pooled_connection::deadpool::Object;
+use diesel_async::{
+    AnsiTransactionManager, AsyncPgConnection, RunQueryDsl, SimpleAsyncConnection,
+    TransactionManager,
+};
+use futures_util::StreamExt;
+use pq_api::postgres::driver::{Cell, Driver, Inserted, Kind, Note, Param, Work};
+use pq_api::postgres::{pg_time, FinishedRow, JobRow};
+use pq_api::{Error, Result};
+
+use crate::prepared::prepared;
+use crate::{map_err, pool_err, PgPool};
+
+/// The diesel-async driver: a handle on the pool.
+#[derive(Clone)]
+pub(crate) struct Diesel(pub(crate) PgPool);
+
+/// A `timestamptz` that never fails a whole result: a value chrono cannot hold
+/// (`'infinity'`) decodes to `None`, and only the row that holds it fails.
+#[derive(Debug, Clone, Copy, diesel::deserialize::FromSqlRow)]
+struct Time(Option<DateTime<Utc>>);
+
+impl diesel::deserialize::FromSql<Timestamptz, diesel::pg::Pg> for Time {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        let micros =
+            <i64 as diesel::deserialize::FromSql<BigInt, diesel::pg::Pg>>::from_sql(bytes)?;
+        Ok(Time(pg_time(micros)))
+    }
+}
+
+impl Time {
+    fn get(self, column: &str) -> Result<DateTime<Utc>> {
+        self.0
+            .ok_or_else(|| Error::BadValue(format!("{column} is out of range (infinite?)")))
+    }
+}
+
+/// The SQL types of a job row, in column order (see [`Row`]).
+type RowSql = (
+    BigInt,
+    Text,
+    Text,
+    Integer,
+    Nullable<Timestamptz>,
+    Timestamptz,
+    Text,
+    Integer,
+    Integer,
+    Nullable<Text>,
+    Timestamptz,
+    Nullable<BigInt>,
+    Nullable<Text>,
+    Bool,
+    Nullable<BigInt>,
+    Nullable<Text>,
+);
+
+/// A job row, decoded by position (the fields in the statements' column order): a claim
+/// decodes 16 columns of each of its rows, and finding each by its name took about a tenth
+/// of the worker's client time.
+#[derive(Queryable)]
+struct Row {
+    id: i64,
+    queue: String,
+    payload: String,
+    priority: i32,
+    expected_at: Option<Time>,
+    run_at: Time,
+    state: String,
+    attempts: i32,
+    max_attempts: i32,
+    last_error: Option<String>,
+    created_at: Time,
+    lease_token: Option<i64>,
+    key: Option<String>,
+    cursor: bool,
+    keep_for: Option<i64>,
+    key_state: Option<String>,
+}
+
+/// The row as the store takes it; a time out of chrono's range fails this row alone.
+fn job_row(r: Row) -> Result<JobRow<'static>> {
+    Ok(JobRow {
+        id: r.id,
+        queue: r.queue,
+        payload: r.payload.into(),
+        priority: r.priority,
+        expected_at: r.expected_at.map(|t| t.get("expected_at")).transpose()?,
+        run_at: r.run_at.get("run_at")?,
+        state: r.state.into(),
+        attempts: r.attempts,
+        max_attempts: r.max_attempts,
+        last_error: r.last_error,
+        created_at: r.created_at.get("created_at")?,
+        lease_token: r.lease_token,
+        key: r.key,
+        cursor: r.cursor,
+        keep_for: r.keep_for,
+        key_state: r.key_state,
+    })
+}
+
+/// The SQL types of a history row, in column order.
+type HistorySql = (
+    BigInt,
+    Text,
+    Text,
+    Nullable<Text>,
+    Bool,
+    Integer,
+    Integer,
+    Nullable<Text>,
+    Timestamptz,
+    Timestamptz,
+    Timestamptz,
+);
+
+/// A history row, decoded by position.
+type HistoryRow = (
+    i64,
+    String,
+    String,
+    Option<String>,
+    bool,
+    i32,
+    i32,
+    Option<String>,
+    Time,
+    Time,
+    Time,
+);
+
+fn finished_row(r: HistoryRow) -> Result<FinishedRow> {
+    let (id, queue, payload, key, cursor, priority, attempts, result, created, finished, until) = r;
+    Ok(FinishedRow {
+        id,
+        queue,
+        payload,
+        key,
+        cursor,
+        priority,
+        attempts,
+        result,
+        created_at: created.get("created_at")?,
+        finished_at: finished.get("finished_at")?,
+        keep_until: until.get("keep_until")?,
+    })
+}
+
+impl Driver for Diesel {
+    type Conn = AsyncPgConnection;
+    type Pooled = Object<AsyncPgConnection>;
+
+    async fn acquire(&self) -> Result<Self::Pooled> {
+        self.0.get().await.map_err(pool_err)
+    }
+
+    fn pool_size(&self) -> usize {
+        self.0.status().max_size
+    }
+
+    fn is_closed(&self) -> bool {
+        self.0.is_closed()
+    }
+
+    async fn batch(conn: &mut AsyncPgConnection, sql: &str) -> Result<()> {
+        conn.batch_execute(sql).await.map_err(map_err)
+    }
+
+    async fn execute(
+        conn: &mut AsyncPgConnection,
+        sql: &Arc<str>,
+        params: &[Param<'_>],
+    ) -> Result<()> {
+        let ran = prepared::<()>(sql, params).execute(conn).await;
+        ran.map(drop).map_err(map_err)
+    }
+
+    async fn column(
+        conn: &mut AsyncPgConnection,
+        sql: &Arc<str>,
+        params: &[Param<'_>],
+        kind: Kind,
+    ) -> Result<Vec<Cell>> {
+        let cells: Vec<Result<Cell>> = match kind {
+            Kind::Int8 => prepared::<(BigInt,)>(sql, params)
+                .load::<(i64,)>(conn)
+                .await
+                .map_err(map_err)?
+                .into_iter()
+                .map(|(v,)| Ok(Cell::Int(v)))
+                .collect(),
+            Kind::Int4 => prepared::<(Integer,)>(sql, params)
+                .load::<(i32,)>(conn)
+                .await
+                .map_err(map_err)?
+                .into_iter()
+                .map(|(v,)| Ok(Cell::Int(v.into())))
+                .collect(),
+            Kind::Text => prepared::<(Text,)>(sql, params)
+                .load::<(String,)>(conn)
+                .await
+                .map_err(map_err)?
+                .into_iter()
+                .map(|(v,)| Ok(Cell::Text(v)))
+                .collect(),
+            Kind::Time => prepared::<(Timestamptz,)>(sql, params)
+                .load::<(Time,)>(conn)
+                .await
+                .map_err(map_err)?
+                .into_iter()
+                .map(|(t,)| t.get("the column").map(Cell::Time))
+                .collect(),
+            Kind::Bool => prepared::<(Bool,)>(sql, params)
+                .load::<(bool,)>(conn)
+                .await
+                .map_err(map_err)?
+                .into_iter()
+                .map(|(v,)| Ok(Cell::Bool(v)))
+                .collect(),
+        };
+        cells.into_iter().collect()
+    }
+
+    async fn inserted(
+        conn: &mut AsyncPgConnection,
+        sql: &Arc<str>,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Inserted>> {
+        prepared::<(BigInt, Bool, Nullable<Text>, Nullable<Text>)>(sql, params)
+            .load(conn)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn jobs(
+        conn: &mut AsyncPgConnection,
+        sql: &Arc<str>,
+        params: &[Param<'_>],
+        each: &mut (dyn FnMut(i64, Result<JobRow<'_>>) + Send),
+    ) -> Result<()> {
+        let rows: Vec<Row> = prepared::<RowSql>(sql, params)
+            .load(conn)
+            .await
+            .map_err(map_err)?;
+        for r in rows {
+            each(r.id, job_row(r));
+        }
+        Ok(())
+    }
+
+    async fn counts(
+        conn: &mut AsyncPgConnection,
+        sql: &Arc<str>,
+        params: &[Param<'_>],
+    ) -> Result<Vec<(String, i64)>> {
+        prepared::<(Text, BigInt)>(sql, params)
+            .load(conn)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn next_run(
+        conn: &mut AsyncPgConnection,
+        sql: &Arc<str>,
+        params: &[Param<'_>],
+    ) -> Result<(Option<DateTime<Utc>>, DateTime<Utc>)> {
+        let rows: Vec<(Option<Time>, Time)> =
+            prepared::<(Nullable<Timestamptz>, Timestamptz)>(sql, params)
+                .load(conn)
+                .await
+                .map_err(map_err)?;
+        let (next, now) = rows
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Backend("next_run returned no row".into()))?;
+        Ok((next.map(|t| t.get("next_at")).transpose()?, now.get("now")?))
+    }
+
+    async fn finished(
+        conn: &mut AsyncPgConnection,
+        sql: &Arc<str>,
+        params: &[Param<'_>],
+    ) -> Result<Vec<FinishedRow>> {
+        let rows: Vec<HistoryRow> = prepared::<HistorySql>(sql, params)
+            .load(conn)
+            .await
+            .map_err(map_err)?;
+        rows.into_iter().map(finished_row).collect()
+    }
+
+    async fn transaction<'c>(
+        conn: &'c mut AsyncPgConnection,
+        work: Work<'c, AsyncPgConnection>,
+    ) -> Result<()> {
+        // Left open by a cancellation, the transaction marks the connection broken, and the
+        // pool discards it.
+        AnsiTransactionManager::begin_transaction(conn)
+            .await
+            .map_err(map_err)?;
+        match work(conn).await {
+            Ok(()) => AnsiTransactionManager::commit_transaction(conn)
+                .await
+                .map_err(map_err),
+            Err(e) => {
+                // A failed rollback leaves the connection broken: the pool discards it.
+                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn listen(
+        &self,
+        listen: &str,
+        _channel: &str,
+        note: &(dyn Fn(Note<'_>) + Send + Sync),
+    ) -> Error {
+        // The listening connection leaves the pool for good: it is busy for as long as the
+        // store waits (the pool opens another in its place).
+        let mut conn = match self.0.get().await {
+            Ok(conn) => Object::take(conn),
+            Err(e) => return pool_err(e),
+        };
+        if let Err(e) = conn.batch_execute(listen).await {
+            return map_err(e);
+        }
+        note(Note::Listening);
+        let mut stream = std::pin::pin!(conn.notifications_stream());
+        while let Some(n) = stream.next().await {
+            match n {
+                Ok(n) => note(Note::Queue(&n.payload)),
+                Err(e) => return map_err(e),
+            }
+        }
+        Error::Unavailable("the notification stream ended".into())
+    }
+}
