@@ -12,16 +12,40 @@ use diesel_async::{
     TransactionManager,
 };
 use futures_util::StreamExt;
-use pq_api::postgres::driver::{Cell, Driver, Inserted, Kind, Note, Param, Work};
+use pq_api::postgres::driver::{Cell, Driver, Inserted, Kind, Note, Param};
 use pq_api::postgres::{pg_time, FinishedRow, JobRow};
 use pq_api::{Error, Result};
 
 use crate::prepared::prepared;
 use crate::{map_err, pool_err, PgPool};
 
-/// The diesel-async driver: a handle on the pool.
+/// The diesel-async driver of [`PgStore`](pq_api::postgres::PgStore), a handle on the pool:
+/// named only in types such as [`Transactional`](crate::Transactional).
 #[derive(Clone)]
-pub(crate) struct Diesel(pub(crate) PgPool);
+pub struct Diesel(pub(crate) PgPool);
+
+impl std::fmt::Debug for Diesel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Diesel").finish_non_exhaustive()
+    }
+}
+
+/// A transaction on a connection of the pool. Dropped unfinished, it leaves its connection
+/// in a transaction, which the pool then discards rather than lend again.
+pub struct DieselTx(Object<AsyncPgConnection>);
+
+impl std::ops::Deref for DieselTx {
+    type Target = AsyncPgConnection;
+    fn deref(&self) -> &AsyncPgConnection {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for DieselTx {
+    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
+        &mut self.0
+    }
+}
 
 /// A `timestamptz` that never fails a whole result: a value chrono cannot hold
 /// (`'infinity'`) decodes to `None`, and only the row that holds it fails.
@@ -158,6 +182,7 @@ fn finished_row(r: HistoryRow) -> Result<FinishedRow> {
 impl Driver for Diesel {
     type Conn = AsyncPgConnection;
     type Pooled = Object<AsyncPgConnection>;
+    type Tx = DieselTx;
 
     async fn acquire(&self) -> Result<Self::Pooled> {
         self.0.get().await.map_err(pool_err)
@@ -297,25 +322,24 @@ impl Driver for Diesel {
         rows.into_iter().map(finished_row).collect()
     }
 
-    async fn transaction<'c>(
-        conn: &'c mut AsyncPgConnection,
-        work: Work<'c, AsyncPgConnection>,
-    ) -> Result<()> {
-        // Left open by a cancellation, the transaction marks the connection broken, and the
-        // pool discards it.
-        AnsiTransactionManager::begin_transaction(conn)
+    async fn begin(&self, begin: &str) -> Result<Self::Tx> {
+        let mut conn = self.acquire().await?;
+        AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin)
             .await
             .map_err(map_err)?;
-        match work(conn).await {
-            Ok(()) => AnsiTransactionManager::commit_transaction(conn)
-                .await
-                .map_err(map_err),
-            Err(e) => {
-                // A failed rollback leaves the connection broken: the pool discards it.
-                let _ = AnsiTransactionManager::rollback_transaction(conn).await;
-                Err(e)
-            }
-        }
+        Ok(DieselTx(conn))
+    }
+
+    async fn commit(mut tx: Self::Tx) -> Result<()> {
+        AnsiTransactionManager::commit_transaction(&mut *tx.0)
+            .await
+            .map_err(map_err)
+    }
+
+    async fn rollback(mut tx: Self::Tx) -> Result<()> {
+        AnsiTransactionManager::rollback_transaction(&mut *tx.0)
+            .await
+            .map_err(map_err)
     }
 
     async fn listen(

@@ -29,21 +29,17 @@
 //! For the worker, a [`DieselTask`] runs inside a transaction that also removes its job:
 //! register it with [`DieselStore::transactional`].
 
-use std::time::Duration;
-
-use async_trait::async_trait;
 use diesel::result::DatabaseErrorKind;
 use diesel_async::pooled_connection::deadpool::{Pool, PoolError};
 use diesel_async::pooled_connection::{
     AsyncDieselConnectionManager, ManagerConfig, RecyclingMethod,
 };
 use diesel_async::AsyncPgConnection;
-use pq_api::postgres::{self as sql, PgStore};
-use pq_api::task::decode_args;
-use pq_api::{
-    Claim, ClaimedJob, Completion, Done, Error, JobHandler, JobId, NewJob, Result, Task,
-    TaskContext, TaskError,
-};
+use futures_util::future::BoxFuture;
+use pq_api::postgres::PgStore;
+#[cfg(doc)]
+use pq_api::QueueStore;
+use pq_api::{Claim, ClaimedJob, Done, Error, JobId, NewJob, Result, Task, TaskContext, TaskError};
 
 mod driver;
 mod prepared;
@@ -69,20 +65,12 @@ pub type PgPool = Pool<AsyncPgConnection>;
 /// opens another in its place). The store runs on a pool of one connection; for a busy worker,
 /// size the pool for two connections more than the rest of your application needs at its
 /// busiest.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct DieselStore {
     store: PgStore<Diesel>,
 }
 
 pq_api::__forward_queue_store!(DieselStore => store);
-
-impl std::fmt::Debug for DieselStore {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("DieselStore")
-            .field("table", self.table())
-            .finish_non_exhaustive()
-    }
-}
 
 /// Maps a diesel error into the contract's error, keeping it as the source.
 ///
@@ -175,9 +163,9 @@ impl DieselStore {
 
     /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
     /// this store claims (default
-    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does), if the
-    /// store's role owns the table (asked before the first vacuum): see
-    /// [`Vacuuming`](sql::Vacuuming) for why and how often.
+    /// [`Vacuuming::DEFAULT_EVERY`](pq_api::postgres::Vacuuming::DEFAULT_EVERY); 0 never
+    /// does), if the store's role owns the table (asked before the first vacuum): see
+    /// [`Vacuuming`](pq_api::postgres::Vacuuming) for why and how often.
     ///
     /// ```no_run
     /// # async fn demo(url: &str) -> pq_api::Result<()> {
@@ -193,7 +181,7 @@ impl DieselStore {
 
     /// Checks the jobs table's planner statistics about once a second while the store claims
     /// jobs, and `ANALYZE`s the table, on a connection of the pool, when they lag far behind
-    /// it (default on): see [`Analyzing`](sql::Analyzing) for why.
+    /// it (default on): see [`Analyzing`](pq_api::postgres::Analyzing) for why.
     ///
     /// ```no_run
     /// # async fn demo(url: &str) -> pq_api::Result<()> {
@@ -232,11 +220,7 @@ impl DieselStore {
     /// # Ok(registry) }
     /// ```
     pub fn transactional<T: DieselTask>(&self) -> Transactional<T> {
-        Transactional {
-            store: self.clone(),
-            idle_timeout: sql::HANDLER_IDLE_TIMEOUT,
-            task: std::marker::PhantomData,
-        }
+        Transactional::new(self.store.clone(), run_in::<T>)
     }
 
     /// The table the store keeps its jobs in.
@@ -263,7 +247,8 @@ impl DieselStore {
     /// it: the jobs are claimable again at once, their attempt not counted.
     /// It commits as your transaction (or, outside one, your session) is set to: unlike the
     /// store's own claim, which commits without waiting for the WAL flush
-    /// ([`Statements::claim`]), it leaves `synchronous_commit` alone.
+    /// ([`Statements::claim`](pq_api::postgres::Statements::claim)), it leaves
+    /// `synchronous_commit` alone.
     pub async fn claim_in(
         &self,
         conn: &mut AsyncPgConnection,
@@ -296,80 +281,15 @@ pub trait DieselTask: Task {
     ) -> impl std::future::Future<Output = std::result::Result<(), TaskError>> + Send;
 }
 
-/// The worker handler of a [`DieselTask`], from [`DieselStore::transactional`].
-///
-/// A connection that breaks under the handler (on `BEGIN`, a statement of the handler's, the
-/// rollback after its error, or `COMMIT`) is the store's failure, not the handler's: the
-/// attempt is not counted ([`TaskError::store_failed`]).
-pub struct Transactional<T> {
-    store: DieselStore,
-    idle_timeout: Duration,
-    task: std::marker::PhantomData<fn() -> T>,
-}
+/// The worker handler of a [`DieselTask`], from [`DieselStore::transactional`]: see
+/// [`pq_api::postgres::Transactional`].
+pub type Transactional<T> = pq_api::postgres::Transactional<Diesel, T>;
 
-impl<T> Transactional<T> {
-    /// The server ends the handler's transaction once it sits idle this long (default
-    /// [`HANDLER_IDLE_TIMEOUT`](sql::HANDLER_IDLE_TIMEOUT), the default lease): see
-    /// [`sql::begin_bounded`]. Raise it for a handler that waits on something slow between its
-    /// statements.
-    pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = idle;
-        self
-    }
-}
-
-impl<T: Task> std::fmt::Debug for Transactional<T> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Transactional")
-            .field("task", &T::NAME)
-            .finish()
-    }
-}
-
-#[async_trait]
-impl<T: DieselTask> JobHandler for Transactional<T> {
-    async fn handle(
-        &self,
-        cx: TaskContext,
-        args: &serde_json::Value,
-    ) -> std::result::Result<Completion, TaskError> {
-        use diesel_async::{AnsiTransactionManager, TransactionManager};
-
-        let task = decode_args::<T>(args)?;
-        let lease = *cx.lease();
-        let record = cx.clone();
-        let mut conn = self.store.store.driver().0.get().await.map_err(pool_err)?;
-        let begin = sql::begin_bounded(self.idle_timeout);
-        AnsiTransactionManager::begin_transaction_sql(&mut *conn, &begin)
-            .await
-            .map_err(map_err)?;
-        let outcome = async {
-            task.run(cx, &mut conn).await?;
-            let done = self
-                .store
-                .complete_many_in(&mut conn, &[record.done()])
-                .await?;
-            if done.is_empty() {
-                return Err(Error::LeaseLost(lease.job_id).into());
-            }
-            Ok(())
-        }
-        .await;
-        match outcome {
-            Ok(()) => {
-                AnsiTransactionManager::commit_transaction(&mut *conn)
-                    .await
-                    .map_err(map_err)?;
-                Ok(Completion::Committed)
-            }
-            Err(e) => match AnsiTransactionManager::rollback_transaction(&mut *conn).await {
-                Ok(()) => Err(e),
-                // The connection is gone (the pool discards it): the handler's error came from
-                // it, or could not be recorded with it. Either way the store failed.
-                Err(lost) => {
-                    Err(TaskError::new(format!("{e} (connection lost: {lost})")).store_failed())
-                }
-            },
-        }
-    }
+/// Runs `task` as [`DieselTask::run`] on `conn`, for [`Transactional`].
+fn run_in<T: DieselTask>(
+    task: T,
+    cx: TaskContext,
+    conn: &mut AsyncPgConnection,
+) -> BoxFuture<'_, std::result::Result<(), TaskError>> {
+    Box::pin(task.run(cx, conn))
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use pq_api::postgres::driver::{Cell, Driver, Inserted, Kind, Note, Param, Work};
+use pq_api::postgres::driver::{Cell, Driver, Inserted, Kind, Note, Param};
 use pq_api::postgres::{pg_time, FinishedRow, JobRow};
 use pq_api::{Error, Result};
 use sqlx::error::BoxDynError;
@@ -14,13 +14,14 @@ use sqlx::postgres::{
     PgArguments, PgListener, PgPoolOptions, PgRow, PgTypeInfo, PgValueFormat, PgValueRef,
 };
 use sqlx::query::Query;
-use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool, Postgres, Row};
+use sqlx::{AssertSqlSafe, PgConnection, PgPool, Postgres, Row, Transaction};
 
 use crate::map_err;
 
-/// The sqlx driver: a handle on the pool.
+/// The sqlx driver of [`PgStore`](pq_api::postgres::PgStore), a handle on the pool: named
+/// only in types such as [`Transactional`](crate::Transactional).
 #[derive(Debug, Clone)]
-pub(crate) struct Sqlx(pub(crate) PgPool);
+pub struct Sqlx(pub(crate) PgPool);
 
 /// `sql` with `params` bound in order, each as the type its variant names.
 fn query<'q>(sql: &Arc<str>, params: &'q [Param<'q>]) -> Query<'q, Postgres, PgArguments> {
@@ -133,6 +134,7 @@ fn cell(row: &PgRow, kind: Kind) -> Result<Cell> {
 impl Driver for Sqlx {
     type Conn = PgConnection;
     type Pooled = PoolConnection<Postgres>;
+    type Tx = Transaction<'static, Postgres>;
 
     async fn acquire(&self) -> Result<Self::Pooled> {
         self.0.acquire().await.map_err(map_err)
@@ -226,14 +228,18 @@ impl Driver for Sqlx {
         rows.iter().map(finished_row).collect()
     }
 
-    async fn transaction<'c>(
-        conn: &'c mut PgConnection,
-        work: Work<'c, PgConnection>,
-    ) -> Result<()> {
-        // A `Transaction` rolls back when dropped unfinished, on an error or a cancellation.
-        let mut tx = conn.begin().await.map_err(map_err)?;
-        work(&mut tx).await?;
+    async fn begin(&self, begin: &str) -> Result<Self::Tx> {
+        // A `Transaction` dropped unfinished queues its rollback ahead of the next statement.
+        let begin = AssertSqlSafe(begin.to_owned());
+        self.0.begin_with(begin).await.map_err(map_err)
+    }
+
+    async fn commit(tx: Self::Tx) -> Result<()> {
         tx.commit().await.map_err(map_err)
+    }
+
+    async fn rollback(tx: Self::Tx) -> Result<()> {
+        tx.rollback().await.map_err(map_err)
     }
 
     async fn listen(

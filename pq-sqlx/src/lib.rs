@@ -3,7 +3,7 @@
 //! [`SqlxStore`] keeps the jobs in one PostgreSQL table (schema and table configurable through
 //! [`QueueTable`]) and runs the statements of [`pq_api::postgres`], byte for byte the same as
 //! `pq-diesel`. Claims use `FOR UPDATE SKIP LOCKED` in one round trip; `wait` is woken by
-//! LISTEN/NOTIFY through a [`PgListener`].
+//! LISTEN/NOTIFY through a [`PgListener`](sqlx::postgres::PgListener).
 //!
 //! The reason to queue in PostgreSQL is transactions: [`put_many_in`](SqlxStore::put_many_in),
 //! [`claim_in`](SqlxStore::claim_in) and [`complete_many_in`](SqlxStore::complete_many_in) run
@@ -37,19 +37,15 @@
 //! For the worker, a [`SqlxTask`] runs inside a transaction that also removes its job:
 //! register it with [`SqlxStore::transactional`].
 
-use std::time::Duration;
-
-use async_trait::async_trait;
-use pq_api::postgres::{self as sql, PgStore};
-use pq_api::task::decode_args;
-use pq_api::{
-    Claim, ClaimedJob, Completion, Done, Error, JobHandler, JobId, NewJob, Result, Task,
-    TaskContext, TaskError,
-};
-use sqlx::{AssertSqlSafe, PgConnection, PgPool};
+use futures_util::future::BoxFuture;
+use pq_api::postgres::PgStore;
+#[cfg(doc)]
+use pq_api::QueueStore;
+use pq_api::{Claim, ClaimedJob, Done, Error, JobId, NewJob, Result, Task, TaskContext, TaskError};
+use sqlx::{PgConnection, PgPool};
 
 mod driver;
-use driver::Sqlx;
+pub use driver::Sqlx;
 
 pub use pq_api::postgres::listen::FALLBACK_POLL;
 pub use pq_api::postgres::QueueTable;
@@ -60,12 +56,12 @@ pub use pq_api::postgres::QueueTable;
 /// While it is busy the store keeps up to two of them checked out between statements, most
 /// recently used first, rather than handing each back after every statement (sqlx's pool
 /// pings a connection on every return and hands out the oldest idle one first, which slowed a
-/// busy worker markedly: see `docs/design.md`, "Kept connections"). A kept connection goes back to the pool after
-/// 100 ms unused or 30 s kept, so an idle store holds none, and it never keeps the last
-/// connection a pool could lend. Once something calls `wait`, the notification listener holds
-/// a connection of its own, opened with the pool's options, outside the pool. The store runs
-/// on a pool of one connection; for a busy worker, size the pool for two connections more
-/// than the rest of your application needs at its busiest.
+/// busy worker markedly: see `docs/design.md`, "Kept connections"). A kept connection goes
+/// back to the pool after 100 ms unused or 30 s kept, so an idle store holds none, and it
+/// never keeps the last connection a pool could lend. Once something calls `wait`, the
+/// notification listener holds a connection of its own, opened with the pool's options,
+/// outside the pool. The store runs on a pool of one connection; for a busy worker, size the
+/// pool for two connections more than the rest of your application needs at its busiest.
 #[derive(Debug, Clone)]
 pub struct SqlxStore {
     store: PgStore<Sqlx>,
@@ -113,9 +109,9 @@ impl SqlxStore {
 
     /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
     /// this store claims (default
-    /// [`Vacuuming::DEFAULT_EVERY`](sql::Vacuuming::DEFAULT_EVERY); 0 never does), if the
-    /// store's role owns the table (asked before the first vacuum): see
-    /// [`Vacuuming`](sql::Vacuuming) for why and how often.
+    /// [`Vacuuming::DEFAULT_EVERY`](pq_api::postgres::Vacuuming::DEFAULT_EVERY); 0 never
+    /// does), if the store's role owns the table (asked before the first vacuum): see
+    /// [`Vacuuming`](pq_api::postgres::Vacuuming) for why and how often.
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
@@ -130,7 +126,7 @@ impl SqlxStore {
 
     /// Checks the jobs table's planner statistics about once a second while the store claims
     /// jobs, and `ANALYZE`s the table, on a connection of the pool, when they lag far behind
-    /// it (default on): see [`Analyzing`](sql::Analyzing) for why.
+    /// it (default on): see [`Analyzing`](pq_api::postgres::Analyzing) for why.
     ///
     /// ```no_run
     /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
@@ -173,7 +169,8 @@ impl SqlxStore {
     /// is undone with it: the jobs are claimable again at once, their attempt not counted.
     /// It commits as your transaction (or, outside one, your session) is set to: unlike the
     /// store's own claim, which commits without waiting for the WAL flush
-    /// ([`Statements::claim`](sql::Statements::claim)), it leaves `synchronous_commit` alone.
+    /// ([`Statements::claim`](pq_api::postgres::Statements::claim)), it leaves
+    /// `synchronous_commit` alone.
     pub async fn claim_in(
         &self,
         conn: &mut PgConnection,
@@ -215,11 +212,7 @@ impl SqlxStore {
     /// # Ok(registry) }
     /// ```
     pub fn transactional<T: SqlxTask>(&self) -> Transactional<T> {
-        Transactional {
-            store: self.clone(),
-            idle_timeout: sql::HANDLER_IDLE_TIMEOUT,
-            task: std::marker::PhantomData,
-        }
+        Transactional::new(self.store.clone(), run_in::<T>)
     }
 }
 
@@ -236,62 +229,15 @@ pub trait SqlxTask: Task {
     ) -> impl std::future::Future<Output = std::result::Result<(), TaskError>> + Send;
 }
 
-/// The worker handler of a [`SqlxTask`], from [`SqlxStore::transactional`].
-///
-/// A connection that breaks under the handler (on `BEGIN`, a statement of the handler's, the
-/// rollback after its error, or `COMMIT`) is the store's failure, not the handler's: the
-/// attempt is not counted ([`TaskError::store_failed`]).
-#[derive(Debug)]
-pub struct Transactional<T> {
-    store: SqlxStore,
-    idle_timeout: Duration,
-    task: std::marker::PhantomData<fn() -> T>,
-}
+/// The worker handler of a [`SqlxTask`], from [`SqlxStore::transactional`]: see
+/// [`pq_api::postgres::Transactional`].
+pub type Transactional<T> = pq_api::postgres::Transactional<Sqlx, T>;
 
-impl<T> Transactional<T> {
-    /// The server ends the handler's transaction once it sits idle this long (default
-    /// [`HANDLER_IDLE_TIMEOUT`](sql::HANDLER_IDLE_TIMEOUT), the default lease): see
-    /// [`sql::begin_bounded`]. Raise it for a handler that waits on something slow between its
-    /// statements.
-    pub fn idle_timeout(mut self, idle: Duration) -> Self {
-        self.idle_timeout = idle;
-        self
-    }
-}
-
-#[async_trait]
-impl<T: SqlxTask> JobHandler for Transactional<T> {
-    async fn handle(
-        &self,
-        cx: TaskContext,
-        args: &serde_json::Value,
-    ) -> std::result::Result<Completion, TaskError> {
-        let task = decode_args::<T>(args)?;
-        let lease = *cx.lease();
-        let record = cx.clone();
-        let begin = AssertSqlSafe(sql::begin_bounded(self.idle_timeout));
-        let mut tx = self.store.pool().begin_with(begin).await.map_err(map_err)?;
-        let ran = match task.run(cx, &mut tx).await {
-            Ok(()) => match self.store.complete_many_in(&mut tx, &[record.done()]).await {
-                Ok(done) if done.is_empty() => Err(Error::LeaseLost(lease.job_id).into()),
-                Ok(_) => Ok(()),
-                Err(e) => Err(e.into()),
-            },
-            Err(e) => Err(e),
-        };
-        match ran {
-            Ok(()) => {
-                tx.commit().await.map_err(map_err)?;
-                Ok(Completion::Committed)
-            }
-            Err(e) => match tx.rollback().await {
-                Ok(()) => Err(e),
-                // The connection is gone: the handler's error came from it, or could not be
-                // recorded with it. Either way the store failed, not the handler.
-                Err(lost) => {
-                    Err(TaskError::new(format!("{e} (connection lost: {lost})")).store_failed())
-                }
-            },
-        }
-    }
+/// Runs `task` as [`SqlxTask::run`] on `tx`, for [`Transactional`].
+fn run_in<T: SqlxTask>(
+    task: T,
+    cx: TaskContext,
+    tx: &mut PgConnection,
+) -> BoxFuture<'_, std::result::Result<(), TaskError>> {
+    Box::pin(task.run(cx, tx))
 }

@@ -13,7 +13,7 @@
 //! over one at a time as they are decoded), [`Driver::column`] (one column of scalars),
 //! [`Driver::counts`], [`Driver::next_run`], [`Driver::finished`], [`Driver::execute`]
 //! (rows ignored), [`Driver::batch`] (a simple query of several statements),
-//! [`Driver::transaction`], [`Driver::acquire`] (a pooled connection) and
+//! [`Driver::begin`] (a transaction), [`Driver::acquire`] (a pooled connection) and
 //! [`Driver::listen`] (notifications).
 
 use std::future::Future;
@@ -21,7 +21,6 @@ use std::ops::DerefMut;
 use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
-use futures_util::future::BoxFuture;
 
 use super::rows::{FinishedRow, JobRow};
 use crate::error::{Error, Result};
@@ -111,6 +110,8 @@ pub trait Driver: Clone + Send + Sync + 'static {
     type Conn: Send;
     /// A connection lent by the pool: back to the pool when dropped.
     type Pooled: DerefMut<Target = Self::Conn> + Send + 'static;
+    /// A transaction on a connection of the pool ([`Driver::begin`]).
+    type Tx: DerefMut<Target = Self::Conn> + Send;
 
     /// A connection from the pool.
     fn acquire(&self) -> impl Future<Output = Result<Self::Pooled>> + Send;
@@ -181,12 +182,17 @@ pub trait Driver: Clone + Send + Sync + 'static {
         params: &'c [Param<'c>],
     ) -> impl Future<Output = Result<Vec<FinishedRow>>> + Send + 'c;
 
-    /// Runs `work` in a transaction on `conn`: committed if it returns `Ok`, rolled back
-    /// otherwise, and rolled back too if the future is dropped half way.
-    fn transaction<'c>(
-        conn: &'c mut Self::Conn,
-        work: Work<'c, Self::Conn>,
-    ) -> impl Future<Output = Result<()>> + Send + 'c;
+    /// Begins a transaction on a connection of the pool with `begin` (a `BEGIN` statement,
+    /// perhaps with settings: [`begin_bounded`](super::begin_bounded)). Dropped before
+    /// [`Driver::commit`] or [`Driver::rollback`] (its future cancelled, say), the transaction
+    /// is rolled back before its connection serves anyone else.
+    fn begin<'a>(&'a self, begin: &'a str) -> impl Future<Output = Result<Self::Tx>> + Send + 'a;
+
+    /// Commits `tx`.
+    fn commit(tx: Self::Tx) -> impl Future<Output = Result<()>> + Send;
+
+    /// Rolls `tx` back.
+    fn rollback(tx: Self::Tx) -> impl Future<Output = Result<()>> + Send;
 
     /// Opens a connection of its own (one the pool will not lend to anyone else meanwhile),
     /// runs `listen` on it and reports to `note` until the connection is lost; returns why.
@@ -197,9 +203,6 @@ pub trait Driver: Clone + Send + Sync + 'static {
         note: &'a (dyn Fn(Note<'_>) + Send + Sync),
     ) -> impl Future<Output = Error> + Send + 'a;
 }
-
-/// What [`Driver::transaction`] runs in its transaction.
-pub type Work<'c, C> = Box<dyn for<'t> FnOnce(&'t mut C) -> BoxFuture<'t, Result<()>> + Send + 'c>;
 
 /// A scalar a one-column statement returns ([`Driver::column`]), as the store reads it.
 pub(crate) trait Scalar: Sized {

@@ -1,7 +1,7 @@
 //! The PostgreSQL machinery both SQL stores (`pq-sqlx`, `pq-diesel`) are built from: the
 //! table's names ([`table`]), the statements they send ([`statements`]), the schema and its
-//! migrations ([`migrations`](mod@migrations)), the rows they decode and the arrays they bind ([`rows`]), the
-//! upkeep of the table ([`upkeep`]), the connections a store keeps while busy ([`conn`]), the
+//! migrations ([`migrations`](mod@migrations)), the rows they decode and the arrays they bind
+//! ([`rows`]), the upkeep of the table ([`upkeep`]), the connections a store keeps while busy ([`conn`]), the
 //! wakeups behind `wait` ([`listen`]), and the store itself ([`store`]), written once over the
 //! [`driver`] seam that `pq-sqlx` and `pq-diesel` each implement.
 //!
@@ -28,6 +28,6 @@ pub use rows::{
     InsertArrays, JobRow, Undecodable,
 };
 pub use statements::{begin_bounded, Statements, CLAIM_TEXTS_KEPT, HANDLER_IDLE_TIMEOUT};
-pub use store::PgStore;
+pub use store::{PgStore, RunIn, Transactional};
 pub use table::{QueueTable, MAX_SCHEMA_LEN, MAX_TABLE_LEN};
 pub use upkeep::{Analyzing, Upkeep, Vacuuming};

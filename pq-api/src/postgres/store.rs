@@ -25,7 +25,7 @@ use super::rows::{
     completed_in_order, freeing, parse_state, retry_params, DoneArrays, InsertArrays, JobRow,
     Undecodable,
 };
-use super::statements::Statements;
+use super::statements::{begin_bounded, Statements, HANDLER_IDLE_TIMEOUT};
 use super::table::QueueTable;
 use super::upkeep::Upkeep;
 use crate::error::{Error, Result};
@@ -34,6 +34,7 @@ use crate::job::{
     QueueStats,
 };
 use crate::store::QueueStore;
+use crate::task::{decode_args, Completion, JobHandler, Task, TaskContext, TaskError};
 use crate::validate::{validate_delay, validate_lease};
 
 /// How a claim's statement commits: [`Statements::claim`] for the store's own claims,
@@ -122,9 +123,15 @@ impl<D: Driver> PgStore<D> {
     /// Applies the missing schema migrations, in one transaction under an advisory lock, so
     /// concurrent callers are safe. Tracked in `"<schema>"."<table>_migrations"`.
     pub async fn migrate(&self) -> Result<()> {
-        let table = self.inner.table.clone();
-        let mut conn = self.inner.driver.acquire().await?;
-        D::transaction(&mut conn, Box::new(move |c| migrate_on::<D>(c, table))).await
+        let mut tx = self.inner.driver.begin("BEGIN").await?;
+        match migrate_on::<D>(&mut tx, &self.inner.table).await {
+            Ok(()) => D::commit(tx).await,
+            Err(e) => {
+                // Dropped, it rolls back all the same; the migration's error is the one to see.
+                let _ = D::rollback(tx).await;
+                Err(e)
+            }
+        }
     }
 
     /// [`QueueStore::put_many`] on `conn`, a connection or transaction of the caller's.
@@ -304,24 +311,22 @@ impl<D: Driver> PgStore<D> {
 }
 
 /// The migrations, on `c` inside the migrating transaction.
-fn migrate_on<D: Driver>(c: &mut D::Conn, table: QueueTable) -> BoxFuture<'_, Result<()>> {
-    Box::pin(async move {
-        let m = MigrationStatements::new(&table);
-        let (lock, applied, record): (Arc<str>, Arc<str>, Arc<str>) =
-            (m.lock.into(), m.applied.into(), m.record.into());
-        D::execute(c, &lock, &[Param::Int8(table.lock_key())]).await?;
-        D::batch(c, &m.prepare).await?;
-        let applied = scalars::<Int4>(D::column(c, &applied, &[], Kind::Int4).await?)?;
-        for step in migrations(&table) {
-            if applied.iter().any(|v| v.0 == step.version) {
-                continue;
-            }
-            D::batch(c, &step.sql).await?;
-            let params = [Param::Int4(step.version), Param::Text(step.description)];
-            D::execute(c, &record, &params).await?;
+async fn migrate_on<D: Driver>(c: &mut D::Conn, table: &QueueTable) -> Result<()> {
+    let m = MigrationStatements::new(table);
+    let (lock, applied, record): (Arc<str>, Arc<str>, Arc<str>) =
+        (m.lock.into(), m.applied.into(), m.record.into());
+    D::execute(c, &lock, &[Param::Int8(table.lock_key())]).await?;
+    D::batch(c, &m.prepare).await?;
+    let applied = scalars::<Int4>(D::column(c, &applied, &[], Kind::Int4).await?)?;
+    for step in migrations(table) {
+        if applied.iter().any(|v| v.0 == step.version) {
+            continue;
         }
-        Ok(())
-    })
+        D::batch(c, &step.sql).await?;
+        let params = [Param::Int4(step.version), Param::Text(step.description)];
+        D::execute(c, &record, &params).await?;
+    }
+    Ok(())
 }
 
 /// Keeps a listening connection, reconnecting a second after each loss. While it is down
@@ -516,6 +521,95 @@ impl<D: Driver> QueueStore for PgStore<D> {
             .wakeups
             .wait(queues, timeout, FALLBACK_POLL, next_run)
             .await
+    }
+}
+
+/// Runs a task of type `T` on a connection of driver `D` inside an open transaction: how a
+/// store crate calls its own task trait's `run` (`SqlxTask`, `DieselTask`).
+pub type RunIn<D, T> = for<'c> fn(
+    T,
+    TaskContext,
+    &'c mut <D as Driver>::Conn,
+) -> BoxFuture<'c, std::result::Result<(), TaskError>>;
+
+/// The worker handler of a task that runs inside the transaction which also completes its
+/// job (pgtq's and malthe/pq's transactional processing): the handler's writes and the job's
+/// removal commit together, or neither does. Each store crate makes one for its task trait
+/// (`SqlxStore::transactional`, `DieselStore::transactional`).
+///
+/// A connection that breaks under the handler (on `BEGIN`, a statement of the handler's, the
+/// rollback after its error, or `COMMIT`) is the store's failure, not the handler's: the
+/// attempt is not counted ([`TaskError::store_failed`]). A handler that is dropped before it
+/// returns (a worker stopping with [`StopMode::Abort`](crate::StopMode::Abort)) has its
+/// transaction rolled back.
+pub struct Transactional<D: Driver, T> {
+    store: PgStore<D>,
+    idle_timeout: Duration,
+    run: RunIn<D, T>,
+}
+
+impl<D: Driver, T> Transactional<D, T> {
+    /// The handler of tasks `T` on `store`, each run by `run`.
+    pub fn new(store: PgStore<D>, run: RunIn<D, T>) -> Self {
+        Transactional {
+            store,
+            idle_timeout: HANDLER_IDLE_TIMEOUT,
+            run,
+        }
+    }
+
+    /// The server ends the handler's transaction once it sits idle this long (default
+    /// [`HANDLER_IDLE_TIMEOUT`], the default lease): see [`begin_bounded`]. Raise it for a
+    /// handler that waits on something slow between its statements.
+    pub fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle_timeout = idle;
+        self
+    }
+}
+
+impl<D: Driver, T: Task> fmt::Debug for Transactional<D, T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Transactional")
+            .field("task", &T::NAME)
+            .field("idle_timeout", &self.idle_timeout)
+            .finish_non_exhaustive()
+    }
+}
+
+#[async_trait]
+impl<D: Driver, T: Task> JobHandler for Transactional<D, T> {
+    async fn handle(
+        &self,
+        cx: TaskContext,
+        args: &serde_json::Value,
+    ) -> std::result::Result<Completion, TaskError> {
+        let task = decode_args::<T>(args)?;
+        let lease = *cx.lease();
+        let record = cx.clone();
+        let begin = begin_bounded(self.idle_timeout);
+        let mut tx = self.store.driver().begin(&begin).await?;
+        let ran = match (self.run)(task, cx, &mut tx).await {
+            Ok(()) => match self.store.complete_many_in(&mut tx, &[record.done()]).await {
+                Ok(done) if done.is_empty() => Err(Error::LeaseLost(lease.job_id).into()),
+                Ok(_) => Ok(()),
+                Err(e) => Err(e.into()),
+            },
+            Err(e) => Err(e),
+        };
+        match ran {
+            Ok(()) => {
+                D::commit(tx).await?;
+                Ok(Completion::Committed)
+            }
+            Err(e) => match D::rollback(tx).await {
+                Ok(()) => Err(e),
+                // The connection is gone: the handler's error came from it, or could not be
+                // recorded with it. Either way the store failed, not the handler.
+                Err(lost) => {
+                    Err(TaskError::new(format!("{e} (connection lost: {lost})")).store_failed())
+                }
+            },
+        }
     }
 }
 
