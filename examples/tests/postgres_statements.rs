@@ -5,8 +5,10 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+const HOUR: Duration = Duration::from_secs(3600);
+
 use pq_api::postgres::QueueTable;
-use pq_api::{Claim, JobState, NewJob, QueueStore, QueueStoreExt};
+use pq_api::{Claim, JobState, NewJob, QueueStore, QueueStoreExt, Unique};
 use pq_conformance::postgres::{database_url, fresh_schema};
 use pq_diesel::DieselStore;
 use pq_sqlx::SqlxStore;
@@ -59,6 +61,11 @@ async fn scenario(store: &dyn QueueStore) {
         .put_many(vec![NewJob::from_json("s", json!(3)).cursor_key("c")])
         .await
         .unwrap();
+    // So do uniqueness keys, alone and with cursor keys.
+    let unique = |n| NewJob::from_json("s", json!(n)).unique("u", Unique::For(HOUR));
+    store.put_many(vec![unique(4)]).await.unwrap();
+    let both = vec![unique(5), NewJob::from_json("s", json!(6)).cursor_key("c")];
+    store.put_many(both).await.unwrap();
     store.purge("s").await.unwrap();
     store.key_state("s", "k").await.unwrap();
     store.finished(job.id()).await.unwrap_err();
@@ -81,6 +88,7 @@ async fn statements_of(pool: &PgPool, table: &QueueTable) -> BTreeSet<String> {
         .map(|t| {
             t.replace(schema, "<schema>")
                 .replace(&table.channel(), "<channel>")
+                .replace(&table.unique_lock().to_string(), "<unique_lock>")
         })
         .collect()
 }

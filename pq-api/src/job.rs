@@ -243,6 +243,44 @@ pub(crate) fn set_option<T>(
     }
 }
 
+/// How long a job holds its uniqueness key ([`NewJob::unique`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Unique {
+    /// From when it is put until it first starts (a job waiting for a retry has started).
+    WhilePending,
+    /// From when it is put until it completes, fails for good, or is cancelled or purged:
+    /// while it is pending or running.
+    WhileActive,
+    /// For this long after it is put, whatever becomes of it, completed included; kept to
+    /// the microsecond.
+    For(Duration),
+}
+
+impl Unique {
+    /// The scope as one number, as the SQL stores keep it: -1 while pending, -2 while
+    /// active, else the period in µs.
+    pub fn code(self) -> i64 {
+        match self {
+            Unique::WhilePending => -1,
+            Unique::WhileActive => -2,
+            Unique::For(d) => micros(d),
+        }
+    }
+
+    /// The scope [`Unique::code`] stands for, if any.
+    pub fn from_code(code: i64) -> Option<Self> {
+        match code {
+            -1 => Some(Unique::WhilePending),
+            -2 => Some(Unique::WhileActive),
+            us => u64::try_from(us)
+                .ok()
+                .filter(|&us| us > 0)
+                .map(|us| Unique::For(Duration::from_micros(us))),
+        }
+    }
+}
+
 /// A job to enqueue: the parameters of [`QueueStore::put_many`](crate::QueueStore::put_many).
 ///
 /// ```
@@ -276,6 +314,11 @@ pub struct NewJob {
     /// Keep a record of the job for this long once it completes (see
     /// [`QueueStore::finished`](crate::QueueStore::finished)); `None`: no record.
     pub keep_history: Option<Duration>,
+    /// The longest one attempt may run ([`NewJob::timeout`]); `None`: the task's default, if
+    /// any.
+    pub timeout: Option<Duration>,
+    /// A uniqueness key and how long the job holds it: see [`NewJob::unique`].
+    pub unique: Option<(String, Unique)>,
     /// A time option given a string that is no time: the job is refused when put.
     bad_option: BadOption,
 }
@@ -298,6 +341,8 @@ impl NewJob {
             serial_key: None,
             cursor_key: None,
             keep_history: None,
+            timeout: None,
+            unique: None,
             bad_option: None,
         }
     }
@@ -337,6 +382,46 @@ impl NewJob {
             (Some(k), None) => Some((k, false)),
             (None, None) => None,
         }
+    }
+
+    /// The longest one attempt at the job may run: a [`Duration`] or a string such as
+    /// `"30s"` ([`IntoDelay`]; one that is no duration has the job refused when it is put).
+    /// Past it the worker tells the handler ([`Cancelled::Timeout`](crate::Cancelled)),
+    /// gives it the worker's [`abort_grace`](crate::Worker::abort_grace) to return, and
+    /// counts the attempt as failed, "timed out after …". Overrides the task's
+    /// [`TaskDefaults::timeout`](crate::TaskDefaults::timeout).
+    pub fn timeout(mut self, limit: impl IntoDelay) -> Self {
+        set_option(
+            &mut self.timeout,
+            &mut self.bad_option,
+            "timeout",
+            limit.into_delay(),
+        );
+        self
+    }
+
+    /// Makes the job unique by `key` in its queue for as long as `scope` says: while a job of
+    /// the queue holds the key, putting another with it adds nothing and returns the holding
+    /// job's id (for [`Unique::For`], even once that job has completed). Race-free: of
+    /// concurrent puts of one key, in one call or many, one adds its job and the others get
+    /// its id. A job's scope decides how long it holds its key, whatever the scope of the job
+    /// put after it.
+    ///
+    /// Serial and cursor keys are another thing: a serial key orders jobs (one of the key
+    /// runs at a time), and a cursor key folds a put into the key's pending job, much as
+    /// `unique(key, Unique::WhilePending)` does, but it also orders the key's jobs and carries
+    /// a state. A job may have a serial key and a uniqueness key; not a cursor key and one.
+    ///
+    /// ```
+    /// use pq_api::{NewJob, Unique};
+    /// use std::time::Duration;
+    /// // One report per customer a day, whatever became of the last one.
+    /// let job = NewJob::from_json("reports", serde_json::json!({"customer": 7}))
+    ///     .unique("customer-7", Unique::For(Duration::from_secs(24 * 3600)));
+    /// ```
+    pub fn unique(mut self, key: impl Into<String>, scope: Unique) -> Self {
+        self.unique = Some((key.into(), scope));
+        self
     }
 
     /// Not claimable before `when`: a datetime, a [`Duration`] from now, or a string
@@ -421,6 +506,31 @@ impl NewJob {
                     "keep_history",
                     "must be longer than zero and at most 100 years",
                 ));
+            }
+        }
+        if let Some(d) = self.timeout {
+            if d.is_zero() || d > MAX_DURATION {
+                return Err(Error::invalid(
+                    "timeout",
+                    "must be longer than zero and at most 100 years",
+                ));
+            }
+        }
+        if let Some((key, scope)) = &self.unique {
+            validate_key(key)?;
+            if self.cursor_key.is_some() {
+                return Err(Error::invalid(
+                    "unique",
+                    "a job has a cursor key or a uniqueness key, not both",
+                ));
+            }
+            if let Unique::For(d) = scope {
+                if d.as_micros() == 0 || *d > MAX_DURATION {
+                    return Err(Error::invalid(
+                        "unique",
+                        "a period must be at least a microsecond and at most 100 years",
+                    ));
+                }
             }
         }
         Ok(())
@@ -584,6 +694,10 @@ pub struct Job {
     pub cursor_key: Option<String>,
     /// How long a record of it is kept once it completes.
     pub keep_history: Option<Duration>,
+    /// The longest one attempt at it may run ([`NewJob::timeout`]).
+    pub timeout: Option<Duration>,
+    /// Its uniqueness key and how long it holds it ([`NewJob::unique`]).
+    pub unique: Option<(String, Unique)>,
 }
 
 impl Job {
@@ -610,6 +724,8 @@ impl Job {
             serial_key: None,
             cursor_key: None,
             keep_history: None,
+            timeout: None,
+            unique: None,
         }
     }
 

@@ -11,6 +11,9 @@
 //! - serial and cursor keys ([`NewJob::serial_key`], [`NewJob::cursor_key`]) with per-key
 //!   state, opt-in job history ([`NewJob::keep_history`], [`FinishedJob`]), and payload
 //!   [`codec`]s ([`Json`], `MessagePack` with the `msgpack` feature, [`Queue`]);
+//! - unique jobs ([`NewJob::unique`]), time limits ([`NewJob::timeout`],
+//!   [`TaskDefaults::timeout`]), snoozing handlers ([`TaskError::snooze`]), and periodic jobs
+//!   (`periodic`, with the `periodic` feature, on by default);
 //! - [`validate`], the argument checks every store runs, so that all refuse the same input;
 //! - [`postgres`], the machinery both SQL stores (`pq-sqlx`, `pq-diesel`) are built from: not
 //!   an API for applications, but for [`QueueTable`](postgres::QueueTable) and
@@ -40,6 +43,8 @@ pub mod codec;
 mod error;
 mod ext;
 mod job;
+#[cfg(feature = "periodic")]
+pub mod periodic;
 pub mod postgres;
 mod store;
 pub mod task;
@@ -62,7 +67,7 @@ pub use error::{BoxError, Error, Result};
 pub use ext::QueueStoreExt;
 pub use job::{
     Claim, ClaimedJob, Done, Failure, FinishedJob, IntoDelay, IntoWhen, Job, JobId, JobState,
-    Lease, NewJob, QueueStats, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT,
+    Lease, NewJob, QueueStats, Unique, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT,
     MAX_DURATION, MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
 #[doc(hidden)]

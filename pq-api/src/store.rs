@@ -46,6 +46,15 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   and never claimed), adds nothing: its id is the pending job's
     ///   (`cursor_key_keeps_one_pending_job`), also among the jobs of one call and between
     ///   concurrent callers (`concurrent_puts_with_one_cursor_key_make_one_job`).
+    /// - A job with a uniqueness key ([`NewJob::unique`]), put while a job of its queue holds
+    ///   that key, adds nothing: its id is the holder's. A job holds its key while pending
+    ///   (`a_unique_job_holds_its_key_while_pending`), while pending or running
+    ///   (`a_unique_job_holds_its_key_while_active`), or for a period after it was put,
+    ///   completed or not (`a_unique_job_holds_its_key_for_its_period`), as its scope says;
+    ///   also among the jobs of one call and between concurrent callers
+    ///   (`racing_puts_of_a_unique_key_add_one_job`).
+    /// - A job keeps its time limit ([`NewJob::timeout`]) to the microsecond
+    ///   (`a_job_keeps_its_time_limit`).
     async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>>;
 
     /// Claims up to `claim.limit` claimable jobs from `claim.queues`, each under a lease of
@@ -204,7 +213,8 @@ pub trait QueueStore: Send + Sync + Debug {
     async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>>;
 
     /// Removes the history records whose `keep_until` has passed; returns how many went
-    /// (`cleanup_history_removes_expired_records`).
+    /// (`cleanup_history_removes_expired_records`). It also forgets the uniqueness keys whose
+    /// period ([`Unique::For`](crate::Unique::For)) has ended, which hold nothing any more.
     async fn cleanup_history(&self) -> Result<u64>;
 
     /// Waits until a job may have become claimable in `queues`, or `timeout` passes.

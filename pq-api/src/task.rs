@@ -22,7 +22,7 @@ use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::job::{
     set_option, validate_queue_name, BadOption, ClaimedJob, Done, IntoDelay, IntoWhen, Job, JobId,
-    Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS,
+    Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS, MAX_DURATION,
 };
 use crate::store::QueueStore;
 
@@ -173,6 +173,8 @@ pub struct TaskDefaults {
     pub backoff: Backoff,
     /// Keep a record of each completed job this long ([`NewJob::keep_history`]).
     pub keep_history: Option<Duration>,
+    /// The longest one attempt may run, for jobs without their own ([`TaskDefaults::timeout`]).
+    pub timeout: Option<Duration>,
     /// An option given a string that is no time: the task's jobs are refused.
     bad_option: BadOption,
 }
@@ -186,6 +188,7 @@ impl Default for TaskDefaults {
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             backoff: Backoff::default(),
             keep_history: None,
+            timeout: None,
             bad_option: None,
         }
     }
@@ -266,6 +269,32 @@ impl TaskDefaults {
     /// Keep a record of each completed job, with its result, for `retention`.
     pub fn keep_history(mut self, retention: Duration) -> Self {
         self.keep_history = Some(retention);
+        self
+    }
+
+    /// The longest one attempt at a job of the task may run, unless the job sets its own
+    /// ([`NewJob::timeout`], which describes what happens past it): a [`Duration`] or a
+    /// string such as `"30s"` ([`IntoDelay`]; one that is no delay has the task's jobs
+    /// refused by [`Task::to_job`]). Read by the worker when it runs a job, so a change
+    /// reaches jobs already queued.
+    ///
+    /// ```
+    /// # use pq_api::{Task, TaskDefaults};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Export;
+    /// impl Task for Export {
+    ///     const NAME: &'static str = "export";
+    ///     fn defaults() -> TaskDefaults {
+    ///         TaskDefaults::new().timeout("5m")
+    ///     }
+    /// }
+    /// ```
+    pub fn timeout(mut self, limit: impl IntoDelay) -> Self {
+        set_option(
+            &mut self.timeout,
+            &mut self.bad_option,
+            "timeout",
+            limit.into_delay(),
+        );
         self
     }
 }
@@ -357,6 +386,11 @@ pub enum Cancelled {
     /// within it its job is completed; otherwise the job is handed back, its attempt not
     /// counted (an error returned now is no failure of the job).
     Abort,
+    /// The attempt ran past its time limit ([`NewJob::timeout`],
+    /// [`TaskDefaults::timeout`]): the handler has the worker's
+    /// [`abort_grace`](crate::Worker::abort_grace) to return. If it succeeds within it its job
+    /// is completed; otherwise the attempt counts as failed, "timed out after …".
+    Timeout,
 }
 
 impl Cancelled {
@@ -365,6 +399,7 @@ impl Cancelled {
         match self {
             Cancelled::LeaseLost => 1,
             Cancelled::Abort => 2,
+            Cancelled::Timeout => 3,
         }
     }
 
@@ -372,6 +407,7 @@ impl Cancelled {
         match code {
             1 => Some(Cancelled::LeaseLost),
             2 => Some(Cancelled::Abort),
+            3 => Some(Cancelled::Timeout),
             _ => None,
         }
     }
@@ -578,6 +614,7 @@ pub struct TaskError {
     give_up: bool,
     retry_in: Option<Duration>,
     store_failed: bool,
+    snooze: Option<Duration>,
 }
 
 impl TaskError {
@@ -588,7 +625,43 @@ impl TaskError {
             give_up: false,
             retry_in: None,
             store_failed: false,
+            snooze: None,
         }
+    }
+
+    /// Not yet: put the job back to run after `delay` (a [`Duration`] or a string such as
+    /// `"30s"`: [`IntoDelay`]) without counting the attempt or recording an error. The job
+    /// keeps its attempts and its `last_error`; the worker counts it in [`WorkerStatus::snoozed`](crate::WorkerStatus::snoozed). A delay past what
+    /// a store can record waits as long as one can. A string that is no duration makes this
+    /// a failed attempt saying so.
+    ///
+    /// ```
+    /// # use pq_api::{RunTask, Task, TaskContext, TaskError};
+    /// # #[derive(serde::Serialize, serde::Deserialize)] struct Report;
+    /// # impl Task for Report { const NAME: &'static str = "report"; }
+    /// # fn ready() -> bool { false }
+    /// impl RunTask for Report {
+    ///     async fn run(self, _cx: TaskContext) -> Result<(), TaskError> {
+    ///         if !ready() {
+    ///             return Err(TaskError::snooze("30s")); // try again in 30 s
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    /// ```
+    pub fn snooze(delay: impl IntoDelay) -> Self {
+        match delay.into_delay() {
+            Ok(d) => TaskError {
+                snooze: Some(d),
+                ..TaskError::new(format_args!("snoozed for {d:?}"))
+            },
+            Err(e) => TaskError::new(format_args!("cannot snooze: {e}")),
+        }
+    }
+
+    /// The delay the handler snoozed its job for ([`TaskError::snooze`]), if it did.
+    pub fn snoozed(&self) -> Option<Duration> {
+        self.snooze
     }
 
     /// The store, not the handler, failed: the database could not be reached, or a connection
@@ -708,6 +781,8 @@ pub(crate) struct Registered {
     pub(crate) queue: &'static str,
     pub(crate) handler: Arc<dyn JobHandler>,
     pub(crate) backoff: Backoff,
+    /// The task's time limit for a job without its own.
+    pub(crate) timeout: Option<Duration>,
 }
 
 /// The tasks a worker knows, by name.
@@ -753,6 +828,19 @@ impl Registry {
     /// Registers `T`, run by `handler` (a backend's transactional handler, say).
     pub fn register_with<T: Task>(mut self, handler: impl JobHandler) -> Result<Self> {
         validate_queue_name(T::QUEUE)?;
+        let defaults = T::defaults();
+        if let Some((what, reason)) = defaults.bad_option {
+            return Err(Error::invalid(what, reason));
+        }
+        if defaults
+            .timeout
+            .is_some_and(|d| d.is_zero() || d > MAX_DURATION)
+        {
+            return Err(Error::invalid(
+                "timeout",
+                "must be longer than zero and at most 100 years",
+            ));
+        }
         if self.tasks.contains_key(T::NAME) {
             return Err(Error::invalid(
                 "task name",
@@ -763,7 +851,8 @@ impl Registry {
             name: T::NAME,
             queue: T::QUEUE,
             handler: Arc::new(handler),
-            backoff: T::defaults().backoff,
+            backoff: defaults.backoff,
+            timeout: defaults.timeout,
         };
         self.tasks.insert(T::NAME, entry);
         Ok(self)

@@ -103,6 +103,9 @@ pub struct WorkerStatus {
     /// Jobs handed back without counting the attempt: by an abort, after the store failed
     /// under their handler, or because their task is unknown here ([`UnknownTasks`]).
     pub released: u64,
+    /// Jobs their handlers snoozed ([`TaskError::snooze`]): put back to run later, the
+    /// attempt not counted.
+    pub snoozed: u64,
 }
 
 #[derive(Debug, Default)]
@@ -113,6 +116,7 @@ struct Counters {
     failed: AtomicU64,
     lost: AtomicU64,
     released: AtomicU64,
+    snoozed: AtomicU64,
 }
 
 impl Counters {
@@ -170,6 +174,7 @@ impl WorkerHandle {
             failed: get(&c.failed),
             lost: get(&c.lost),
             released: get(&c.released),
+            snoozed: get(&c.snoozed),
         }
     }
 
@@ -665,6 +670,7 @@ impl Worker {
             abort: abort.subscribe(),
             abort_grace: self.abort_grace,
             aborting: false,
+            timed_out: None,
         };
         let (cx, cancel) = TaskContext::claimed(claimed, self.store.clone());
         let job = run.run(cx, cancel, routed).instrument(span);
@@ -695,6 +701,8 @@ enum Interrupted {
     Aborted,
     /// The job's lease was lost (already counted).
     LeaseLost,
+    /// The handler ran past its time limit and did not return within the grace.
+    TimedOut,
 }
 
 /// One job's run: handler, heartbeats, and failure recording.
@@ -712,6 +720,8 @@ struct JobRun {
     abort_grace: Duration,
     /// Whether the handler was told the worker aborts (and returned within the grace).
     aborting: bool,
+    /// The time limit the handler ran past, if it did.
+    timed_out: Option<Duration>,
 }
 
 impl JobRun {
@@ -745,6 +755,8 @@ impl JobRun {
             .unwrap_or(&serde_json::Value::Null);
         tracing::debug!("handler started");
         let handler = entry.handler.clone();
+        let limit = record.job().timeout.or(entry.timeout);
+        let started = Instant::now();
         let result = {
             let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
             // Many handlers finish on their first poll: they need no heartbeat timer.
@@ -752,15 +764,23 @@ impl JobRun {
             match first {
                 Poll::Ready(r) => Ok(r),
                 Poll::Pending => {
-                    Box::pin(self.beat_until_done(fut.as_mut(), &lease, &cancel)).await
+                    let deadline = limit.map(|d| (started + d, d));
+                    Box::pin(self.beat_until_done(fut.as_mut(), &lease, &cancel, deadline)).await
                 }
             }
             // The handler is dropped here, before its job is handed back: a transactional
             // handler's transaction, which may hold the job's row, ends first.
         };
+        let retry = (attempt < max_attempts).then_some(entry);
         let result = match result {
-            // A handler told the worker aborts that still succeeded has done its work.
-            Ok(Ok(Ok(done))) if self.aborting => Ok(Ok(done)),
+            // A handler told the worker aborts, or that it ran out of time, that still
+            // succeeded has done its work.
+            Ok(Ok(Ok(done))) if self.aborting || self.timed_out.is_some() => Ok(Ok(done)),
+            Ok(_) | Err(Interrupted::TimedOut) if self.timed_out.is_some() && !self.aborting => {
+                let limit = self.timed_out.unwrap_or_default();
+                let e = TaskError::new(format_args!("timed out after {limit:?}"));
+                return Box::pin(self.record_failure(&lease, attempt, retry, e)).await;
+            }
             Ok(r) if !self.aborting => r,
             Ok(_) | Err(Interrupted::Aborted) => {
                 // Once: a worker aborting does not wait on a store that is down (the job then
@@ -771,15 +791,18 @@ impl JobRun {
                 };
                 return Box::pin(once.hand_back(&lease, Duration::ZERO)).await;
             }
-            Err(Interrupted::LeaseLost) => return Outcome::Settled,
+            Err(Interrupted::LeaseLost | Interrupted::TimedOut) => return Outcome::Settled,
         };
-        let retry = (attempt < max_attempts).then_some(entry);
         match result {
             Ok(Ok(Completion::Pending)) => Outcome::Succeeded(record.done()),
             Ok(Ok(Completion::Committed)) => {
                 Counters::bump(&self.shared.counts.processed, 1);
                 tracing::debug!("completed in the handler's transaction");
                 Outcome::Settled
+            }
+            Ok(Err(e)) if e.snoozed().is_some() => {
+                let delay = e.snoozed().unwrap_or_default().min(MAX_DURATION);
+                Box::pin(self.snooze(&lease, delay)).await
             }
             Ok(Err(e)) if e.is_store_failure() => {
                 tracing::warn!(error = %e, "the store failed under the handler; the attempt is not counted");
@@ -801,11 +824,15 @@ impl JobRun {
     /// what would have been its lease to finish; its outcome is then recorded as any other
     /// (the store fences it: a transactional handler that removed its job before the
     /// heartbeat saw it gone has completed it).
+    ///
+    /// Past `deadline` (an instant and the time limit it stands for) the handler is told it
+    /// timed out and given the abort grace to return.
     async fn beat_until_done<F: Future>(
         &mut self,
         mut fut: Pin<&mut F>,
         lease: &Lease,
         cancel: &CancelHandle,
+        deadline: Option<(Instant, Duration)>,
     ) -> std::result::Result<F::Output, Interrupted> {
         let beats = heartbeats(
             self.store.clone(),
@@ -824,6 +851,15 @@ impl JobRun {
                 return match tokio::time::timeout(self.abort_grace, fut.as_mut()).await {
                     Ok(r) => Ok(r),
                     Err(_) => Err(Interrupted::Aborted),
+                };
+            }
+            limit = past(deadline) => {
+                cancel.cancel(Cancelled::Timeout);
+                self.timed_out = Some(limit);
+                tracing::warn!(?limit, "handler ran past its time limit; it is told to stop");
+                return match tokio::time::timeout(self.abort_grace, fut.as_mut()).await {
+                    Ok(r) => Ok(r),
+                    Err(_) => Err(Interrupted::TimedOut),
                 };
             }
         }
@@ -848,6 +884,25 @@ impl JobRun {
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not hand the job back; it runs again once its lease expires")
+            }
+        }
+        Outcome::Settled
+    }
+
+    /// Puts the job back to run after `delay`, as its handler asked, without counting the
+    /// attempt, trying while the lease lasts.
+    async fn snooze(&self, lease: &Lease, delay: Duration) -> Outcome {
+        match self.persist(|| self.store.snooze(lease, delay)).await {
+            Ok(()) => {
+                Counters::bump(&self.shared.counts.snoozed, 1);
+                tracing::debug!(?delay, "job snoozed");
+            }
+            Err(Error::LeaseLost(_)) => {
+                Counters::bump(&self.shared.counts.lost, 1);
+                tracing::warn!("snoozed after its lease was lost; not recorded");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not snooze the job; it runs again once its lease expires")
             }
         }
         Outcome::Settled
@@ -964,6 +1019,17 @@ async fn bounded<T>(d: Duration, op: impl Future<Output = Result<T>>) -> Result<
         Err(_) => Err(Error::Unavailable(
             format!("the store did not answer within {d:?}").into(),
         )),
+    }
+}
+
+/// Resolves with the time limit once `deadline` has passed; never without one.
+async fn past(deadline: Option<(Instant, Duration)>) -> Duration {
+    match deadline {
+        Some((at, limit)) => {
+            tokio::time::sleep_until(at).await;
+            limit
+        }
+        None => std::future::pending().await,
     }
 }
 

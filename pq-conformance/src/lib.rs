@@ -3,7 +3,8 @@
 //! Each case is a public `async fn(Arc<dyn QueueStore>)` that checks one clause of the
 //! [`QueueStore`] contract; its doc sentence states the clause. Cases are grouped by area:
 //! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`], [`keys`] (serial and
-//! cursor keys, key states), [`history`] (job history, payload codecs), and [`worker`]: the
+//! cursor keys, key states), [`unique`] (unique jobs), [`periodic`] (schedulers),
+//! [`history`] (job history, payload codecs), and [`worker`]: the
 //! worker and typed tasks running on the store.
 //!
 //! The suite never builds stores itself: it gets a fresh, isolated store per case from your
@@ -43,9 +44,11 @@ pub mod concurrency;
 pub mod history;
 pub mod keys;
 pub mod lease;
+pub mod periodic;
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod put;
+pub mod unique;
 pub mod wait;
 pub mod worker;
 
@@ -159,7 +162,8 @@ fn case_name<C>() -> String {
 ///
 /// A store without a capability skips its area, out loud: `suite!(new_store, skip: [history])`
 /// runs every case but those of [`history`], each of which prints that it was skipped. The
-/// areas: `put`, `claim`, `lease`, `admin`, `wait`, `concurrency`, `keys`, `history`, `worker`.
+/// areas: `put`, `claim`, `lease`, `admin`, `wait`, `concurrency`, `keys`, `unique`,
+/// `periodic`, `history`, `worker`.
 #[macro_export]
 macro_rules! suite {
     ($new_store:expr) => {
@@ -173,6 +177,7 @@ macro_rules! suite {
             put::put_rejects_bad_queue_names,
             put::put_rejects_zero_max_attempts,
             put::scheduled_job_is_not_claimable_before_its_time,
+            put::a_job_keeps_its_time_limit,
             put::delay_strings_schedule_jobs,
             put::time_options_take_the_same_forms,
             put::typed_payloads_round_trip,
@@ -231,6 +236,13 @@ macro_rules! suite {
             keys::wait_wakes_when_a_key_is_freed,
             keys::put_rejects_bad_keys,
             keys::extend_keeps_a_key_held_and_release_and_purge_free_it,
+            unique::a_unique_job_holds_its_key_while_pending,
+            unique::a_unique_job_holds_its_key_while_active,
+            unique::a_unique_job_holds_its_key_for_its_period,
+            unique::racing_puts_of_a_unique_key_add_one_job,
+            unique::put_rejects_bad_uniqueness_keys,
+            periodic::schedulers_put_each_tick_once,
+            periodic::a_missed_tick_is_made_up_only_when_asked,
             history::completed_job_is_kept_in_history_when_asked,
             history::cleanup_history_removes_expired_records,
             history::put_rejects_bad_history_retention,
@@ -259,6 +271,9 @@ macro_rules! __worker_cases {
             worker::panicking_handler_is_a_failed_attempt,
             worker::undecodable_or_unknown_jobs_fail_with_a_clear_error,
             worker::unknown_task_is_handed_back_for_another_worker,
+            worker::snoozed_job_runs_later_without_costing_an_attempt,
+            worker::a_handler_past_its_time_limit_is_told_and_its_attempt_fails,
+            worker::a_handler_ignoring_its_time_limit_is_dropped_after_the_grace,
             worker::retry_delay_past_the_limit_is_recorded,
             worker::store_failure_under_a_handler_costs_no_attempt,
             worker::outcomes_are_recorded_through_store_blips,
@@ -312,7 +327,7 @@ macro_rules! __cases {
 }
 
 /// The areas a store may skip in [`suite!`].
-pub const AREAS: [&str; 9] = [
+pub const AREAS: [&str; 11] = [
     "put",
     "claim",
     "lease",
@@ -320,6 +335,8 @@ pub const AREAS: [&str; 9] = [
     "wait",
     "concurrency",
     "keys",
+    "unique",
+    "periodic",
     "history",
     "worker",
 ];

@@ -1,9 +1,13 @@
 //! Enqueueing: [`QueueStore::put_many`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
-use pq_api::{Claim, Error, JobState, NewJob, QueueStore, QueueStoreExt, When, MAX_QUEUE_NAME_LEN};
+use pq_api::{
+    Claim, Error, JobId, JobState, NewJob, QueueStore, QueueStoreExt, When, MAX_QUEUE_NAME_LEN,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -87,6 +91,45 @@ pub async fn put_rejects_zero_max_attempts(store: Arc<dyn QueueStore>) {
         "{err:?}"
     );
     assert_eq!(store.stats("q").await.unwrap().total(), 0);
+}
+
+/// A job keeps the time limit it was put with, to the microsecond, and claims hand it out;
+/// a limit of nothing, past the longest a store records, or a string that is no duration is
+/// refused, and nothing is added.
+pub async fn a_job_keeps_its_time_limit(store: Arc<dyn QueueStore>) {
+    let limit = Duration::from_nanos(1_500_000_999);
+    let id = store
+        .put_job(NewJob::from_json("q", json!(1)).timeout(limit))
+        .await
+        .unwrap();
+    let kept = Some(Duration::from_micros(1_500_000));
+    assert_eq!(store.job(id).await.unwrap().timeout, kept);
+    let plain = store.put("q", &json!(2)).await.unwrap();
+    assert_eq!(store.job(plain).await.unwrap().timeout, None);
+    let claimed = store.claim(&Claim::new(["q"]).limit(2)).await.unwrap();
+    let by_id: HashMap<JobId, Option<Duration>> =
+        claimed.iter().map(|c| (c.id(), c.job.timeout)).collect();
+    assert_eq!(by_id[&id], kept);
+    assert_eq!(by_id[&plain], None);
+
+    for bad in [
+        NewJob::from_json("q", json!(3)).timeout(Duration::ZERO),
+        NewJob::from_json("q", json!(3)).timeout(Duration::from_secs(u64::MAX)),
+        NewJob::from_json("q", json!(3)).timeout("a while"),
+    ] {
+        let refused = store.put_job(bad).await;
+        assert!(
+            matches!(
+                refused,
+                Err(Error::InvalidArgument {
+                    what: "timeout",
+                    ..
+                })
+            ),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(store.stats("q").await.unwrap().total(), 2);
 }
 
 /// A job scheduled an hour ahead is not claimable; one scheduled an hour behind is.

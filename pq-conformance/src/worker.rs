@@ -63,6 +63,23 @@ impl Task for Backing {
     }
 }
 
+/// Like [`Work`], with a time limit of 200 ms, retried an hour later.
+#[derive(Debug, Serialize, Deserialize)]
+struct Limited {
+    pub(crate) n: u32,
+}
+
+impl Task for Limited {
+    const NAME: &'static str = "limited";
+    const QUEUE: &'static str = "work";
+    fn defaults() -> TaskDefaults {
+        TaskDefaults::new()
+            .timeout("200ms")
+            .max_attempts(2)
+            .retry_in(HOUR)
+    }
+}
+
 /// A typed task run through [`RunTask`]; it records its runs in [`GREETED`], keyed by a
 /// random tag so that parallel cases do not see each other's runs.
 #[derive(Debug, Serialize, Deserialize)]
@@ -401,6 +418,122 @@ pub async fn unknown_task_is_handed_back_for_another_worker(store: Arc<dyn Queue
             .is_err(),
         "handing back for no time at all would spin"
     );
+}
+
+/// A handler that snoozes its job ("not yet") puts it back to run after the delay: the
+/// attempt is not counted and no error is recorded, however often it snoozes.
+pub async fn snoozed_job_runs_later_without_costing_an_attempt(store: Arc<dyn QueueStore>) {
+    let later = registry::<Work, _, _>(|_n, _cx| async { Err(TaskError::snooze("1h")) });
+    let id = put_work(&*store, &works(1)).await[0];
+    let status = Worker::new(store.clone(), later)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            status.snoozed,
+            status.processed,
+            status.retried,
+            status.failed
+        ),
+        (1, 0, 0, 0)
+    );
+    let job = store.job(id).await.unwrap();
+    assert_eq!(
+        (job.state, job.attempts, job.last_error),
+        (JobState::Scheduled, 0, None)
+    );
+    assert!(
+        job.run_at > Utc::now() + TimeDelta::minutes(50),
+        "snoozed for an hour"
+    );
+    store.purge("work").await.unwrap();
+
+    // Snoozed twice with one attempt allowed, then done: neither snooze used the attempt.
+    let runs = Arc::new(Mutex::new(0u32));
+    let counted = runs.clone();
+    let twice = registry::<Work, _, _>(move |_n, _cx| {
+        let runs = counted.clone();
+        async move {
+            let mut runs = runs.lock().unwrap();
+            *runs += 1;
+            if *runs <= 2 {
+                return Err(TaskError::snooze(Duration::ZERO));
+            }
+            Ok(())
+        }
+    });
+    let id = store
+        .put_job(Work { n: 0 }.to_job().unwrap().max_attempts(1))
+        .await
+        .unwrap();
+    let status = Worker::new(store.clone(), twice)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.snoozed, status.processed, status.failed), (2, 1, 0));
+    assert_eq!(*runs.lock().unwrap(), 3);
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+}
+
+/// A handler that runs past its task's time limit is told ([`Cancelled::Timeout`]) and its
+/// attempt fails, "timed out after 200ms", retried as any failure; one that finishes within
+/// its limit is not held to it.
+pub async fn a_handler_past_its_time_limit_is_told_and_its_attempt_fails(
+    store: Arc<dyn QueueStore>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reg = registry::<Limited, _, _>(move |n, cx| {
+        let tx = tx.clone();
+        async move {
+            if n == 0 {
+                return Ok(()); // well within the limit
+            }
+            tx.send(cx.cancelled().await).unwrap();
+            Err(TaskError::new("stopped"))
+        }
+    });
+    let quick = store
+        .put_job(Limited { n: 0 }.to_job().unwrap())
+        .await
+        .unwrap();
+    let slow = store
+        .put_job(Limited { n: 1 }.to_job().unwrap())
+        .await
+        .unwrap();
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!(rx.recv().await, Some(Cancelled::Timeout));
+    assert_eq!((status.processed, status.retried, status.failed), (1, 1, 0));
+    assert!(store.job(quick).await.is_err(), "completed");
+    let job = store.job(slow).await.unwrap();
+    assert_eq!((job.state, job.attempts), (JobState::Scheduled, 1));
+    assert_eq!(job.last_error.as_deref(), Some("timed out after 200ms"));
+}
+
+/// A job's own time limit overrides its task's; a handler that ignores it is dropped once the
+/// worker's grace has passed, and its attempt fails.
+pub async fn a_handler_ignoring_its_time_limit_is_dropped_after_the_grace(
+    store: Arc<dyn QueueStore>,
+) {
+    let reg = registry::<Slow, _, _>(|_n, _cx| std::future::pending());
+    let job = Slow { n: 0 }
+        .to_job()
+        .unwrap()
+        .timeout("100ms")
+        .max_attempts(1);
+    let id = store.put_job(job).await.unwrap();
+    let status = Worker::new(store.clone(), reg)
+        .abort_grace(Duration::from_millis(100))
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.failed, status.lost), (0, 1, 0));
+    let job = store.job(id).await.unwrap();
+    assert_eq!(job.state, JobState::Failed);
+    assert_eq!(job.last_error.as_deref(), Some("timed out after 100ms"));
 }
 
 /// A handler asking to be retried later than any store can record is retried as late as one

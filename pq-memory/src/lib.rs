@@ -29,7 +29,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use pq_api::{
     Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob,
-    QueueStats, QueueStore, Result,
+    QueueStats, QueueStore, Result, Unique,
 };
 use serde_json::Value;
 use tokio::sync::Notify;
@@ -112,8 +112,15 @@ impl Entry {
         job.serial_key.clone_from(&j.serial_key);
         job.cursor_key.clone_from(&j.cursor_key);
         job.keep_history = j.keep_history;
+        job.timeout = j.timeout;
+        job.unique.clone_from(&j.unique);
         job
     }
+}
+
+/// `d` kept to the microsecond, as PostgreSQL keeps it.
+fn to_micros(d: Duration) -> Duration {
+    Duration::from_micros(u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// A queue and a key: keys are per queue.
@@ -294,10 +301,34 @@ struct Inner {
     keys: HashMap<KeyId, KeyRow, FastHash>,
     /// Per cursor key, its pending job: put and never claimed.
     pending: HashMap<KeyId, i64, FastHash>,
+    /// Per uniqueness key held for a period, the job put last with it and the period's end.
+    periods: HashMap<KeyId, (i64, DateTime<Utc>), FastHash>,
     history: HashMap<i64, FinishedJob, FastHash>,
 }
 
 impl Inner {
+    /// The job holding the uniqueness key `key` of `queue` now ([`NewJob::unique`]): one put
+    /// with a period that has not ended, else the first pending (or, for
+    /// [`Unique::WhileActive`], running) job put with it.
+    fn unique_holder(&self, queue: &str, key: &str, now: DateTime<Utc>) -> Option<i64> {
+        let id = (queue.to_owned(), key.to_owned());
+        if let Some(&(job, until)) = self.periods.get(&id) {
+            if until > now {
+                return Some(job);
+            }
+        }
+        self.jobs
+            .values()
+            .filter(|e| e.job.queue == queue && e.state(now) != JobState::Failed)
+            .filter(|e| match &e.job.unique {
+                Some((k, Unique::WhileActive)) => k == key,
+                Some((k, Unique::WhilePending)) => k == key && e.token.is_none(),
+                _ => false,
+            })
+            .map(|e| e.job.id.0)
+            .min()
+    }
+
     fn index(&mut self, entry: &Entry) {
         self.index
             .shift(&entry.job.queue, entry, Slots::NONE, Slots::of(entry));
@@ -470,6 +501,12 @@ impl QueueStore for MemoryStore {
                         continue;
                     }
                 }
+                if let Some((k, _)) = &new.unique {
+                    if let Some(holder) = inner.unique_holder(&new.queue, k, now) {
+                        ids.push(JobId(holder));
+                        continue;
+                    }
+                }
                 inner.next_id += 1;
                 let id = inner.next_id;
                 let mut job = Job::new(JobId(id), new.queue, new.payload, now);
@@ -480,6 +517,20 @@ impl QueueStore for MemoryStore {
                 job.serial_key = new.serial_key;
                 job.cursor_key = new.cursor_key;
                 job.keep_history = new.keep_history;
+                // Kept to the microsecond, as PostgreSQL keeps it.
+                job.timeout = new.timeout.map(to_micros);
+                job.unique = new.unique.map(|(k, scope)| match scope {
+                    Unique::For(d) => (k, Unique::For(to_micros(d))),
+                    other => (k, other),
+                });
+                if let Some((k, Unique::For(d))) = &job.unique {
+                    let until = TimeDelta::from_std(*d)
+                        .ok()
+                        .and_then(|d| now.checked_add_signed(d))
+                        .unwrap_or(DateTime::<Utc>::MAX_UTC);
+                    let held = (job.queue.clone(), k.clone());
+                    inner.periods.insert(held, (id, until));
+                }
                 let entry = Entry {
                     job,
                     stored: Stored::Queued,
@@ -775,6 +826,7 @@ impl QueueStore for MemoryStore {
         let mut inner = self.lock();
         let before = inner.history.len();
         inner.history.retain(|_, f| f.keep_until > now);
+        inner.periods.retain(|_, &mut (_, until)| until > now);
         Ok(u64::try_from(before - inner.history.len()).unwrap_or(u64::MAX))
     }
 

@@ -99,7 +99,10 @@ fn job_row(row: &PgRow) -> Result<JobRow<'_>> {
         key: row.try_get(12).map_err(get)?,
         cursor: row.try_get(13).map_err(get)?,
         keep_for: row.try_get(14).map_err(get)?,
-        key_state: row.try_get(15).map_err(get)?,
+        timeout: row.try_get(15).map_err(get)?,
+        unique_key: row.try_get(16).map_err(get)?,
+        unique_scope: row.try_get(17).map_err(get)?,
+        key_state: row.try_get(18).map_err(get)?,
     })
 }
 
@@ -180,6 +183,7 @@ impl Driver for Sqlx {
                 row.try_get(1)?,
                 row.try_get(2)?,
                 row.try_get(3)?,
+                row.try_get(4)?,
             ))
         };
         rows.iter().map(|row| get(row).map_err(map_err)).collect()

@@ -86,8 +86,9 @@ pub enum Cell {
 }
 
 /// A row of the insert ([`Statements::insert`](super::Statements::insert)): the id, whether
-/// it is a cursor row, and for cursor rows their queue and key.
-pub type Inserted = (i64, bool, Option<String>, Option<String>);
+/// it is a cursor row, the queue of cursor rows and of rows with a uniqueness key, the cursor
+/// key, and the uniqueness key.
+pub type Inserted = (i64, bool, Option<String>, Option<String>, Option<String>);
 
 /// What a listening connection reports ([`Driver::listen`]).
 #[derive(Debug, Clone, Copy)]

@@ -34,6 +34,10 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let key_notify_fn = table.object(&name("key_freed"));
     let jobs_finite = quote(&name("finite_times"));
     let history_finite = quote(&name("history_finite_times"));
+    let unique = table.object(&name("unique"));
+    let unique_idx = quote(&name("unique_key"));
+    let unique_fn = table.object(&name("unique_holders"));
+    let unique_lock = table.unique_lock().to_string();
     let vars = [
         ("jobs", jobs.as_str()),
         ("keys", keys.as_str()),
@@ -51,6 +55,10 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ("key_notify_fn", key_notify_fn.as_str()),
         ("jobs_finite", jobs_finite.as_str()),
         ("history_finite", history_finite.as_str()),
+        ("unique", unique.as_str()),
+        ("unique_idx", unique_idx.as_str()),
+        ("unique_fn", unique_fn.as_str()),
+        ("unique_lock", unique_lock.as_str()),
     ];
     let step = |version, description, file| Migration {
         version,
@@ -72,6 +80,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             3,
             "finite timestamps only",
             include_str!("sql/migration_3.sql"),
+        ),
+        step(
+            4,
+            "per-job time limits, unique jobs",
+            include_str!("sql/migration_4.sql"),
         ),
     ]
 }

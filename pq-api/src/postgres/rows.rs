@@ -10,7 +10,7 @@ use std::sync::Arc;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use super::driver::Param;
+use super::driver::{Inserted, Param};
 use crate::error::{Error, Result};
 use crate::job::micros;
 use crate::job::{ClaimedJob, Done, FinishedJob, Job, JobId, JobState, Lease};
@@ -36,6 +36,9 @@ pub struct JobRow<'r> {
     pub key: Option<String>,
     pub cursor: bool,
     pub keep_for: Option<i64>,
+    pub timeout: Option<i64>,
+    pub unique_key: Option<String>,
+    pub unique_scope: Option<i64>,
     pub key_state: Option<String>,
 }
 
@@ -48,10 +51,11 @@ impl JobRow<'_> {
         Ok(Job {
             serial_key,
             cursor_key,
-            keep_history: self
-                .keep_for
-                .and_then(|us| u64::try_from(us).ok())
-                .map(std::time::Duration::from_micros),
+            keep_history: duration(self.keep_for),
+            timeout: duration(self.timeout),
+            unique: self
+                .unique_key
+                .zip(self.unique_scope.and_then(crate::Unique::from_code)),
             id: JobId(self.id),
             queue: self.queue,
             payload: Arc::new(payload),
@@ -82,6 +86,13 @@ impl JobRow<'_> {
         };
         Ok(ClaimedJob::new(job, lease).with_key_state(key_state))
     }
+}
+
+/// A stored duration in µs; a negative one (written by plain SQL) as none.
+fn duration(micros: Option<i64>) -> Option<std::time::Duration> {
+    micros
+        .and_then(|us| u64::try_from(us).ok())
+        .map(std::time::Duration::from_micros)
 }
 
 fn split_key(key: Option<String>, cursor: bool) -> (Option<String>, Option<String>) {
@@ -244,6 +255,9 @@ pub struct InsertArrays {
     pub key: Vec<Option<String>>,
     pub cursor: Vec<bool>,
     pub keep_for: Vec<Option<i64>>,
+    pub timeout: Vec<Option<i64>>,
+    pub unique_key: Vec<Option<String>>,
+    pub unique_scope: Vec<Option<i64>>,
     /// For each job given, the row sent for it.
     pub slots: Vec<usize>,
 }
@@ -254,6 +268,7 @@ impl InsertArrays {
         use crate::When;
         let mut a = InsertArrays::default();
         let mut cursor_rows: HashMap<(&str, &str), usize> = HashMap::new();
+        let mut unique_rows: HashMap<(&str, &str), usize> = HashMap::new();
         for job in jobs {
             job.validate()?;
             if let Some((key, true)) = job.key() {
@@ -262,6 +277,14 @@ impl InsertArrays {
                     continue;
                 }
                 cursor_rows.insert((&job.queue, key), a.queue.len());
+            }
+            // A later job of a uniqueness key sent earlier in the call gets the earlier's id.
+            if let Some((key, _)) = &job.unique {
+                if let Some(&row) = unique_rows.get(&(job.queue.as_str(), key.as_str())) {
+                    a.slots.push(row);
+                    continue;
+                }
+                unique_rows.insert((&job.queue, key), a.queue.len());
             }
             a.slots.push(a.queue.len());
             a.queue.push(job.queue.clone());
@@ -289,12 +312,17 @@ impl InsertArrays {
             a.key.push(key.map(|(k, _)| k.to_owned()));
             a.cursor.push(key.is_some_and(|(_, cursor)| cursor));
             a.keep_for.push(job.keep_history.map(micros));
+            a.timeout.push(job.timeout.map(micros));
+            a.unique_key
+                .push(job.unique.as_ref().map(|(k, _)| k.clone()));
+            a.unique_scope
+                .push(job.unique.as_ref().map(|(_, scope)| scope.code()));
         }
         Ok(a)
     }
 
     /// The parameters of [`Statements::insert`], in order.
-    pub fn params(&self) -> [Param<'_>; 11] {
+    pub fn params(&self) -> [Param<'_>; 14] {
         [
             Param::Texts(&self.queue),
             Param::Texts(&self.payload),
@@ -307,24 +335,29 @@ impl InsertArrays {
             Param::OptTexts(&self.key),
             Param::Bools(&self.cursor),
             Param::OptInt8s(&self.keep_for),
+            Param::OptInt8s(&self.timeout),
+            Param::OptTexts(&self.unique_key),
+            Param::OptInt8s(&self.unique_scope),
         ]
     }
 
     /// The id of every job given, in order, from the rows [`Statements::insert`] returned
-    /// (`id, cursor, queue, key`; queue and key are given for cursor rows only, null on the
-    /// others, so that a batch of plain jobs returns no text). Cursor rows are matched by
-    /// queue and key (unique among the rows sent); every other row was inserted, and ids come
-    /// from one sequence in the order the rows were sent.
-    pub fn ids(
-        &self,
-        rows: impl IntoIterator<Item = (i64, bool, Option<String>, Option<String>)>,
-    ) -> Result<Vec<JobId>> {
+    /// (`id, cursor, queue, key, unique_key`: queue and key for cursor rows, queue and
+    /// unique_key for rows with a uniqueness key, null on the others, so that a batch of plain
+    /// jobs returns no text). Cursor rows are matched by queue and key, rows with a
+    /// uniqueness key by queue and that key (each unique among the rows sent); every other row
+    /// was inserted, and ids come from one sequence in the order the rows were sent.
+    pub fn ids(&self, rows: impl IntoIterator<Item = Inserted>) -> Result<Vec<JobId>> {
         let mut by_key: HashMap<(String, String), i64> = HashMap::new();
+        let mut by_unique: HashMap<(String, String), i64> = HashMap::new();
         let mut plain: Vec<i64> = Vec::with_capacity(self.queue.len());
-        for (id, cursor, queue, key) in rows {
-            match (queue, key) {
-                (Some(queue), Some(key)) if cursor => {
+        for (id, cursor, queue, key, unique) in rows {
+            match (queue, key, unique) {
+                (Some(queue), Some(key), _) if cursor => {
                     by_key.insert((queue, key), id);
+                }
+                (Some(queue), _, Some(unique)) => {
+                    by_unique.insert((queue, unique), id);
                 }
                 _ => plain.push(id),
             }
@@ -333,8 +366,10 @@ impl InsertArrays {
         let mut plain = plain.into_iter();
         let mut row_ids = Vec::with_capacity(self.queue.len());
         for row in 0..self.queue.len() {
-            let id = match (&self.key[row], self.cursor[row]) {
-                (Some(key), true) => by_key.get(&(self.queue[row].clone(), key.clone())).copied(),
+            let queue = &self.queue[row];
+            let id = match (&self.key[row], self.cursor[row], &self.unique_key[row]) {
+                (Some(key), true, _) => by_key.get(&(queue.clone(), key.clone())).copied(),
+                (_, _, Some(unique)) => by_unique.get(&(queue.clone(), unique.clone())).copied(),
                 _ => plain.next(),
             };
             row_ids

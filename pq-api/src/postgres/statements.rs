@@ -26,6 +26,7 @@ mod files {
     pub(super) const FINISHED_COLUMNS: &str = include_str!("sql/finished_columns.sql");
     pub(super) const INSERT: &str = include_str!("sql/insert.sql");
     pub(super) const ON_CONFLICT_CURSOR: &str = include_str!("sql/on_conflict_cursor.sql");
+    pub(super) const INSERT_UNIQUE: &str = include_str!("sql/insert_unique.sql");
     pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
     pub(super) const COMPLETE: &str = include_str!("sql/complete.sql");
     pub(super) const FAIL: &str = include_str!("sql/fail.sql");
@@ -45,6 +46,32 @@ mod files {
     pub(super) const VACUUM: &str = include_str!("sql/vacuum.sql");
     pub(super) const MAY_VACUUM: &str = include_str!("sql/may_vacuum.sql");
     pub(super) const ANALYZE_IF_STALE: &str = include_str!("sql/analyze_if_stale.sql");
+}
+
+/// The part of `file` named `name`: the lines after its `-- name:` comment line, up to the
+/// next part's (comment lines within a part are kept for [`statement`] to drop).
+fn part(file: &str, name: &str) -> String {
+    let head = format!("-- {name}:");
+    let is_head = |l: &str| {
+        let l = l.trim_start();
+        l.starts_with("-- ")
+            && l[3..].split_once(':').is_some_and(|(n, _)| {
+                !n.is_empty() && n.chars().all(|c| c == '_' || c.is_ascii_lowercase())
+            })
+    };
+    let mut out = String::new();
+    let mut inside = false;
+    for line in file.lines() {
+        if is_head(line) {
+            inside = line.trim_start().starts_with(&head);
+            continue;
+        }
+        if inside {
+            out.push_str(line);
+            out.push('\n');
+        }
+    }
+    out
 }
 
 /// Rendered claim texts by queue count, limit and how the claim commits.
@@ -76,6 +103,9 @@ pub struct Statements {
     insert_plain: Arc<str>,
     /// The insert for rows with cursor keys: see [`Statements::insert`].
     insert_cursor: Arc<str>,
+    /// The insert with rows with uniqueness keys, and with cursor keys too.
+    insert_unique: Arc<str>,
+    insert_cursor_unique: Arc<str>,
     /// The claim, with `{queues}`, `{limit}` and `{commit}` still to fill in: see
     /// [`Statements::claim`].
     claim: Arc<str>,
@@ -212,10 +242,12 @@ impl Statements {
     /// inserts every row speculatively (an extra WAL record and lock per row, whether or not
     /// the row can conflict), a measurable part of a large insert's server time.
     pub fn insert(&self, rows: &InsertArrays) -> &Arc<str> {
-        if rows.cursor.contains(&true) {
-            &self.insert_cursor
-        } else {
-            &self.insert_plain
+        let unique = rows.unique_key.iter().any(Option::is_some);
+        match (rows.cursor.contains(&true), unique) {
+            (false, false) => &self.insert_plain,
+            (true, false) => &self.insert_cursor,
+            (false, true) => &self.insert_unique,
+            (true, true) => &self.insert_cursor_unique,
         }
     }
 
@@ -239,6 +271,11 @@ impl Statements {
         let mut all: Vec<(String, Arc<str>)> = vec![
             ("insert".into(), self.insert_plain.clone()),
             ("insert, cursor keys".into(), self.insert_cursor.clone()),
+            ("insert, uniqueness keys".into(), self.insert_unique.clone()),
+            (
+                "insert, cursor and uniqueness keys".into(),
+                self.insert_cursor_unique.clone(),
+            ),
         ];
         for queues in [1, 2] {
             all.push((
@@ -285,6 +322,8 @@ impl Statements {
         let jobs = table.qualified();
         let keys = table.object(&format!("{}_keys", table.table()));
         let history = table.object(&format!("{}_history", table.table()));
+        let unique = table.object(&format!("{}_unique", table.table()));
+        let unique_fn = table.object(&format!("{}_unique_holders", table.table()));
         let channel = format!("\"{}\"", table.channel());
         let state = statement(STATE, &[]);
         let job_columns = statement(JOB_COLUMNS, &[("state", &state)]);
@@ -295,6 +334,8 @@ impl Statements {
             ("jobs", jobs.as_str()),
             ("keys", keys.as_str()),
             ("history", history.as_str()),
+            ("unique", unique.as_str()),
+            ("unique_fn", unique_fn.as_str()),
             ("channel", channel.as_str()),
             ("state", state.as_str()),
             ("job_columns", job_columns.as_str()),
@@ -302,14 +343,26 @@ impl Statements {
             ("finished_columns", finished_columns.as_str()),
         ];
         let s = |file: &str| -> Arc<str> { Arc::from(statement(file, &vars)) };
-        let insert = |on_conflict: &str| -> Arc<str> {
+        let unique_parts: Vec<(&str, String)> = ["held", "unique_filter", "periods", "refused"]
+            .into_iter()
+            .map(|name| {
+                let text = statement(&part(INSERT_UNIQUE, name), &vars);
+                (name, format!("\n{text}\n"))
+            })
+            .collect();
+        let insert = |on_conflict: &str, unique: bool| -> Arc<str> {
             let mut with = vars.to_vec();
             with.push(("on_conflict", on_conflict));
+            for (name, text) in &unique_parts {
+                with.push((name, if unique { text.as_str() } else { "" }));
+            }
             Arc::from(statement(INSERT, &with))
         };
         Statements {
-            insert_plain: insert(""),
-            insert_cursor: insert(&on_conflict),
+            insert_plain: insert("", false),
+            insert_cursor: insert(&on_conflict, false),
+            insert_unique: insert("", true),
+            insert_cursor_unique: insert(&on_conflict, true),
             claim: s(CLAIM),
             claims: Arc::default(),
             complete: s(COMPLETE),

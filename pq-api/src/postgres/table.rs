@@ -83,6 +83,13 @@ impl QueueTable {
         i64::from_ne_bytes(self.hash().to_ne_bytes())
     }
 
+    /// The first key of the advisory locks that serialise puts of one uniqueness key in this
+    /// table (the second is the key's hash).
+    pub fn unique_lock(&self) -> i32 {
+        let b = self.hash().to_ne_bytes();
+        i32::from_ne_bytes([b[0], b[1], b[2], b[3]])
+    }
+
     /// FNV-1a of `schema.table`: stable across processes and versions, unlike `DefaultHasher`.
     fn hash(&self) -> u64 {
         let mut h: u64 = 0xcbf2_9ce4_8422_2325;

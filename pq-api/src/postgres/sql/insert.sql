@@ -1,27 +1,37 @@
 -- Puts jobs. $1 text[] queue, $2 text[] payload, $3 int4[] priority, $4 timestamptz[] run_at,
 -- $5 int8[] run_in µs, $6 timestamptz[] expected_at, $7 int8[] expected_in µs,
--- $8 int4[] max_attempts, $9 text[] key, $10 bool[] cursor, $11 int8[] keep_for µs
--- → id, cursor, queue, key per row (queue and key only for cursor-keyed rows).
+-- $8 int4[] max_attempts, $9 text[] key, $10 bool[] cursor, $11 int8[] keep_for µs,
+-- $12 int8[] timeout µs, $13 text[] unique_key, $14 int8[] unique_scope
+-- → id, cursor, queue, key, unique_key per row: queue and key for cursor-keyed rows, queue
+-- and unique_key for rows with a uniqueness key (null on the others, so that a batch of
+-- plain jobs returns no text). A row refused for its uniqueness key returns the id of the
+-- job holding the key.
 -- {on_conflict} is empty, or for rows with cursor keys the ON CONFLICT clause that folds a
--- put into the key's pending job (on_conflict_cursor.sql).
-WITH ins AS (
-  INSERT INTO {jobs} AS t (queue, payload, priority, run_at, expected_at, max_attempts, key, cursor, keep_for)
+-- put into the key's pending job (on_conflict_cursor.sql). {held}, {unique_filter},
+-- {periods} and {refused} are empty, or for rows with uniqueness keys the parts of
+-- insert_unique.sql.
+WITH {held}ins AS (
+  INSERT INTO {jobs} AS t (queue, payload, priority, run_at, expected_at, max_attempts, key,
+                           cursor, keep_for, timeout, unique_key, unique_scope)
   SELECT j.queue, j.payload::jsonb, j.priority,
          COALESCE(j.run_at, statement_timestamp() + j.run_in * interval '1 microsecond'),
          COALESCE(j.expected_at, statement_timestamp() + j.expected_in * interval '1 microsecond'),
-         j.max_attempts, j.key, j.cursor, j.keep_for
+         j.max_attempts, j.key, j.cursor, j.keep_for, j.timeout, j.unique_key, j.unique_scope
   FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[],
-              $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[])
+              $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[],
+              $12::int8[], $13::text[], $14::int8[])
        WITH ORDINALITY AS j(queue, payload, priority, run_at, run_in, expected_at,
-                            expected_in, max_attempts, key, cursor, keep_for, ord)
+                            expected_in, max_attempts, key, cursor, keep_for, timeout,
+                            unique_key, unique_scope, ord)
+  {unique_filter}
   ORDER BY j.ord
   {on_conflict}
-  RETURNING t.id, t.cursor, t.queue, t.key
+  RETURNING t.id, t.cursor, t.queue, t.key, t.unique_key, t.unique_scope
 ), new_keys AS (
   INSERT INTO {keys} (queue, key)
   SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL
   ON CONFLICT DO NOTHING
-)
-SELECT id, cursor, CASE WHEN cursor THEN queue END AS queue,
-       CASE WHEN cursor THEN key END AS key
-FROM ins
+){periods}
+SELECT id, cursor, CASE WHEN cursor OR unique_key IS NOT NULL THEN queue END AS queue,
+       CASE WHEN cursor THEN key END AS key, unique_key
+FROM ins{refused}
