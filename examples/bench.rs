@@ -1069,6 +1069,9 @@ async fn insert_rows(
         .bind(&a.key)
         .bind(&a.cursor)
         .bind(&a.keep_for)
+        .bind(&a.timeout)
+        .bind(&a.unique_key)
+        .bind(&a.unique_scope)
         .execute(conn)
         .await?;
     Ok(())

@@ -26,4 +26,10 @@ if [ -z "${DATABASE_URL:-}" ]; then
     sleep 0.5
   done
 fi
-cargo run --release -q -p pq-examples --example bench -- "$@"
+# PQ_BENCH_DEBUG=1 runs the debug build: figures that mean nothing, but a quick check (in CI)
+# that every phase still runs against the current schema and statements.
+if [ -n "${PQ_BENCH_DEBUG:-}" ]; then
+  cargo run -q -p pq-examples --example bench -- "$@"
+else
+  cargo run --release -q -p pq-examples --example bench -- "$@"
+fi

@@ -405,7 +405,9 @@ impl NewJob {
     /// job's id (for [`Unique::For`], even once that job has completed). Race-free: of
     /// concurrent puts of one key, in one call or many, one adds its job and the others get
     /// its id. A job's scope decides how long it holds its key, whatever the scope of the job
-    /// put after it.
+    /// put after it. On PostgreSQL a put in your transaction (`put_many_in`) holds the key's
+    /// lock until the transaction ends, and needs it to run at READ COMMITTED (the default): at
+    /// a stricter level, whose snapshot could hide a racing put, it is refused.
     ///
     /// Serial and cursor keys are another thing: a serial key orders jobs (one of the key
     /// runs at a time), and a cursor key folds a put into the key's pending job, much as

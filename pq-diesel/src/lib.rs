@@ -107,6 +107,8 @@ pub fn map_err(e: diesel::result::Error) -> Error {
             ];
             if let Some((_, code)) = ending.iter().find(|(m, _)| message.starts_with(m)) {
                 code
+            } else if message.starts_with("pq puts jobs with uniqueness keys only") {
+                "22023" // raised by pq's own function: see NewJob::unique
             } else if message.contains("does not exist") {
                 "42P01"
             } else if message.contains("already exists") {

@@ -192,3 +192,50 @@ async fn a_plain_sql_insert_is_a_valid_enqueue_and_wakes_waiters() {
         (0, 1, pq_api::DEFAULT_MAX_ATTEMPTS)
     );
 }
+
+/// Uniqueness holds for puts in callers' transactions: a second transaction putting a key
+/// the first put waits for the first to end, then gets its job's id if it committed (or adds
+/// its own if it rolled back). A transaction at a stricter isolation level, whose snapshot
+/// would hide a racing put, is refused rather than let two jobs hold one key.
+#[tokio::test]
+async fn a_unique_put_in_a_transaction_waits_for_a_racing_one() {
+    use pq_api::Unique;
+    let store = store().await;
+    let job = || NewJob::from_json("mail", json!(1)).unique("k", Unique::WhileActive);
+
+    let mut first = store.pool().begin().await.unwrap();
+    let id = store.put_many_in(&mut first, vec![job()]).await.unwrap()[0];
+    let racing = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            let mut second = store.pool().begin().await.unwrap();
+            let ids = store.put_many_in(&mut second, vec![job()]).await.unwrap();
+            second.commit().await.unwrap();
+            ids[0]
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!racing.is_finished(), "the second put waits for the first");
+    first.commit().await.unwrap();
+    assert_eq!(racing.await.unwrap(), id);
+    assert_eq!(store.stats("mail").await.unwrap().total(), 1);
+
+    // A rolled-back put holds nothing.
+    let other = || NewJob::from_json("mail", json!(2)).unique("other", Unique::WhileActive);
+    let mut undone = store.pool().begin().await.unwrap();
+    let gone = store.put_many_in(&mut undone, vec![other()]).await.unwrap()[0];
+    undone.rollback().await.unwrap();
+    assert_ne!(store.put_many(vec![other()]).await.unwrap()[0], gone);
+
+    let mut strict = store.pool().begin().await.unwrap();
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut *strict)
+        .await
+        .unwrap();
+    let refused = store.put_many_in(&mut strict, vec![job()]).await;
+    assert!(
+        matches!(&refused, Err(Error::InvalidArgument { reason, .. })
+            if reason.contains("READ COMMITTED")),
+        "{refused:?}"
+    );
+}

@@ -195,6 +195,10 @@ CREATE TABLE "public"."pq_jobs_unique" (
 CREATE FUNCTION "public"."pq_jobs_unique_holders"(queues text[], keys text[])
   RETURNS TABLE (queue text, key text, holder bigint) LANGUAGE plpgsql AS $pq$
 BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pq puts jobs with uniqueness keys only in READ COMMITTED transactions'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
   PERFORM pg_advisory_xact_lock(-1662054242, hashtext(p.q || chr(1) || p.k))
   FROM (SELECT DISTINCT u.q, u.k FROM unnest(queues, keys) AS u(q, k)
         WHERE u.k IS NOT NULL ORDER BY u.q, u.k) AS p;

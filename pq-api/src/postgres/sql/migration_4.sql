@@ -17,10 +17,15 @@ CREATE TABLE {unique} (
 -- Which of the given (queue, key) pairs a job holds now, and which job. First takes each
 -- pair's lock (a transaction-scoped advisory lock, in a stable order), then looks: each
 -- statement of a VOLATILE function takes a fresh snapshot (in READ COMMITTED), so a job that
--- a concurrent put holding the lock first added is seen once that put has committed.
+-- a concurrent put holding the lock first added is seen once that put has committed. A
+-- transaction at a stricter level keeps one snapshot, which could hide that job: refused.
 CREATE FUNCTION {unique_fn}(queues text[], keys text[])
   RETURNS TABLE (queue text, key text, holder bigint) LANGUAGE plpgsql AS $pq$
 BEGIN
+  IF current_setting('transaction_isolation') <> 'read committed' THEN
+    RAISE EXCEPTION 'pq puts jobs with uniqueness keys only in READ COMMITTED transactions'
+      USING ERRCODE = 'invalid_parameter_value';
+  END IF;
   PERFORM pg_advisory_xact_lock({unique_lock}, hashtext(p.q || chr(1) || p.k))
   FROM (SELECT DISTINCT u.q, u.k FROM unnest(queues, keys) AS u(q, k)
         WHERE u.k IS NOT NULL ORDER BY u.q, u.k) AS p;
