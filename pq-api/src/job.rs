@@ -502,22 +502,8 @@ impl NewJob {
         if let Some((key, _)) = self.key() {
             validate_key(key)?;
         }
-        if let Some(d) = self.keep_history {
-            if d.is_zero() || d > MAX_DURATION {
-                return Err(Error::invalid(
-                    "keep_history",
-                    "must be longer than zero and at most 100 years",
-                ));
-            }
-        }
-        if let Some(d) = self.timeout {
-            if d.is_zero() || d > MAX_DURATION {
-                return Err(Error::invalid(
-                    "timeout",
-                    "must be longer than zero and at most 100 years",
-                ));
-            }
-        }
+        validate_span("keep_history", self.keep_history)?;
+        validate_span("timeout", self.timeout)?;
         if let Some((key, scope)) = &self.unique {
             validate_key(key)?;
             if self.cursor_key.is_some() {
@@ -536,6 +522,18 @@ impl NewJob {
             }
         }
         Ok(())
+    }
+}
+
+/// Checks an optional span (a retention, a time limit): longer than zero, at most
+/// [`MAX_DURATION`].
+pub(crate) fn validate_span(what: &'static str, span: Option<Duration>) -> Result<()> {
+    match span {
+        Some(d) if d.is_zero() || d > MAX_DURATION => Err(Error::invalid(
+            what,
+            "must be longer than zero and at most 100 years",
+        )),
+        _ => Ok(()),
     }
 }
 

@@ -21,8 +21,8 @@ use tokio::sync::Notify;
 use crate::codec::Codec;
 use crate::error::{Error, Result};
 use crate::job::{
-    set_option, validate_queue_name, BadOption, ClaimedJob, Done, IntoDelay, IntoWhen, Job, JobId,
-    Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS, MAX_DURATION,
+    set_option, validate_queue_name, validate_span, BadOption, ClaimedJob, Done, IntoDelay,
+    IntoWhen, Job, JobId, Lease, NewJob, When, DEFAULT_MAX_ATTEMPTS,
 };
 use crate::store::QueueStore;
 
@@ -825,22 +825,16 @@ impl Registry {
         self.register_with::<T>(Typed::<T>(std::marker::PhantomData))
     }
 
-    /// Registers `T`, run by `handler` (a backend's transactional handler, say).
+    /// Registers `T`, run by `handler` (a backend's transactional handler, say). A name
+    /// registered twice, an invalid queue name, or defaults with an invalid option (a time
+    /// limit of nothing, a string that is no time) are rejected.
     pub fn register_with<T: Task>(mut self, handler: impl JobHandler) -> Result<Self> {
         validate_queue_name(T::QUEUE)?;
         let defaults = T::defaults();
         if let Some((what, reason)) = defaults.bad_option {
             return Err(Error::invalid(what, reason));
         }
-        if defaults
-            .timeout
-            .is_some_and(|d| d.is_zero() || d > MAX_DURATION)
-        {
-            return Err(Error::invalid(
-                "timeout",
-                "must be longer than zero and at most 100 years",
-            ));
-        }
+        validate_span("timeout", defaults.timeout)?;
         if self.tasks.contains_key(T::NAME) {
             return Err(Error::invalid(
                 "task name",
