@@ -755,8 +755,12 @@ impl JobRun {
             .unwrap_or(&serde_json::Value::Null);
         tracing::debug!("handler started");
         let handler = entry.handler.clone();
-        let limit = record.job().timeout.or(entry.timeout);
-        let started = Instant::now();
+        // The clock is read only for a job with a time limit: most have none.
+        let deadline = record
+            .job()
+            .timeout
+            .or(entry.timeout)
+            .map(|limit| (Instant::now() + limit, limit));
         let result = {
             let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
             // Many handlers finish on their first poll: they need no heartbeat timer.
@@ -764,7 +768,6 @@ impl JobRun {
             match first {
                 Poll::Ready(r) => Ok(r),
                 Poll::Pending => {
-                    let deadline = limit.map(|d| (started + d, d));
                     Box::pin(self.beat_until_done(fut.as_mut(), &lease, &cancel, deadline)).await
                 }
             }

@@ -29,23 +29,6 @@ impl std::fmt::Debug for Diesel {
     }
 }
 
-/// A transaction on a connection of the pool. Dropped unfinished, it leaves its connection
-/// in a transaction, which the pool then discards rather than lend again.
-pub struct DieselTx(Object<AsyncPgConnection>);
-
-impl std::ops::Deref for DieselTx {
-    type Target = AsyncPgConnection;
-    fn deref(&self) -> &AsyncPgConnection {
-        &self.0
-    }
-}
-
-impl std::ops::DerefMut for DieselTx {
-    fn deref_mut(&mut self) -> &mut AsyncPgConnection {
-        &mut self.0
-    }
-}
-
 /// A `timestamptz` that never fails a whole result: a value chrono cannot hold
 /// (`'infinity'`) decodes to `None`, and only the row that holds it fails.
 #[derive(Debug, Clone, Copy, diesel::deserialize::FromSqlRow)]
@@ -202,7 +185,9 @@ fn finished_row(r: HistoryRow) -> Result<FinishedRow> {
 impl Driver for Diesel {
     type Conn = AsyncPgConnection;
     type Pooled = Object<AsyncPgConnection>;
-    type Tx = DieselTx;
+    /// Dropped unfinished, the connection is left in a transaction, which the pool then
+    /// discards rather than lend again.
+    type Tx = Object<AsyncPgConnection>;
 
     async fn acquire(&self) -> Result<Self::Pooled> {
         self.0.get().await.map_err(pool_err)
@@ -235,42 +220,26 @@ impl Driver for Diesel {
         params: &[Param<'_>],
         kind: Kind,
     ) -> Result<Vec<Cell>> {
+        /// Loads the one column as SQL type `$st` into `$rust`, each value made a cell.
+        macro_rules! load {
+            ($st:ty, $rust:ty, $cell:expr) => {
+                prepared::<($st,)>(sql, params)
+                    .load::<($rust,)>(conn)
+                    .await
+                    .map_err(map_err)?
+                    .into_iter()
+                    .map(|(v,)| $cell(v))
+                    .collect()
+            };
+        }
         let cells: Vec<Result<Cell>> = match kind {
-            Kind::Int8 => prepared::<(BigInt,)>(sql, params)
-                .load::<(i64,)>(conn)
-                .await
-                .map_err(map_err)?
-                .into_iter()
-                .map(|(v,)| Ok(Cell::Int(v)))
-                .collect(),
-            Kind::Int4 => prepared::<(Integer,)>(sql, params)
-                .load::<(i32,)>(conn)
-                .await
-                .map_err(map_err)?
-                .into_iter()
-                .map(|(v,)| Ok(Cell::Int(v.into())))
-                .collect(),
-            Kind::Text => prepared::<(Text,)>(sql, params)
-                .load::<(String,)>(conn)
-                .await
-                .map_err(map_err)?
-                .into_iter()
-                .map(|(v,)| Ok(Cell::Text(v)))
-                .collect(),
-            Kind::Time => prepared::<(Timestamptz,)>(sql, params)
-                .load::<(Time,)>(conn)
-                .await
-                .map_err(map_err)?
-                .into_iter()
-                .map(|(t,)| t.get("the column").map(Cell::Time))
-                .collect(),
-            Kind::Bool => prepared::<(Bool,)>(sql, params)
-                .load::<(bool,)>(conn)
-                .await
-                .map_err(map_err)?
-                .into_iter()
-                .map(|(v,)| Ok(Cell::Bool(v)))
-                .collect(),
+            Kind::Int8 => load!(BigInt, i64, |v| Ok(Cell::Int(v))),
+            Kind::Int4 => load!(Integer, i32, |v: i32| Ok(Cell::Int(v.into()))),
+            Kind::Text => load!(Text, String, |v| Ok(Cell::Text(v))),
+            Kind::Time => load!(Timestamptz, Time, |t: Time| t
+                .get("the column")
+                .map(Cell::Time)),
+            Kind::Bool => load!(Bool, bool, |v| Ok(Cell::Bool(v))),
         };
         cells.into_iter().collect()
     }
@@ -347,17 +316,17 @@ impl Driver for Diesel {
         AnsiTransactionManager::begin_transaction_sql(&mut *conn, begin)
             .await
             .map_err(map_err)?;
-        Ok(DieselTx(conn))
+        Ok(conn)
     }
 
     async fn commit(mut tx: Self::Tx) -> Result<()> {
-        AnsiTransactionManager::commit_transaction(&mut *tx.0)
+        AnsiTransactionManager::commit_transaction(&mut *tx)
             .await
             .map_err(map_err)
     }
 
     async fn rollback(mut tx: Self::Tx) -> Result<()> {
-        AnsiTransactionManager::rollback_transaction(&mut *tx.0)
+        AnsiTransactionManager::rollback_transaction(&mut *tx)
             .await
             .map_err(map_err)
     }
