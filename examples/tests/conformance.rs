@@ -61,6 +61,21 @@ impl QueueStore for AuditedStore {
     async fn cancel(&self, id: JobId) -> Result<()> {
         self.jobs.cancel(id).await
     }
+    async fn cancel_requested(&self, id: JobId) {
+        self.jobs.cancel_requested(id).await
+    }
+    async fn set_progress(&self, lease: &Lease, progress: serde_json::Value) -> Result<()> {
+        self.jobs.set_progress(lease, progress).await
+    }
+    async fn configure_queue(&self, queue: &str, setting: pq_api::QueueSetting) -> Result<()> {
+        self.jobs.configure_queue(queue, setting).await
+    }
+    async fn queues(&self) -> Result<Vec<pq_api::QueueInfo>> {
+        self.jobs.queues().await
+    }
+    async fn prune(&self) -> Result<pq_api::Pruned> {
+        self.jobs.prune().await
+    }
     async fn retry(&self, id: JobId) -> Result<()> {
         self.jobs.retry(id).await
     }

@@ -31,8 +31,12 @@ pub enum Error {
     /// the job was completed, failed, released, cancelled or purged. Nothing was changed.
     #[error("lease on job {0} was lost")]
     LeaseLost(JobId),
-    /// The operation does not apply to a job in this state (cancelling a running job, retrying
-    /// one that has not failed). Nothing was changed.
+    /// The job was cancelled while this lease held it ([`QueueStore::cancel`](crate::QueueStore::cancel)):
+    /// its holder should stop; nothing was changed.
+    #[error("job {0} was cancelled")]
+    Cancelled(JobId),
+    /// The operation does not apply to a job in this state (retrying one that has not
+    /// failed). Nothing was changed.
     #[error("job {id} is {state}, which does not allow this operation")]
     InvalidState {
         /// The job.

@@ -9,6 +9,7 @@ use tokio::time::Instant;
 
 use crate::error::{Error, Result};
 use crate::job::{Claim, ClaimedJob, Done, JobId, Lease, NewJob};
+use crate::queue::QueueSetting;
 use crate::store::QueueStore;
 use crate::task::Task;
 
@@ -51,6 +52,18 @@ pub trait QueueStoreExt: QueueStore {
     /// [`Task::to_job`](crate::Task::to_job) with them applied.
     async fn enqueue<T: Task + Sync>(&self, task: &T) -> Result<JobId> {
         self.put_job(task.to_job()?).await
+    }
+
+    /// Pauses `queue`: [`QueueSetting::Paused`]`(true)`.
+    async fn pause(&self, queue: &str) -> Result<()> {
+        self.configure_queue(queue, QueueSetting::Paused(true))
+            .await
+    }
+
+    /// Resumes `queue`: [`QueueSetting::Paused`]`(false)`.
+    async fn resume(&self, queue: &str) -> Result<()> {
+        self.configure_queue(queue, QueueSetting::Paused(false))
+            .await
     }
 
     /// Completes one job, or reports [`Error::LeaseLost`].

@@ -627,8 +627,11 @@ pub enum JobState {
     Ready,
     /// Held under a live lease.
     Running,
-    /// Out of attempts; kept for inspection until retried, cancelled or purged.
+    /// Out of attempts; kept for inspection until retried, cancelled, purged or pruned.
     Failed,
+    /// Cancelled while it ran ([`QueueStore::cancel`](crate::QueueStore::cancel)); kept for
+    /// inspection until cancelled again, purged or pruned, as a failed job is.
+    Cancelled,
 }
 
 impl JobState {
@@ -639,6 +642,7 @@ impl JobState {
             JobState::Ready => "ready",
             JobState::Running => "running",
             JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
         }
     }
 
@@ -649,6 +653,7 @@ impl JobState {
             "ready" => JobState::Ready,
             "running" => JobState::Running,
             "failed" => JobState::Failed,
+            "cancelled" => JobState::Cancelled,
             _ => return None,
         })
     }
@@ -676,7 +681,7 @@ pub struct Job {
     /// Its deadline, if any.
     pub expected_at: Option<DateTime<Utc>>,
     /// The earliest time it may be claimed: its schedule while it waits, its lease expiry while
-    /// it runs, the time it failed once failed.
+    /// it runs, the time it failed or was cancelled once it did.
     pub run_at: DateTime<Utc>,
     /// Its state now.
     pub state: JobState,
@@ -698,6 +703,9 @@ pub struct Job {
     pub timeout: Option<Duration>,
     /// Its uniqueness key and how long it holds it ([`NewJob::unique`]).
     pub unique: Option<(String, Unique)>,
+    /// What its handler last reported of its progress
+    /// ([`TaskContext::progress`](crate::TaskContext::progress)), kept across attempts.
+    pub progress: Option<Value>,
 }
 
 impl Job {
@@ -726,6 +734,7 @@ impl Job {
             keep_history: None,
             timeout: None,
             unique: None,
+            progress: None,
         }
     }
 
@@ -1046,12 +1055,14 @@ pub struct QueueStats {
     pub running: u64,
     /// Out of attempts.
     pub failed: u64,
+    /// Cancelled while they ran.
+    pub cancelled: u64,
 }
 
 impl QueueStats {
     /// All jobs in the queue.
     pub fn total(&self) -> u64 {
-        self.scheduled + self.ready + self.running + self.failed
+        self.scheduled + self.ready + self.running + self.failed + self.cancelled
     }
 
     /// Adds one job in `state`.
@@ -1061,6 +1072,7 @@ impl QueueStats {
             JobState::Ready => self.ready += n,
             JobState::Running => self.running += n,
             JobState::Failed => self.failed += n,
+            JobState::Cancelled => self.cancelled += n,
         }
     }
 }

@@ -14,6 +14,9 @@
 //! - unique jobs ([`NewJob::unique`]), time limits ([`NewJob::timeout`],
 //!   [`TaskDefaults::timeout`]), snoozing handlers ([`TaskError::snooze`]), and periodic jobs
 //!   (`periodic`, with the `periodic` feature, on by default);
+//! - control of a running system: paused queues, concurrency and rate limits
+//!   ([`QueueSetting`]), cancelling running jobs, progress reports
+//!   ([`TaskContext::progress`]) and bounded tables ([`QueueStore::prune`]);
 //! - [`validate`], the argument checks every store runs, so that all refuse the same input;
 //! - [`postgres`], the machinery both SQL stores (`pq-sqlx`, `pq-diesel`) are built from: not
 //!   an API for applications, but for [`QueueTable`](postgres::QueueTable) and
@@ -46,6 +49,7 @@ mod job;
 #[cfg(feature = "periodic")]
 pub mod periodic;
 pub mod postgres;
+mod queue;
 mod store;
 pub mod task;
 mod worker;
@@ -54,6 +58,7 @@ mod worker;
 /// refuses the same input with the same [`Error::InvalidArgument`].
 pub mod validate {
     pub use crate::job::{validate_delay, validate_key, validate_lease, validate_queue_name};
+    pub use crate::queue::validate_setting;
 }
 
 #[doc(hidden)]
@@ -70,6 +75,9 @@ pub use job::{
     Lease, NewJob, QueueStats, Unique, When, DEFAULT_LEASE, DEFAULT_MAX_ATTEMPTS, MAX_CLAIM_LIMIT,
     MAX_DURATION, MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
+pub use queue::{
+    Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, DEFAULT_RETENTION, MAX_QUEUE_LIMIT,
+};
 #[doc(hidden)]
 pub use serde_json as __serde_json;
 pub use store::QueueStore;
@@ -79,4 +87,5 @@ pub use task::{
 };
 pub use worker::{
     StopMode, UnknownTasks, Worker, WorkerHandle, WorkerState, WorkerStatus, DEFAULT_ABORT_GRACE,
+    DEFAULT_PRUNE_EVERY,
 };

@@ -12,6 +12,7 @@ use serde_json::Value;
 use crate::job::{
     Claim, ClaimedJob, Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats,
 };
+use crate::queue::{Pruned, QueueInfo, QueueSetting};
 
 /// A store of jobs: all queues in one place, claimed under leases.
 ///
@@ -61,7 +62,9 @@ pub trait QueueStore: Send + Sync + Debug {
     /// `claim.lease`.
     ///
     /// # Contract
-    /// - Claimable means: ready (its `run_at` has passed and it is not failed), or running
+    /// - Claimable means: in a queue that is not paused, within its limits
+    ///   ([`QueueStore::configure_queue`]), and ready (its `run_at` has passed and it is
+    ///   neither failed nor cancelled), or running
     ///   under a lease that has expired while attempts are left
     ///   (`expired_lease_is_claimable_again_as_a_new_attempt`,
     ///   `expired_lease_without_attempts_left_is_failed`).
@@ -163,16 +166,82 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   a `delay` above [`MAX_DURATION`](crate::MAX_DURATION) is rejected.
     async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()>;
 
-    /// Removes a job that is not running.
+    /// Cancels a job: one that is not running is removed; a running one is stopped.
     ///
     /// # Contract
-    /// - Scheduled, ready and failed jobs are removed, and so is a job whose lease expired
-    ///   (`cancel_removes_waiting_and_failed_jobs_but_not_running_ones`,
-    ///   `cancel_removes_a_job_whose_lease_expired`).
-    /// - A running job (live lease) gets [`Error::InvalidState`](crate::Error::InvalidState);
-    ///   an unknown id gets [`Error::NotFound`](crate::Error::NotFound)
+    /// - Scheduled, ready, failed and cancelled jobs are removed, and so is a job whose lease
+    ///   expired (`cancel_removes_waiting_and_failed_jobs`, `cancel_removes_a_job_whose_lease_expired`).
+    /// - A running job (live lease) becomes [`JobState::Cancelled`], kept for inspection and
+    ///   pruned as failed jobs are ([`QueueStore::prune`]); its lease can no longer complete,
+    ///   fail, extend or release it: extending it gets
+    ///   [`Error::Cancelled`](crate::Error::Cancelled), so its holder learns at its next
+    ///   heartbeat, or sooner through [`QueueStore::cancel_requested`]
+    ///   (`cancel_stops_a_running_job_and_keeps_it_cancelled`). Its key and its place under
+    ///   the queue's concurrency limit stay taken until its lease runs out, so that nothing
+    ///   runs beside a handler still stopping.
+    /// - An unknown id gets [`Error::NotFound`](crate::Error::NotFound)
     ///   (`unknown_job_ids_are_not_found`).
     async fn cancel(&self, id: JobId) -> Result<()>;
+
+    /// Resolves when the store hears that job `id` may have been cancelled while running: a
+    /// hint, which may come spuriously, for the job's holder to extend its lease at once and
+    /// so learn for sure ([`Error::Cancelled`](crate::Error::Cancelled)). The worker waits on
+    /// it beside each running job's heartbeat.
+    ///
+    /// # Contract
+    /// - Stores that share a process with the canceller, or hear of it through the database,
+    ///   resolve within a second of [`QueueStore::cancel`] (`cancel_stops_a_running_job_and_keeps_it_cancelled`
+    ///   runs a worker that must stop within a second). The default never resolves: holders
+    ///   then learn at their next heartbeat.
+    async fn cancel_requested(&self, id: JobId) {
+        let _ = id;
+        std::future::pending::<()>().await;
+    }
+
+    /// Records what the handler holding `lease` reports of its progress: [`QueueStore::job`]
+    /// returns it while the job runs, and later attempts get it in their claimed job.
+    ///
+    /// # Contract
+    /// - The value replaces the one before; it survives a failed attempt and a release
+    ///   (`progress_is_kept_across_attempts`).
+    /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost), a cancelled job
+    ///   [`Error::Cancelled`](crate::Error::Cancelled); nothing changes.
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()>;
+
+    /// Changes one setting of `queue`: pause and resume it, limit how many of its jobs run at
+    /// once or start per period, or set how long its failed and cancelled jobs are kept.
+    /// Settings are kept in the store and apply to every worker of it at their next claim.
+    ///
+    /// # Contract
+    /// - A paused queue's jobs are not claimed and do not wake waiters; running ones finish;
+    ///   resuming wakes waiters at once (`a_paused_queue_is_not_claimed_until_resumed`).
+    /// - With a concurrency limit of `n`, at most `n` of the queue's jobs run under live leases
+    ///   at once, however many claim at once (`concurrency_limit_caps_running_jobs`,
+    ///   `racing_claimers_never_exceed_the_concurrency_limit`); completing, failing or
+    ///   releasing one, or its lease expiring, makes room, and waiters are woken.
+    /// - With a rate limit of `n` per period, at most `n` of the queue's jobs are claimed in
+    ///   any window of that period (`rate_limit_caps_starts_per_period`).
+    /// - A bad queue name or setting ([`QueueSetting::validate`]) is rejected; nothing changes.
+    async fn configure_queue(&self, queue: &str, setting: QueueSetting) -> Result<()>;
+
+    /// Every queue that holds jobs or has settings, by name, with its settings and its jobs
+    /// counted by state (`queues_lists_settings_and_counts`).
+    async fn queues(&self) -> Result<Vec<QueueInfo>>;
+
+    /// Removes what the store no longer needs to keep, a batch at a time (call it again while
+    /// it removes anything): failed and cancelled jobs older than their queue's retention
+    /// (default the store's, [`DEFAULT_RETENTION`](crate::DEFAULT_RETENTION) unless set),
+    /// records of keys that no job has and that hold no saved state, and history records past
+    /// their `keep_until` (as [`QueueStore::cleanup_history`]). The worker calls it
+    /// periodically ([`Worker::prune_every`](crate::Worker::prune_every)).
+    ///
+    /// # Contract
+    /// - Failed and cancelled jobs go once their retention has passed, not before
+    ///   (`prune_removes_ended_jobs_after_their_retention`).
+    /// - A key's record goes once no job has the key and it holds no state; a job put with the
+    ///   key at the same time keeps it, and its jobs run (`prune_forgets_idle_keys_only`,
+    ///   `racing_puts_and_prunes_lose_no_key`).
+    async fn prune(&self) -> Result<Pruned>;
 
     /// Gives a failed job a fresh start: `attempts = 0`, ready at once, `last_error` kept.
     ///

@@ -386,6 +386,10 @@ pub enum Cancelled {
     /// within it its job is completed; otherwise the job is handed back, its attempt not
     /// counted (an error returned now is no failure of the job).
     Abort,
+    /// The job was cancelled ([`QueueStore::cancel`](crate::QueueStore::cancel)): it stays
+    /// cancelled whatever the handler returns, so it should stop at once; the worker drops it
+    /// after the worker's [`abort_grace`](crate::Worker::abort_grace).
+    Requested,
     /// The attempt ran past its time limit ([`NewJob::timeout`],
     /// [`TaskDefaults::timeout`]): the handler has the worker's
     /// [`abort_grace`](crate::Worker::abort_grace) to return. If it succeeds within it its job
@@ -400,6 +404,7 @@ impl Cancelled {
             Cancelled::LeaseLost => 1,
             Cancelled::Abort => 2,
             Cancelled::Timeout => 3,
+            Cancelled::Requested => 4,
         }
     }
 
@@ -408,6 +413,7 @@ impl Cancelled {
             1 => Some(Cancelled::LeaseLost),
             2 => Some(Cancelled::Abort),
             3 => Some(Cancelled::Timeout),
+            4 => Some(Cancelled::Requested),
             _ => None,
         }
     }
@@ -530,6 +536,32 @@ impl TaskContext {
         }
         self.record().1 = Some(state);
         Ok(())
+    }
+
+    /// Reports the job's progress: saved in the store at once, returned by
+    /// [`QueueStore::job`] while the job runs and kept for later attempts, which find it in
+    /// [`TaskContext::job`]'s `progress` (a handler can resume where an earlier attempt got).
+    /// Fails as [`QueueStore::set_progress`] does: [`Error::LeaseLost`] once the lease is lost,
+    /// [`Error::Cancelled`] once the job was cancelled.
+    ///
+    /// ```
+    /// use pq_api::{Claim, QueueStore, QueueStoreExt, TaskContext};
+    /// use std::sync::Arc;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let store: Arc<dyn QueueStore> = Arc::new(pq_memory::MemoryStore::new());
+    /// let id = store.put("imports", &"rows.csv").await?;
+    /// let claimed = store.claim(&Claim::new(["imports"])).await?.remove(0);
+    /// let (cx, _cancel) = TaskContext::claimed(claimed, store.clone());
+    /// cx.progress(serde_json::json!({"rows": 500})).await?;
+    /// assert_eq!(store.job(id).await?.progress, Some(serde_json::json!({"rows": 500})));
+    /// # Ok::<(), pq_api::Error>(())
+    /// # }).unwrap();
+    /// ```
+    pub async fn progress(&self, progress: Value) -> Result<()> {
+        self.inner
+            .store
+            .set_progress(&self.inner.lease, progress)
+            .await
     }
 
     /// Records `result` in the job's history record when it completes (kept only for jobs put

@@ -20,6 +20,7 @@ use crate::job::{
     validate_lease, Claim, ClaimedJob, Done, Failure, JobState, Lease, MAX_CLAIM_LIMIT,
     MAX_DURATION,
 };
+use crate::queue::Pruned;
 use crate::store::QueueStore;
 use crate::task::{
     CancelHandle, Cancelled, Completion, Registered, Registry, TaskContext, TaskError, Unroutable,
@@ -37,6 +38,12 @@ const RECORD_RETRY_MAX: Duration = Duration::from_secs(1);
 /// How long a handler may take to return once told the worker aborts, by default: see
 /// [`Worker::abort_grace`].
 pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(1);
+
+/// How often a worker prunes its store unless told otherwise ([`Worker::prune_every`]).
+pub const DEFAULT_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How many prunes in a row a worker runs at most while each removes something.
+const PRUNE_ROUNDS: usize = 10;
 
 /// What a worker does with a job whose task it does not know (a job of a newer version of
 /// the application, during a rolling deploy, say).
@@ -106,6 +113,8 @@ pub struct WorkerStatus {
     /// Jobs their handlers snoozed ([`TaskError::snooze`]): put back to run later, the
     /// attempt not counted.
     pub snoozed: u64,
+    /// Jobs cancelled while they ran ([`QueueStore::cancel`]); their outcome was not recorded.
+    pub cancelled: u64,
 }
 
 #[derive(Debug, Default)]
@@ -117,6 +126,7 @@ struct Counters {
     lost: AtomicU64,
     released: AtomicU64,
     snoozed: AtomicU64,
+    cancelled: AtomicU64,
 }
 
 impl Counters {
@@ -175,6 +185,7 @@ impl WorkerHandle {
             lost: get(&c.lost),
             released: get(&c.released),
             snoozed: get(&c.snoozed),
+            cancelled: get(&c.cancelled),
         }
     }
 
@@ -263,6 +274,7 @@ pub struct Worker {
     error_pause: Duration,
     unknown_tasks: UnknownTasks,
     abort_grace: Duration,
+    prune_every: Duration,
     shared: Arc<Shared>,
 }
 
@@ -289,6 +301,7 @@ impl Worker {
             error_pause: Duration::from_secs(1),
             unknown_tasks: UnknownTasks::default(),
             abort_grace: DEFAULT_ABORT_GRACE,
+            prune_every: DEFAULT_PRUNE_EVERY,
             shared: Arc::new(Shared {
                 stop: watch::channel(None).0,
                 stopped: watch::channel(false).0,
@@ -341,6 +354,16 @@ impl Worker {
     /// telling it, so a handler that returns on cancellation has its say.
     pub fn abort_grace(mut self, grace: Duration) -> Self {
         self.abort_grace = grace;
+        self
+    }
+
+    /// How often the worker prunes the store ([`QueueStore::prune`]): failed and cancelled
+    /// jobs past their retention, idle key records, expired history. Default
+    /// [`DEFAULT_PRUNE_EVERY`]; the first prune comes at a random point within the first
+    /// period, so workers started together spread theirs. Zero never prunes (prune from
+    /// elsewhere then, or the tables grow).
+    pub fn prune_every(mut self, every: Duration) -> Self {
+        self.prune_every = every;
         self
     }
 
@@ -404,7 +427,12 @@ impl Worker {
         let queues = self.registry.queues();
         let handle = self.handle();
         let span = tracing::info_span!("pq.worker", queues = ?queues);
+        let pruner = (!self.prune_every.is_zero())
+            .then(|| tokio::spawn(prune_forever(self.store.clone(), self.prune_every)));
         self.run_loop(queues, heartbeat).instrument(span).await;
+        if let Some(pruner) = pruner {
+            pruner.abort();
+        }
         self.shared.stopped.send_replace(true);
         Ok(handle.status())
     }
@@ -699,6 +727,8 @@ fn len_u32(set: &JoinSet<Outcome>) -> u32 {
 enum Interrupted {
     /// The worker aborts.
     Aborted,
+    /// The job was cancelled (already counted).
+    Cancelled,
     /// The job's lease was lost (already counted).
     LeaseLost,
     /// The handler ran past its time limit and did not return within the grace.
@@ -776,6 +806,7 @@ impl JobRun {
         };
         let retry = (attempt < max_attempts).then_some(entry);
         let result = match result {
+            Err(Interrupted::Cancelled) => return Outcome::Settled,
             // A handler told the worker aborts, or that it ran out of time, that still
             // succeeded has done its work.
             Ok(Ok(Ok(done))) if self.aborting || self.timed_out.is_some() => Ok(Ok(done)),
@@ -844,9 +875,10 @@ impl JobRun {
             self.lease_for,
             &mut self.lease_until,
         );
+        let ended;
         tokio::select! {
             r = fut.as_mut() => return Ok(r),
-            () = beats => {}
+            end = beats => ended = end,
             () = aborted(&mut self.abort) => {
                 cancel.cancel(Cancelled::Abort);
                 self.aborting = true;
@@ -865,6 +897,14 @@ impl JobRun {
                     Err(_) => Err(Interrupted::TimedOut),
                 };
             }
+        }
+        if let BeatEnd::Cancelled = ended {
+            cancel.cancel(Cancelled::Requested);
+            Counters::bump(&self.shared.counts.cancelled, 1);
+            tracing::info!("job cancelled while it ran; the handler is told to stop");
+            // Whatever it returns now, the job stays cancelled: its outcome is dropped.
+            let _ = tokio::time::timeout(self.abort_grace, fut.as_mut()).await;
+            return Err(Interrupted::Cancelled);
         }
         cancel.cancel(Cancelled::LeaseLost);
         tracing::warn!("lease lost while the handler ran; it is told to stop");
@@ -977,8 +1017,38 @@ impl JobRun {
     }
 }
 
+/// How a job's heartbeats ended.
+enum BeatEnd {
+    /// The lease is lost.
+    Lost,
+    /// The job was cancelled.
+    Cancelled,
+}
+
+/// Prunes `store` every `every`, the first time at a random point within the first period.
+async fn prune_forever(store: Arc<dyn QueueStore>, every: Duration) {
+    tokio::time::sleep(every.mul_f64(fastrand::f64())).await;
+    loop {
+        // A full batch may leave more: go on at once, a few rounds at most.
+        for _ in 0..PRUNE_ROUNDS {
+            match store.prune().await {
+                Ok(p) if p == Pruned::default() => break,
+                Ok(p) => {
+                    tracing::debug!(jobs = p.jobs, keys = p.keys, history = p.history, "pruned")
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "prune failed; trying again next period");
+                    break;
+                }
+            }
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 /// Extends `lease` every `every` by `lease_for`, moving `lease_until` on after each success;
-/// resolves once the lease is lost.
+/// resolves once the lease is lost or the job cancelled. A hint that the job may have been
+/// cancelled ([`QueueStore::cancel_requested`]) brings the next heartbeat forward.
 ///
 /// A heartbeat is given up on once it has gone unanswered for `every` (a connection gone
 /// quiet, a server that stopped answering), and one that failed is tried again after a short
@@ -990,11 +1060,15 @@ async fn heartbeats(
     every: Duration,
     lease_for: Duration,
     lease_until: &mut Instant,
-) {
+) -> BeatEnd {
     let mut next = Instant::now() + every;
     let mut pause = RECORD_RETRY_FIRST;
+    let mut hint = store.cancel_requested(lease.job_id);
     loop {
-        tokio::time::sleep_until(next).await;
+        tokio::select! {
+            () = tokio::time::sleep_until(next) => {}
+            () = &mut hint => hint = store.cancel_requested(lease.job_id),
+        }
         let sent = Instant::now();
         match bounded(every, store.extend(&lease, lease_for)).await {
             Ok(_) => {
@@ -1002,7 +1076,8 @@ async fn heartbeats(
                 next = sent + every;
                 pause = RECORD_RETRY_FIRST;
             }
-            Err(Error::LeaseLost(_) | Error::NotFound(_)) => return,
+            Err(Error::Cancelled(_)) => return BeatEnd::Cancelled,
+            Err(Error::LeaseLost(_) | Error::NotFound(_)) => return BeatEnd::Lost,
             Err(e) => {
                 tracing::warn!(error = %e, ?pause, "heartbeat failed; trying again");
                 next = Instant::now() + pause;

@@ -721,6 +721,25 @@ impl QueueStore for Blips {
     async fn cancel(&self, id: JobId) -> pq_api::Result<()> {
         self.inner.cancel(id).await
     }
+    async fn cancel_requested(&self, id: JobId) {
+        self.inner.cancel_requested(id).await
+    }
+    async fn set_progress(&self, lease: &Lease, progress: serde_json::Value) -> pq_api::Result<()> {
+        self.inner.set_progress(lease, progress).await
+    }
+    async fn configure_queue(
+        &self,
+        queue: &str,
+        setting: pq_api::QueueSetting,
+    ) -> pq_api::Result<()> {
+        self.inner.configure_queue(queue, setting).await
+    }
+    async fn queues(&self) -> pq_api::Result<Vec<pq_api::QueueInfo>> {
+        self.inner.queues().await
+    }
+    async fn prune(&self) -> pq_api::Result<pq_api::Pruned> {
+        self.inner.prune().await
+    }
     async fn retry(&self, id: JobId) -> pq_api::Result<()> {
         self.inner.retry(id).await
     }

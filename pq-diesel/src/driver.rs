@@ -76,13 +76,14 @@ type RowSql = (
         Nullable<Text>,
         Nullable<BigInt>,
         Nullable<Text>,
+        Nullable<Text>,
     ),
 );
 
-/// A job row, decoded by position (the statements' column order): a claim decodes its 19
+/// A job row, decoded by position (the statements' column order): a claim decodes its 20
 /// columns of each of its rows, and finding each by its name took about a tenth of the
-/// worker's client time. Its last four columns are `timeout`, `unique_key`, `unique_scope`
-/// and `key_state`.
+/// worker's client time. Its last five columns are `timeout`, `unique_key`, `unique_scope`,
+/// `progress` and `key_state`.
 type Row = (
     (
         i64,
@@ -101,12 +102,18 @@ type Row = (
         bool,
         Option<i64>,
     ),
-    (Option<i64>, Option<String>, Option<i64>, Option<String>),
+    (
+        Option<i64>,
+        Option<String>,
+        Option<i64>,
+        Option<String>,
+        Option<String>,
+    ),
 );
 
 /// The row as the store takes it; a time out of chrono's range fails this row alone.
 fn job_row(r: Row) -> Result<JobRow<'static>> {
-    let (head, (timeout, unique_key, unique_scope, key_state)) = r;
+    let (head, (timeout, unique_key, unique_scope, progress, key_state)) = r;
     let (id, queue, payload, priority, expected_at, run_at, state, attempts, max_attempts) = (
         head.0, head.1, head.2, head.3, head.4, head.5, head.6, head.7, head.8,
     );
@@ -131,6 +138,7 @@ fn job_row(r: Row) -> Result<JobRow<'static>> {
         timeout,
         unique_key,
         unique_scope,
+        progress,
         key_state,
     })
 }

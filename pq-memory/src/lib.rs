@@ -21,7 +21,7 @@
 //! ```
 
 use std::collections::hash_map::Entry as Slot;
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -29,10 +29,11 @@ use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use pq_api::{
     Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob,
-    QueueStats, QueueStore, Result, Unique,
+    Pruned, QueueConfig, QueueInfo, QueueSetting, QueueStats, QueueStore, Result, Unique,
+    DEFAULT_RETENTION,
 };
 use serde_json::Value;
-use tokio::sync::Notify;
+use tokio::sync::{broadcast, Notify};
 use tokio::time::Instant;
 
 /// The claim order: priority descending, `expected_at` ascending (none last), `run_at`
@@ -51,6 +52,8 @@ struct Entry {
     job: Job,
     stored: Stored,
     token: Option<i64>,
+    /// Cancelled while it ran (stored as failed, as the SQL stores keep it).
+    cancelled: bool,
 }
 
 impl Entry {
@@ -68,6 +71,7 @@ impl Entry {
     fn state(&self, now: DateTime<Utc>) -> JobState {
         let j = &self.job;
         match self.stored {
+            Stored::Failed if self.cancelled => JobState::Cancelled,
             Stored::Failed => JobState::Failed,
             Stored::Running if j.run_at > now => JobState::Running,
             _ if j.attempts >= j.max_attempts => JobState::Failed,
@@ -114,7 +118,15 @@ impl Entry {
         job.keep_history = j.keep_history;
         job.timeout = j.timeout;
         job.unique.clone_from(&j.unique);
+        job.progress.clone_from(&j.progress);
         job
+    }
+
+    /// Whether the job ended badly (failed, cancelled, or out of attempts with its last lease
+    /// run out) before `cutoff`.
+    fn ended_before(&self, now: DateTime<Utc>, cutoff: DateTime<Utc>) -> bool {
+        matches!(self.state(now), JobState::Failed | JobState::Cancelled)
+            && self.job.run_at < cutoff
     }
 }
 
@@ -304,6 +316,36 @@ struct Inner {
     /// Per uniqueness key held for a period, the job put last with it and the period's end.
     periods: HashMap<KeyId, (i64, DateTime<Utc>), FastHash>,
     history: HashMap<i64, FinishedJob, FastHash>,
+    /// Per queue with settings, its settings.
+    configs: HashMap<String, QueueConfig, FastHash>,
+    /// Per limited queue, the places taken (the SQL stores' `<table>_slots`).
+    places: HashMap<String, Places, FastHash>,
+    /// The retention of queues without their own; `None`: [`DEFAULT_RETENTION`].
+    retention: Option<Duration>,
+}
+
+/// The places of a limited queue that are taken.
+#[derive(Debug, Default)]
+struct Places {
+    /// Under its concurrency limit: the job, its lease token, until when.
+    running: Vec<(i64, i64, DateTime<Utc>)>,
+    /// Under its rate limit: until when each start counts.
+    started: Vec<DateTime<Utc>>,
+}
+
+impl Places {
+    /// Drops the places whose time has passed.
+    fn expire(&mut self, now: DateTime<Utc>) {
+        self.running.retain(|p| p.2 > now);
+        self.started.retain(|&until| until > now);
+    }
+
+    /// Frees the concurrency place of the job `id` held under `token`.
+    fn free(&mut self, id: i64, token: Option<i64>) -> bool {
+        let before = self.running.len();
+        self.running.retain(|p| !(p.0 == id && Some(p.1) == token));
+        self.running.len() != before
+    }
 }
 
 impl Inner {
@@ -319,7 +361,8 @@ impl Inner {
         }
         self.jobs
             .values()
-            .filter(|e| e.job.queue == queue && e.state(now) != JobState::Failed)
+            .filter(|e| e.job.queue == queue && e.stored != Stored::Failed)
+            .filter(|e| e.state(now) != JobState::Failed)
             .filter(|e| match &e.job.unique {
                 Some((k, Unique::WhileActive)) => k == key,
                 Some((k, Unique::WhilePending)) => k == key && e.token.is_none(),
@@ -327,6 +370,65 @@ impl Inner {
             })
             .map(|e| e.job.id.0)
             .min()
+    }
+
+    /// How many more jobs of `queue` a claim may start now (`None`: no limit), after
+    /// dropping the places whose time has passed.
+    fn room(&mut self, queue: &str, now: DateTime<Utc>) -> Option<usize> {
+        let config = self.configs.get(queue)?;
+        let (conc, rate) = (config.concurrency, config.rate);
+        if conc.is_none() && rate.is_none() {
+            return None;
+        }
+        let places = self.places.entry(queue.to_owned()).or_default();
+        places.expire(now);
+        let left = |limit: u32, taken: usize| {
+            usize::try_from(limit)
+                .unwrap_or(usize::MAX)
+                .saturating_sub(taken)
+        };
+        let c = conc.map(|n| left(n, places.running.len()));
+        let r = rate.map(|r| left(r.jobs, places.started.len()));
+        c.into_iter().chain(r).min()
+    }
+
+    /// When `queue` next has room for a job: `None` if never (paused), the distant past if
+    /// now or unlimited.
+    fn gate(&self, queue: &str, now: DateTime<Utc>) -> Option<DateTime<Utc>> {
+        let Some(config) = self.configs.get(queue) else {
+            return Some(DateTime::<Utc>::MIN_UTC);
+        };
+        if config.paused {
+            return None;
+        }
+        let empty = Places::default();
+        let places = self.places.get(queue).unwrap_or(&empty);
+        // The time the `limit`-th latest place is free: the earliest `until` among those taken
+        // once there are `limit` of them.
+        let free_at = |limit: u32, mut untils: Vec<DateTime<Utc>>| {
+            untils.retain(|&u| u > now);
+            let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+            if untils.len() < limit {
+                return DateTime::<Utc>::MIN_UTC;
+            }
+            untils.sort_unstable();
+            untils[untils.len() - limit]
+        };
+        let mut at = DateTime::<Utc>::MIN_UTC;
+        if let Some(n) = config.concurrency {
+            at = at.max(free_at(n, places.running.iter().map(|p| p.2).collect()));
+        }
+        if let Some(r) = config.rate {
+            at = at.max(free_at(r.jobs, places.started.clone()));
+        }
+        Some(at)
+    }
+
+    /// Frees the concurrency place the job `id` held under `token`; true if one was freed.
+    fn unseat(&mut self, queue: &str, id: i64, token: Option<i64>) -> bool {
+        self.places
+            .get_mut(queue)
+            .is_some_and(|p| p.free(id, token))
     }
 
     fn index(&mut self, entry: &Entry) {
@@ -418,13 +520,17 @@ impl Inner {
         self.jobs
             .get(&lease.job_id.0)
             .filter(|e| e.holds(lease))
-            .ok_or(Error::LeaseLost(lease.job_id))
+            .ok_or_else(|| self.lost(lease))
     }
 
     /// The earliest time a job of `queues` may be claimable: a keyed job not before a live
     /// lease on its key runs out.
     fn next_run(&self, queues: &[String]) -> Option<DateTime<Utc>> {
         let now = Utc::now();
+        let gates: HashMap<&str, DateTime<Utc>> = queues
+            .iter()
+            .filter_map(|q| self.gate(q, now).map(|g| (q.as_str(), g)))
+            .collect();
         let waiting = queues
             .iter()
             .filter_map(|q| self.index.order.get(q))
@@ -439,24 +545,49 @@ impl Inner {
         waiting
             .chain(running)
             .filter(|e| e.job.attempts < e.job.max_attempts)
-            .map(|e| {
+            .filter_map(|e| {
+                let gate = *gates.get(e.job.queue.as_str())?;
                 let held = e
                     .key_id()
                     .and_then(|k| self.keys.get(&k))
                     .and_then(|row| row.running)
                     .filter(|&(_, until)| until > now)
                     .map(|(_, until)| until);
-                held.map_or(e.job.run_at, |until| until.max(e.job.run_at))
+                let at = held.map_or(e.job.run_at, |until| until.max(e.job.run_at));
+                Some(at.max(gate))
             })
             .min()
+    }
+
+    /// The error for a lease that holds nothing: [`Error::Cancelled`] if its job was
+    /// cancelled under it.
+    fn lost(&self, lease: &Lease) -> Error {
+        match self.jobs.get(&lease.job_id.0) {
+            Some(e) if e.cancelled && e.token == Some(lease.token) => {
+                Error::Cancelled(lease.job_id)
+            }
+            _ => Error::LeaseLost(lease.job_id),
+        }
     }
 }
 
 /// The in-memory store. Cloning gives another handle on the same jobs.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct MemoryStore {
     inner: Arc<Mutex<Inner>>,
     wake: Arc<Notify>,
+    /// The ids of running jobs cancelled, for [`QueueStore::cancel_requested`].
+    cancels: broadcast::Sender<i64>,
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        MemoryStore {
+            inner: Arc::default(),
+            wake: Arc::default(),
+            cancels: broadcast::channel(256).0,
+        }
+    }
 }
 
 fn now() -> DateTime<Utc> {
@@ -472,6 +603,15 @@ impl MemoryStore {
     /// An empty store.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// How long [`QueueStore::prune`] keeps failed and cancelled jobs of queues without a
+    /// retention of their own; default [`DEFAULT_RETENTION`]. Rejects a period of zero or
+    /// above [`MAX_DURATION`](pq_api::MAX_DURATION).
+    pub fn set_retention(&self, retention: Duration) -> Result<()> {
+        QueueSetting::Retention(Some(retention)).validate()?;
+        self.lock().retention = Some(retention);
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -535,6 +675,7 @@ impl QueueStore for MemoryStore {
                     job,
                     stored: Stored::Queued,
                     token: None,
+                    cancelled: false,
                 };
                 if let Some((k, cursor)) = key {
                     if cursor {
@@ -557,6 +698,14 @@ impl QueueStore for MemoryStore {
         let limit = usize::try_from(claim.limit).unwrap_or(usize::MAX);
         let mut inner = self.lock();
         let queues = claim.distinct_queues();
+        // What each queue may start: nothing if paused, its room if limited.
+        let rooms: Vec<Option<usize>> = queues
+            .iter()
+            .map(|q| match inner.configs.get(q) {
+                Some(c) if c.paused => Some(0),
+                _ => inner.room(q, now),
+            })
+            .collect();
         // Sized for one queue's worth up front: grown from empty, its reallocations were
         // ~8% of the in-memory worker's time in a profile.
         let mut picked: Vec<(OrderKey, usize)> = Vec::with_capacity(limit);
@@ -578,6 +727,9 @@ impl QueueStore for MemoryStore {
                 let Some(qi) = queues.iter().position(|q| *q == e.job.queue) else {
                     continue;
                 };
+                if rooms[qi] == Some(0) {
+                    continue;
+                }
                 if e.claimable(now) && inner.key_allows(e, now) {
                     picked.push((e.key(), qi));
                 }
@@ -588,6 +740,7 @@ impl QueueStore for MemoryStore {
             let Some(set) = inner.index.order.get(q) else {
                 continue;
             };
+            let take = rooms[qi].map_or(limit, |room| room.min(limit));
             picked.extend(
                 set.iter()
                     .filter(|k| {
@@ -596,11 +749,22 @@ impl QueueStore for MemoryStore {
                             .get(&k.3)
                             .is_some_and(|e| e.claimable(now) && inner.key_allows(e, now))
                     })
-                    .take(limit)
+                    .take(take)
                     .map(|&k| (k, qi)),
             );
         }
         picked.sort_unstable();
+        if rooms.iter().any(Option::is_some) {
+            let mut left = rooms.clone();
+            picked.retain(|&(_, qi)| match &mut left[qi] {
+                Some(0) => false,
+                Some(n) => {
+                    *n -= 1;
+                    true
+                }
+                None => true,
+            });
+        }
         picked.truncate(limit);
         let token = Lease::new_token();
         let expires = after(now, claim.lease);
@@ -621,6 +785,14 @@ impl QueueStore for MemoryStore {
             let Some((mut claimed, key)) = claimed else {
                 continue;
             };
+            if rooms[qi].is_some() {
+                let rate = inner.configs.get(&queues[qi]).and_then(|c| c.rate);
+                let places = inner.places.entry(queues[qi].clone()).or_default();
+                places.running.push((id, token, expires));
+                if let Some(rate) = rate {
+                    places.started.push(after(now, rate.per));
+                }
+            }
             if let Some(k) = key {
                 if inner.pending.get(&k) == Some(&id) {
                     inner.pending.remove(&k);
@@ -648,6 +820,7 @@ impl QueueStore for MemoryStore {
                     continue;
                 };
                 freed |= inner.free_key(entry.key_id(), entry.job.id.0, d.key_state.clone());
+                freed |= inner.unseat(&entry.job.queue, entry.job.id.0, entry.token);
                 if let Some(keep) = entry.job.keep_history {
                     let record =
                         FinishedJob::new(entry.job, d.result.clone(), now, after(now, keep));
@@ -667,8 +840,10 @@ impl QueueStore for MemoryStore {
         let now = now();
         let state = {
             let mut inner = self.lock();
-            let key = inner.held(lease)?.key_id();
+            let held = inner.held(lease)?;
+            let (key, queue) = (held.key_id(), held.job.queue.clone());
             inner.free_key(key, lease.job_id.0, None);
+            inner.unseat(&queue, lease.job_id.0, Some(lease.token));
             inner.update(lease.job_id.0, |e| {
                 e.job.last_error = Some(failure.error);
                 if !failure.give_up && e.job.attempts < e.job.max_attempts {
@@ -691,7 +866,15 @@ impl QueueStore for MemoryStore {
         pq_api::validate::validate_lease(lease_for)?;
         let expires = after(now(), lease_for);
         let mut inner = self.lock();
-        let key = inner.held(lease)?.key_id();
+        let held = inner.held(lease)?;
+        let (key, queue) = (held.key_id(), held.job.queue.clone());
+        if let Some(places) = inner.places.get_mut(&queue) {
+            for p in &mut places.running {
+                if p.0 == lease.job_id.0 && p.1 == lease.token {
+                    p.2 = expires;
+                }
+            }
+        }
         if let Some(row) = key.and_then(|k| inner.keys.get_mut(&k)) {
             if let Some((holder, until)) = row.running.as_mut() {
                 if *holder == lease.job_id.0 {
@@ -715,8 +898,10 @@ impl QueueStore for MemoryStore {
         let at = (now + TimeDelta::from_std(delay).unwrap_or(TimeDelta::MAX)).trunc_subsecs(6);
         {
             let mut inner = self.lock();
-            let key = inner.held(lease)?.key_id();
+            let held = inner.held(lease)?;
+            let (key, queue) = (held.key_id(), held.job.queue.clone());
             inner.free_key(key, lease.job_id.0, None);
+            inner.unseat(&queue, lease.job_id.0, Some(lease.token));
             inner.update(lease.job_id.0, |e| {
                 e.stored = Stored::Queued;
                 e.job.attempts = e.job.attempts.saturating_sub(1);
@@ -731,11 +916,127 @@ impl QueueStore for MemoryStore {
         let now = now();
         let mut inner = self.lock();
         let state = inner.jobs.get(&id.0).ok_or(Error::NotFound(id))?.state(now);
-        if state == JobState::Running {
-            return Err(Error::InvalidState { id, state });
+        if state != JobState::Running {
+            inner.remove(id.0);
+            return Ok(());
         }
-        inner.remove(id.0);
+        // Its key and its place stay taken until its lease runs out, as in the SQL stores.
+        inner.update(id.0, |e| {
+            e.stored = Stored::Failed;
+            e.cancelled = true;
+            e.job.run_at = now;
+        });
+        drop(inner);
+        let _ = self.cancels.send(id.0);
         Ok(())
+    }
+
+    async fn cancel_requested(&self, id: JobId) {
+        let mut rx = self.cancels.subscribe();
+        loop {
+            match rx.recv().await {
+                Ok(heard) if heard != id.0 => continue,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                _ => return,
+            }
+        }
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        let mut inner = self.lock();
+        inner.held(lease)?;
+        inner.update(lease.job_id.0, |e| e.job.progress = Some(progress));
+        Ok(())
+    }
+
+    async fn configure_queue(&self, queue: &str, setting: QueueSetting) -> Result<()> {
+        pq_api::validate::validate_setting(queue, &setting)?;
+        {
+            let mut inner = self.lock();
+            let config = inner.configs.get(queue).copied().unwrap_or_default();
+            let config = config.with(setting);
+            if config.is_default() {
+                inner.configs.remove(queue);
+            } else {
+                inner.configs.insert(queue.to_owned(), config);
+            }
+        }
+        self.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>> {
+        let now = now();
+        let inner = self.lock();
+        let mut out: BTreeMap<String, QueueInfo> = inner
+            .configs
+            .iter()
+            .map(|(q, c)| {
+                (
+                    q.clone(),
+                    QueueInfo::new(q.clone(), *c, QueueStats::default()),
+                )
+            })
+            .collect();
+        for e in inner.jobs.values() {
+            let info = out.entry(e.job.queue.clone()).or_insert_with(|| {
+                QueueInfo::new(
+                    e.job.queue.clone(),
+                    QueueConfig::default(),
+                    QueueStats::default(),
+                )
+            });
+            info.stats.add(e.state(now), 1);
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn prune(&self) -> Result<Pruned> {
+        let now = now();
+        let mut inner = self.lock();
+        let default = inner.retention.unwrap_or(DEFAULT_RETENTION);
+        let ended: Vec<i64> = inner
+            .jobs
+            .values()
+            .filter(|e| {
+                let keep = inner
+                    .configs
+                    .get(&e.job.queue)
+                    .and_then(|c| c.retention)
+                    .unwrap_or(default);
+                let cutoff = TimeDelta::from_std(keep)
+                    .ok()
+                    .and_then(|d| now.checked_sub_signed(d))
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                e.ended_before(now, cutoff)
+            })
+            .map(|e| e.job.id.0)
+            .collect();
+        for id in &ended {
+            inner.remove(*id);
+        }
+        let idle: Vec<KeyId> = inner
+            .keys
+            .iter()
+            .filter(|(k, row)| {
+                row.state.is_none()
+                    && row.running.is_none_or(|(_, until)| until <= now)
+                    && !inner.index.by_key.contains_key(*k)
+            })
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in &idle {
+            inner.keys.remove(k);
+        }
+        let history = inner.history.len();
+        inner.history.retain(|_, f| f.keep_until > now);
+        inner.periods.retain(|_, &mut (_, until)| until > now);
+        let n = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
+        Ok(Pruned::new(
+            n(ended.len()),
+            n(idle.len()),
+            n(history - inner.history.len()),
+        ))
     }
 
     async fn retry(&self, id: JobId) -> Result<()> {
@@ -788,6 +1089,9 @@ impl QueueStore for MemoryStore {
             if let Some(entry) = inner.remove(*id) {
                 inner.free_key(entry.key_id(), *id, None);
             }
+        }
+        if let Some(places) = inner.places.get_mut(queue) {
+            places.running.clear();
         }
         Ok(u64::try_from(ids.len()).unwrap_or(u64::MAX))
     }

@@ -102,7 +102,8 @@ fn job_row(row: &PgRow) -> Result<JobRow<'_>> {
         timeout: row.try_get(15).map_err(get)?,
         unique_key: row.try_get(16).map_err(get)?,
         unique_scope: row.try_get(17).map_err(get)?,
-        key_state: row.try_get(18).map_err(get)?,
+        progress: row.try_get(18).map_err(get)?,
+        key_state: row.try_get(19).map_err(get)?,
     })
 }
 

@@ -20,6 +20,10 @@ use crate::error::Result;
 /// How often `wait` looks at the table while the listener connection is down.
 pub const FALLBACK_POLL: Duration = Duration::from_secs(5);
 
+/// What starts the payload of a notification that a running job was cancelled (its id
+/// follows): a control character, which no queue name holds.
+pub const CANCEL_MARK: char = '\u{1}';
+
 /// How long a first `wait` gives the listener to connect before it relies on polling.
 const CONNECT_GRACE: Duration = Duration::from_secs(5);
 
@@ -33,6 +37,9 @@ enum Wake {
 #[derive(Debug)]
 pub struct Wakeups {
     tx: broadcast::Sender<Wake>,
+    /// Cancellations of running jobs heard: `Some(id)`, or `None` when some may have been
+    /// missed (every holder should look).
+    cancels: broadcast::Sender<Option<i64>>,
     connected: watch::Sender<bool>,
     started: AtomicBool,
 }
@@ -41,6 +48,7 @@ impl Default for Wakeups {
     fn default() -> Self {
         Wakeups {
             tx: broadcast::channel(1024).0,
+            cancels: broadcast::channel(256).0,
             connected: watch::channel(false).0,
             started: AtomicBool::new(false),
         }
@@ -53,14 +61,37 @@ impl Wakeups {
         !self.started.swap(true, Ordering::AcqRel)
     }
 
-    /// A notification arrived for `queue`.
-    pub fn notify(&self, queue: &str) {
-        let _ = self.tx.send(Wake::Queue(Arc::from(queue)));
+    /// A notification arrived: a queue's name, or [`CANCEL_MARK`] and the id of a running job
+    /// that was cancelled.
+    pub fn notify(&self, payload: &str) {
+        match payload.strip_prefix(CANCEL_MARK) {
+            Some(id) => {
+                let _ = self.cancels.send(id.parse().ok());
+            }
+            None => {
+                let _ = self.tx.send(Wake::Queue(Arc::from(payload)));
+            }
+        }
     }
 
-    /// Wake every waiter: notifications may have been missed (listener reconnected).
+    /// Wake every waiter, and every holder of a running job: notifications may have been
+    /// missed (listener reconnected).
     pub fn notify_all(&self) {
         let _ = self.tx.send(Wake::All);
+        let _ = self.cancels.send(None);
+    }
+
+    /// Resolves when a cancellation of job `id` may have been heard (see
+    /// [`QueueStore::cancel_requested`](crate::QueueStore::cancel_requested)).
+    pub async fn cancelled(&self, id: i64) {
+        let mut rx = self.cancels.subscribe();
+        loop {
+            match rx.recv().await {
+                Ok(Some(heard)) if heard != id => continue,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
     }
 
     /// The listener is (or is no longer) listening. On a reconnection the listener should

@@ -38,6 +38,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let unique_idx = quote(&name("unique_key"));
     let unique_fn = table.object(&name("unique_holders"));
     let unique_lock = table.unique_lock().to_string();
+    let ended_idx = quote(&name("ended"));
+    let queues_table = table.object(&name("queues"));
+    let slots = table.object(&name("slots"));
+    let slot_notify_fn = table.object(&name("slot_freed"));
+    let sweep_keys_fn = table.object(&name("sweep_keys"));
     let vars = [
         ("jobs", jobs.as_str()),
         ("keys", keys.as_str()),
@@ -59,6 +64,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ("unique_idx", unique_idx.as_str()),
         ("unique_fn", unique_fn.as_str()),
         ("unique_lock", unique_lock.as_str()),
+        ("ended_idx", ended_idx.as_str()),
+        ("queues_table", queues_table.as_str()),
+        ("slots", slots.as_str()),
+        ("slot_notify_fn", slot_notify_fn.as_str()),
+        ("sweep_keys_fn", sweep_keys_fn.as_str()),
     ];
     let step = |version, description, file| Migration {
         version,
@@ -85,6 +95,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             4,
             "per-job time limits, unique jobs",
             include_str!("sql/migration_4.sql"),
+        ),
+        step(
+            5,
+            "cancelled jobs, progress, queue settings and limits, pruning",
+            include_str!("sql/migration_5.sql"),
         ),
     ]
 }

@@ -39,6 +39,7 @@ pub struct JobRow<'r> {
     pub timeout: Option<i64>,
     pub unique_key: Option<String>,
     pub unique_scope: Option<i64>,
+    pub progress: Option<String>,
     pub key_state: Option<String>,
 }
 
@@ -48,7 +49,12 @@ impl JobRow<'_> {
         let state = parse_state(&self.state)?;
         let payload: Value = serde_json::from_str(&self.payload)?;
         let (serial_key, cursor_key) = split_key(self.key, self.cursor);
+        let progress = match self.progress {
+            Some(text) => Some(serde_json::from_str(&text)?),
+            None => None,
+        };
         Ok(Job {
+            progress,
             serial_key,
             cursor_key,
             keep_history: duration(self.keep_for),

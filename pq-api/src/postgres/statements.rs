@@ -28,6 +28,14 @@ mod files {
     pub(super) const ON_CONFLICT_CURSOR: &str = include_str!("sql/on_conflict_cursor.sql");
     pub(super) const INSERT_UNIQUE: &str = include_str!("sql/insert_unique.sql");
     pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
+    pub(super) const CLAIM_CANDIDATES: &str = include_str!("sql/claim_candidates.sql");
+    pub(super) const LEASE_CANCELLED: &str = include_str!("sql/lease_cancelled.sql");
+    pub(super) const PROGRESS: &str = include_str!("sql/progress.sql");
+    pub(super) const CONFIGURE_QUEUE: &str = include_str!("sql/configure_queue.sql");
+    pub(super) const QUEUE_CONFIGS: &str = include_str!("sql/queue_configs.sql");
+    pub(super) const QUEUE_COUNTS: &str = include_str!("sql/queue_counts.sql");
+    pub(super) const PRUNE_JOBS: &str = include_str!("sql/prune_jobs.sql");
+    pub(super) const PRUNE_KEYS: &str = include_str!("sql/prune_keys.sql");
     pub(super) const COMPLETE: &str = include_str!("sql/complete.sql");
     pub(super) const FAIL: &str = include_str!("sql/fail.sql");
     pub(super) const EXTEND: &str = include_str!("sql/extend.sql");
@@ -122,8 +130,27 @@ pub struct Statements {
     /// `$1 int8` id, `$2 int8` token, `$3 int8` delay µs → `id`: hands the job back, its
     /// attempt not counted, claimable after the delay (0 for a release).
     pub release: Arc<str>,
-    /// `$1 int8` id → `state` (row absent: unknown id); removes the job unless running.
+    /// `$1 int8` id → `state` (row absent: unknown id); removes the job unless running, else
+    /// marks it cancelled and notifies its holder.
     pub cancel: Arc<str>,
+    /// `$1 int8` id, `$2 int8` token → `cancelled bool` (row absent: the job is gone).
+    pub lease_cancelled: Arc<str>,
+    /// `$1 int8` id, `$2 int8` token, `$3 text` progress (JSON) → `id`.
+    pub progress: Arc<str>,
+    /// `$1 text` queue, `$2 int4` which setting (1 paused, 2 concurrency, 3 rate,
+    /// 4 retention), `$3 bool` paused, `$4 int8` limit or retention µs (0: none), `$5 int8`
+    /// rate period µs → `n int8`.
+    pub configure_queue: Arc<str>,
+    /// → `row text` per queue with settings: a JSON array `[queue, paused, concurrency, rate,
+    /// rate_per µs, retention µs]` (0: none).
+    pub queue_configs: Arc<str>,
+    /// → `row text` per queue and state present: a JSON array `[queue, state, n]`.
+    pub queue_counts: Arc<str>,
+    /// `$1 int8` the store's retention µs, `$2 int8` at most so many → `n int8`, the failed
+    /// and cancelled jobs removed.
+    pub prune_jobs: Arc<str>,
+    /// `$1 int4` at most so many → `n int8`, the idle key records removed.
+    pub prune_keys: Arc<str>,
     /// `$1 int8` id → `state` (row absent: unknown id); restarts the job if failed.
     pub retry: Arc<str>,
     /// `$1 int8` id → a job row.
@@ -299,6 +326,13 @@ impl Statements {
             ("extend", &self.extend),
             ("release", &self.release),
             ("cancel", &self.cancel),
+            ("lease cancelled", &self.lease_cancelled),
+            ("progress", &self.progress),
+            ("configure queue", &self.configure_queue),
+            ("queue configs", &self.queue_configs),
+            ("queue counts", &self.queue_counts),
+            ("prune jobs", &self.prune_jobs),
+            ("prune keys", &self.prune_keys),
             ("retry", &self.retry),
             ("job", &self.job),
             ("stats", &self.stats),
@@ -324,7 +358,11 @@ impl Statements {
         let history = table.object(&format!("{}_history", table.table()));
         let unique = table.object(&format!("{}_unique", table.table()));
         let unique_fn = table.object(&format!("{}_unique_holders", table.table()));
-        let channel = format!("\"{}\"", table.channel());
+        let queues_table = table.object(&format!("{}_queues", table.table()));
+        let slots = table.object(&format!("{}_slots", table.table()));
+        let sweep_keys_fn = table.object(&format!("{}_sweep_keys", table.table()));
+        let channel_name = table.channel();
+        let channel = format!("\"{channel_name}\"");
         let state = statement(STATE, &[]);
         let job_columns = statement(JOB_COLUMNS, &[("state", &state)]);
         let claim_columns = statement(JOB_COLUMNS, &[("state", "'running'")]);
@@ -336,13 +374,20 @@ impl Statements {
             ("history", history.as_str()),
             ("unique", unique.as_str()),
             ("unique_fn", unique_fn.as_str()),
+            ("queues_table", queues_table.as_str()),
+            ("slots", slots.as_str()),
+            ("sweep_keys_fn", sweep_keys_fn.as_str()),
             ("channel", channel.as_str()),
+            ("channel_name", channel_name.as_str()),
             ("state", state.as_str()),
             ("job_columns", job_columns.as_str()),
             ("claim_columns", claim_columns.as_str()),
             ("finished_columns", finished_columns.as_str()),
         ];
         let s = |file: &str| -> Arc<str> { Arc::from(statement(file, &vars)) };
+        let candidates = statement(CLAIM_CANDIDATES, &vars);
+        let mut claim_vars = vars.to_vec();
+        claim_vars.push(("candidates", candidates.as_str()));
         let unique_parts: Vec<(&str, String)> = ["held", "unique_filter", "periods", "refused"]
             .into_iter()
             .map(|name| {
@@ -363,13 +408,20 @@ impl Statements {
             insert_cursor: insert(&on_conflict, false),
             insert_unique: insert("", true),
             insert_cursor_unique: insert(&on_conflict, true),
-            claim: s(CLAIM),
+            claim: Arc::from(statement(CLAIM, &claim_vars)),
             claims: Arc::default(),
             complete: s(COMPLETE),
             fail: s(FAIL),
             extend: s(EXTEND),
             release: s(RELEASE),
             cancel: s(CANCEL),
+            lease_cancelled: s(LEASE_CANCELLED),
+            progress: s(PROGRESS),
+            configure_queue: s(CONFIGURE_QUEUE),
+            queue_configs: s(QUEUE_CONFIGS),
+            queue_counts: s(QUEUE_COUNTS),
+            prune_jobs: s(PRUNE_JOBS),
+            prune_keys: s(PRUNE_KEYS),
             retry: s(RETRY),
             job: s(JOB),
             stats: s(STATS),

@@ -9,6 +9,7 @@
 //! driver, with the methods that take their library's connection types.
 
 use std::fmt;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,9 +34,13 @@ use crate::job::{
     micros, Claim, ClaimedJob, Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob,
     QueueStats,
 };
+use crate::queue::{Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, DEFAULT_RETENTION};
 use crate::store::QueueStore;
 use crate::task::{decode_args, Completion, JobHandler, Task, TaskContext, TaskError};
-use crate::validate::{validate_delay, validate_lease};
+use crate::validate::{validate_delay, validate_lease, validate_setting};
+
+/// How many jobs, and key records, one [`QueueStore::prune`] removes at most.
+const PRUNE_BATCH: i32 = 1000;
 
 /// How a claim's statement commits: [`Statements::claim`] for the store's own claims,
 /// [`Statements::claim_in_transaction`] for claims on a caller's connection.
@@ -79,6 +84,8 @@ struct Inner<D: Driver> {
     upkeep: Upkeep,
     /// Dropping this stops the listener task.
     stop_listener: Mutex<Option<oneshot::Sender<()>>>,
+    /// How long failed and cancelled jobs of queues without their own retention are kept, µs.
+    retention: AtomicI64,
 }
 
 impl<D: Driver> PgStore<D> {
@@ -94,6 +101,7 @@ impl<D: Driver> PgStore<D> {
                 table,
                 wakeups: Arc::new(Wakeups::default()),
                 stop_listener: Mutex::new(None),
+                retention: AtomicI64::new(micros(DEFAULT_RETENTION)),
             }),
         }
     }
@@ -118,6 +126,18 @@ impl<D: Driver> PgStore<D> {
     /// lag far behind it: see [`Analyzing`](super::Analyzing).
     pub fn analyze_when_stale(&self, on: bool) {
         self.inner.upkeep.analyzing.set_on(on);
+    }
+
+    /// How long [`QueueStore::prune`] keeps failed and cancelled jobs of queues without a
+    /// retention of their own ([`QueueSetting::Retention`]); default
+    /// [`DEFAULT_RETENTION`]. Rejects a period of zero or above
+    /// [`MAX_DURATION`](crate::MAX_DURATION).
+    pub fn set_retention(&self, retention: std::time::Duration) -> Result<()> {
+        QueueSetting::Retention(Some(retention)).validate()?;
+        self.inner
+            .retention
+            .store(micros(retention), Ordering::Relaxed);
+        Ok(())
     }
 
     /// Applies the missing schema migrations, in one transaction under an advisory lock, so
@@ -233,8 +253,35 @@ impl<D: Driver> PgStore<D> {
             Param::Bool(!failure.give_up),
         ];
         let cells = D::column(conn, &self.inner.sql.fail, &params, Kind::Text).await?;
-        let state = scalars::<String>(cells)?.into_iter().next();
-        parse_state(&state.ok_or(Error::LeaseLost(lease.job_id))?)
+        match scalars::<String>(cells)?.into_iter().next() {
+            Some(state) => parse_state(&state),
+            None => Err(Error::LeaseLost(lease.job_id)),
+        }
+    }
+
+    /// After a lease operation found nothing to change: [`Error::Cancelled`] if the job was
+    /// cancelled under `lease`, else [`Error::LeaseLost`].
+    async fn lost(&self, lease: &Lease) -> Error {
+        let params = [Param::Int8(lease.job_id.0), Param::Int8(lease.token)];
+        match self
+            .column::<bool>(&self.inner.sql.lease_cancelled, &params)
+            .await
+        {
+            Ok(c) if c.first() == Some(&true) => Error::Cancelled(lease.job_id),
+            Ok(_) => Error::LeaseLost(lease.job_id),
+            Err(e) => e,
+        }
+    }
+
+    /// Rows of JSON arrays, one column of text, each decoded as `T`.
+    async fn json_rows<T: serde::de::DeserializeOwned>(&self, sql: &Arc<str>) -> Result<Vec<T>> {
+        let rows: Vec<String> = self.column(sql, &[]).await?;
+        rows.iter()
+            .map(|r| {
+                serde_json::from_str(r)
+                    .map_err(|e| Error::BadValue(format!("a row of the queue tables: {e}")))
+            })
+            .collect()
     }
 
     /// A connection for a statement of `lane`: one the store kept, else one from the pool.
@@ -399,9 +446,12 @@ impl<D: Driver> QueueStore for PgStore<D> {
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState> {
         failure.validate()?;
         let mut c = self.conn(Lane::Rest).await?;
-        let state = self.fail_on(&mut c, lease, failure).await?;
+        let state = self.fail_on(&mut c, lease, failure).await;
         self.keep(c);
-        Ok(state)
+        match state {
+            Err(Error::LeaseLost(_)) => Err(self.lost(lease).await),
+            other => other,
+        }
     }
 
     async fn extend(&self, lease: &Lease, lease_for: Duration) -> Result<DateTime<Utc>> {
@@ -412,7 +462,10 @@ impl<D: Driver> QueueStore for PgStore<D> {
             Param::Int8(micros(lease_for)),
         ];
         let until = self.column(&self.inner.sql.extend, &params).await?;
-        one(until, Error::LeaseLost(lease.job_id))
+        match until.into_iter().next() {
+            Some(until) => Ok(until),
+            None => Err(self.lost(lease).await),
+        }
     }
 
     async fn release(&self, lease: &Lease) -> Result<()> {
@@ -427,20 +480,118 @@ impl<D: Driver> QueueStore for PgStore<D> {
             Param::Int8(micros(delay)),
         ];
         let ids: Vec<i64> = self.column(&self.inner.sql.release, &params).await?;
-        one(ids, Error::LeaseLost(lease.job_id)).map(drop)
+        if ids.is_empty() {
+            return Err(self.lost(lease).await);
+        }
+        Ok(())
     }
 
     async fn cancel(&self, id: JobId) -> Result<()> {
         let state: Vec<String> = self
             .column(&self.inner.sql.cancel, &[Param::Int8(id.0)])
             .await?;
-        match parse_state(&one(state, Error::NotFound(id))?)? {
-            JobState::Running => Err(Error::InvalidState {
-                id,
-                state: JobState::Running,
-            }),
-            _ => Ok(()),
+        parse_state(&one(state, Error::NotFound(id))?).map(drop)
+    }
+
+    async fn cancel_requested(&self, id: JobId) {
+        self.ensure_listener();
+        self.inner.wakeups.cancelled(id.0).await;
+    }
+
+    async fn set_progress(&self, lease: &Lease, progress: serde_json::Value) -> Result<()> {
+        let text = serde_json::to_string(&progress)?;
+        let params = [
+            Param::Int8(lease.job_id.0),
+            Param::Int8(lease.token),
+            Param::Text(&text),
+        ];
+        let ids: Vec<i64> = self.column(&self.inner.sql.progress, &params).await?;
+        if ids.is_empty() {
+            return Err(self.lost(lease).await);
         }
+        Ok(())
+    }
+
+    async fn configure_queue(&self, queue: &str, setting: QueueSetting) -> Result<()> {
+        validate_setting(queue, &setting)?;
+        let (which, paused, n, per) = match setting {
+            QueueSetting::Paused(p) => (1, p, 0, 0),
+            QueueSetting::Concurrency(n) => (2, false, n.map_or(0, i64::from), 0),
+            QueueSetting::Rate(r) => (
+                3,
+                false,
+                r.map_or(0, |r| i64::from(r.jobs)),
+                r.map_or(0, |r| micros(r.per)),
+            ),
+            QueueSetting::Retention(d) => (4, false, d.map_or(0, micros), 0),
+            // A setting this version does not know of: refused rather than ignored.
+            #[allow(unreachable_patterns)]
+            _ => {
+                return Err(Error::invalid(
+                    "queue setting",
+                    "not supported by this store",
+                ))
+            }
+        };
+        let params = [
+            Param::Text(queue),
+            Param::Int4(which),
+            Param::Bool(paused),
+            Param::Int8(n),
+            Param::Int8(per),
+        ];
+        let _: Vec<i64> = self
+            .column(&self.inner.sql.configure_queue, &params)
+            .await?;
+        Ok(())
+    }
+
+    async fn queues(&self) -> Result<Vec<QueueInfo>> {
+        type ConfigRow = (String, bool, i64, i64, i64, i64);
+        let configs: Vec<ConfigRow> = self.json_rows(&self.inner.sql.queue_configs).await?;
+        let counts: Vec<(String, String, i64)> =
+            self.json_rows(&self.inner.sql.queue_counts).await?;
+        let mut out: std::collections::BTreeMap<String, QueueInfo> = Default::default();
+        let count = |n: i64| u32::try_from(n).ok().filter(|&n| n > 0);
+        let span = |us: i64| {
+            u64::try_from(us)
+                .ok()
+                .filter(|&us| us > 0)
+                .map(std::time::Duration::from_micros)
+        };
+        for (queue, paused, concurrency, rate, per, retention) in configs {
+            let mut config = QueueConfig::default()
+                .with(QueueSetting::Paused(paused))
+                .with(QueueSetting::Concurrency(count(concurrency)))
+                .with(QueueSetting::Retention(span(retention)));
+            if let (Some(jobs), Some(per)) = (count(rate), span(per)) {
+                config = config.with(QueueSetting::Rate(Some(Rate::new(jobs, per))));
+            }
+            if !config.is_default() {
+                out.insert(
+                    queue.clone(),
+                    QueueInfo::new(queue, config, QueueStats::default()),
+                );
+            }
+        }
+        for (queue, state, n) in counts {
+            let info = out.entry(queue.clone()).or_insert_with(|| {
+                QueueInfo::new(queue, QueueConfig::default(), QueueStats::default())
+            });
+            info.stats
+                .add(parse_state(&state)?, u64::try_from(n).unwrap_or(0));
+        }
+        Ok(out.into_values().collect())
+    }
+
+    async fn prune(&self) -> Result<Pruned> {
+        let retention = self.inner.retention.load(Ordering::Relaxed);
+        let params = [Param::Int8(retention), Param::Int8(PRUNE_BATCH.into())];
+        let jobs = count(self.column(&self.inner.sql.prune_jobs, &params).await?);
+        let params = [Param::Int4(PRUNE_BATCH)];
+        let keys = count(self.column(&self.inner.sql.prune_keys, &params).await?);
+        let history = self.cleanup_history().await?;
+        Ok(Pruned::new(jobs, keys, history))
     }
 
     async fn retry(&self, id: JobId) -> Result<()> {
@@ -665,6 +816,29 @@ macro_rules! __forward_queue_store {
             }
             async fn cancel(&self, id: $crate::JobId) -> $crate::Result<()> {
                 $crate::QueueStore::cancel(&self.$field, id).await
+            }
+            async fn cancel_requested(&self, id: $crate::JobId) {
+                $crate::QueueStore::cancel_requested(&self.$field, id).await
+            }
+            async fn set_progress(
+                &self,
+                lease: &$crate::Lease,
+                progress: $crate::__serde_json::Value,
+            ) -> $crate::Result<()> {
+                $crate::QueueStore::set_progress(&self.$field, lease, progress).await
+            }
+            async fn configure_queue(
+                &self,
+                queue: &str,
+                setting: $crate::QueueSetting,
+            ) -> $crate::Result<()> {
+                $crate::QueueStore::configure_queue(&self.$field, queue, setting).await
+            }
+            async fn queues(&self) -> $crate::Result<Vec<$crate::QueueInfo>> {
+                $crate::QueueStore::queues(&self.$field).await
+            }
+            async fn prune(&self) -> $crate::Result<$crate::Pruned> {
+                $crate::QueueStore::prune(&self.$field).await
             }
             async fn retry(&self, id: $crate::JobId) -> $crate::Result<()> {
                 $crate::QueueStore::retry(&self.$field, id).await

@@ -3,37 +3,61 @@
 -- key_state text, in claim order. {queues}, {limit} and {commit} are filled in per claim
 -- (Statements::claim says why they are not bound).
 --
+-- `q` drops paused queues and brings each queue's limits (one probe of the small settings
+-- table per queue). A queue without limits takes the first branch of `cand`, the plain
+-- scan; a limited one the second, which keeps no more candidates than `room`, the free
+-- places it could lock in `free` (claim_candidates.sql holds the scan both branches run).
+--
 -- A keyed job is a candidate if no other job holds its key (tested first: it is the cheaper
 -- probe, and rules out every waiting job of a held key) and it heads its key's claimable
 -- jobs; `picked` then locks the key's row, re-checked at its latest version, which makes the
--- check race-free. The head test is a boolean subquery, not `(SELECT id …) = j.id`: the
--- planner guesses an equality with a subquery passes 0.5% of rows, expects to scan the whole
--- index, and above jit_above_cost spends ~100 ms compiling every claim.
-WITH cand AS (
-  SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at
-  FROM (VALUES {queues}) AS q(name)
-  CROSS JOIN LATERAL (
-    SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at
-    FROM {jobs} AS j
-    WHERE j.queue = q.name
-      AND j.state <> 'failed' AND j.run_at <= statement_timestamp()
-      AND j.attempts < j.max_attempts
-      AND (j.key IS NULL OR (
-        NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = j.queue
-                    AND k.key = j.key AND k.running_id <> j.id
-                    AND k.running_until > statement_timestamp())
-        AND (SELECT o.id = j.id FROM {jobs} AS o WHERE o.queue = j.queue AND o.key = j.key
-             AND o.state <> 'failed' AND o.run_at <= statement_timestamp()
-             AND o.attempts < o.max_attempts
-             ORDER BY o.priority DESC, o.expected_at ASC NULLS LAST, o.run_at ASC, o.id ASC
-             LIMIT 1)))
-    ORDER BY j.priority DESC, j.expected_at ASC NULLS LAST, j.run_at ASC, j.id ASC
-    LIMIT {limit} FOR UPDATE OF j SKIP LOCKED
+-- check race-free, as `free` does for places. The head test is a boolean subquery, not
+-- `(SELECT id …) = j.id`: the planner guesses an equality with a subquery passes 0.5% of
+-- rows, expects to scan the whole index, and above jit_above_cost spends ~100 ms compiling
+-- every claim.
+WITH q AS (
+  SELECT v.name, s.concurrency, s.rate, s.rate_per
+  FROM (VALUES {queues}) AS v(name)
+  LEFT JOIN {queues_table} AS s ON s.queue = v.name
+  WHERE s.paused IS NOT TRUE
+), free AS (
+  SELECT f.queue, f.kind, f.slot,
+         row_number() OVER (PARTITION BY f.queue, f.kind ORDER BY f.slot) AS n
+  FROM (
+    SELECT l.queue, l.kind, l.slot FROM q JOIN {slots} AS l ON l.queue = q.name
+    WHERE (q.concurrency IS NOT NULL OR q.rate IS NOT NULL)
+      AND (l.until IS NULL OR l.until <= statement_timestamp())
+    FOR UPDATE OF l SKIP LOCKED
+  ) AS f
+), room AS (
+  SELECT q.name, LEAST(
+    CASE WHEN q.concurrency IS NOT NULL
+         THEN (SELECT count(*) FROM free WHERE free.queue = q.name AND free.kind = 'c') END,
+    CASE WHEN q.rate IS NOT NULL
+         THEN (SELECT count(*) FROM free WHERE free.queue = q.name AND free.kind = 'r') END
+  ) AS room
+  FROM q WHERE q.concurrency IS NOT NULL OR q.rate IS NOT NULL
+), cand AS (
+  SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (
+    SELECT c.* FROM q CROSS JOIN LATERAL (
+      {candidates}
+    ) AS c
+    WHERE q.concurrency IS NULL AND q.rate IS NULL
+    UNION ALL
+    SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (
+      SELECT c.*, r.room,
+             row_number() OVER (PARTITION BY c.queue ORDER BY c.priority DESC,
+               c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC) AS n
+      FROM room AS r CROSS JOIN LATERAL (
+        SELECT r.name) AS q(name) CROSS JOIN LATERAL (
+        {candidates}
+      ) AS c
+    ) AS c WHERE c.n <= c.room
   ) AS c
   ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC
   LIMIT {limit}
 ), picked AS (
-  SELECT c.id, c.run_at AS prev_run_at FROM cand AS c
+  SELECT c.id, c.queue, c.run_at AS prev_run_at FROM cand AS c
   LEFT JOIN LATERAL (
     SELECT true AS free FROM {keys} AS k
     WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
@@ -52,6 +76,16 @@ WITH cand AS (
   UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at
   FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
   RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state
+), placed AS (
+  SELECT p.id, p.queue, row_number() OVER (PARTITION BY p.queue ORDER BY p.id) AS n
+  FROM picked AS p JOIN room AS r ON r.name = p.queue
+), seated AS (
+  UPDATE {slots} AS l SET job_id = c.id, token = $3::int8,
+         until = CASE WHEN l.kind = 'c' THEN c.run_at
+                      ELSE statement_timestamp() + q.rate_per * interval '1 microsecond' END
+  FROM claimed AS c JOIN placed AS p ON p.id = c.id JOIN q ON q.name = p.queue
+  JOIN free AS f ON f.queue = p.queue AND f.n = p.n
+  WHERE l.queue = f.queue AND l.kind = f.kind AND l.slot = f.slot
 )
 SELECT {claim_columns},
        CASE WHEN key IS NOT NULL THEN COALESCE(k_state::text, 'null') END AS key_state

@@ -1,12 +1,12 @@
 -- Completes jobs: $1 int8[] ids, $2 int8[] tokens, $3 text[] results (JSON or null),
 -- $4 text[] key states (JSON or null) → id of each completed job. Frees their keys, saving
 -- the new key states, and keeps a history record for jobs that asked for one (the payload is
--- carried along only for those).
+-- carried along only for those). Frees the places of limited queues they held.
 WITH done AS (
   DELETE FROM {jobs} AS t
   USING unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS l(id, token, result, key_state)
   WHERE t.id = l.id AND t.lease_token = l.token AND t.state = 'running'
-  RETURNING t.id, t.queue, CASE WHEN t.keep_for IS NOT NULL THEN t.payload END AS payload,
+  RETURNING t.id, t.lease_token, t.queue, CASE WHEN t.keep_for IS NOT NULL THEN t.payload END AS payload,
             t.key, t.cursor, t.priority, t.attempts, t.created_at, t.keep_for, l.result,
             l.key_state
 ), freed AS (
@@ -14,6 +14,10 @@ WITH done AS (
          state = COALESCE(done.key_state::jsonb, k.state)
   FROM done WHERE done.key IS NOT NULL AND k.queue = done.queue
     AND k.key = done.key AND k.running_id = done.id
+), unseated AS (
+  UPDATE {slots} AS l SET job_id = NULL, token = NULL, until = NULL
+  FROM done WHERE l.queue = done.queue AND l.kind = 'c' AND l.job_id = done.id
+    AND l.token = done.lease_token
 ), kept AS (
   INSERT INTO {history} (id, queue, payload, key, cursor, priority, attempts, result,
                          created_at, finished_at, keep_until)

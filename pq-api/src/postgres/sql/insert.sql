@@ -10,6 +10,8 @@
 -- put into the key's pending job (on_conflict_cursor.sql). {held}, {unique_filter},
 -- {periods} and {refused} are empty, or for rows with uniqueness keys the parts of
 -- insert_unique.sql.
+-- A key's record is created, or locked if it exists (an upsert that updates nothing still
+-- locks the row), so that a prune cannot remove it before this put commits.
 WITH {held}ins AS (
   INSERT INTO {jobs} AS t (queue, payload, priority, run_at, expected_at, max_attempts, key,
                            cursor, keep_for, timeout, unique_key, unique_scope)
@@ -30,7 +32,7 @@ WITH {held}ins AS (
 ), new_keys AS (
   INSERT INTO {keys} (queue, key)
   SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL
-  ON CONFLICT DO NOTHING
+  ON CONFLICT (queue, key) DO UPDATE SET queue = EXCLUDED.queue WHERE false
 ){periods}
 SELECT id, cursor, CASE WHEN cursor OR unique_key IS NOT NULL THEN queue END AS queue,
        CASE WHEN cursor THEN key END AS key, unique_key

@@ -3,11 +3,15 @@
 -- decode, left by a row written before pq's checks), now timestamptz. {queues} is filled in
 -- per call, as in claim.sql.
 --
--- Jobs without a key: the earliest run_at per queue. Keyed jobs: per live key (found by
--- skipping through the key index), its earliest run_at, but not before a live lease on the
--- key runs out.
+-- Paused queues are left out. Jobs without a key: the earliest run_at per queue. Keyed jobs:
+-- per live key (found by skipping through the key index), its earliest run_at, but not
+-- before a live lease on the key runs out. A limited queue's jobs not before it has a free
+-- place of each kind it limits (a place comes free when its `until` passes, or sooner when
+-- its job ends, which notifies).
 WITH RECURSIVE qs AS (
-  SELECT DISTINCT name FROM (VALUES {queues}) AS q(name) WHERE name IS NOT NULL
+  SELECT DISTINCT v.name, s.concurrency, s.rate
+  FROM (VALUES {queues}) AS v(name) LEFT JOIN {queues_table} AS s ON s.queue = v.name
+  WHERE v.name IS NOT NULL AND s.paused IS NOT TRUE
 ), ks AS (
   SELECT qs.name AS queue,
          (SELECT min(key) FROM {jobs} WHERE queue = qs.name AND key IS NOT NULL
@@ -18,22 +22,31 @@ WITH RECURSIVE qs AS (
          (SELECT min(key) FROM {jobs} WHERE queue = ks.queue AND key > ks.key
           AND state <> 'failed')
   FROM ks WHERE ks.key IS NOT NULL
-), nr AS (
-  SELECT LEAST(
-    (SELECT min(n.run_at) FROM qs CROSS JOIN LATERAL (
-       SELECT run_at FROM {jobs}
-       WHERE queue = qs.name AND key IS NULL AND state <> 'failed'
-         AND attempts < max_attempts
-       ORDER BY run_at LIMIT 1) AS n),
-    (SELECT min(GREATEST(h.run_at, CASE WHEN k.running_until > statement_timestamp()
-                                        THEN k.running_until END))
-     FROM ks CROSS JOIN LATERAL (
-       SELECT run_at FROM {jobs}
-       WHERE queue = ks.queue AND key = ks.key AND state <> 'failed'
-         AND attempts < max_attempts
-       ORDER BY run_at LIMIT 1) AS h
-     LEFT JOIN {keys} AS k ON k.queue = ks.queue AND k.key = ks.key)
-  ) AS at
+), due AS (
+  SELECT qs.name AS queue, n.run_at AS at FROM qs CROSS JOIN LATERAL (
+    SELECT run_at FROM {jobs}
+    WHERE queue = qs.name AND key IS NULL AND state <> 'failed'
+      AND attempts < max_attempts
+    ORDER BY run_at LIMIT 1) AS n
+  UNION ALL
+  SELECT ks.queue, GREATEST(h.run_at, CASE WHEN k.running_until > statement_timestamp()
+                                           THEN k.running_until END)
+  FROM ks CROSS JOIN LATERAL (
+    SELECT run_at FROM {jobs}
+    WHERE queue = ks.queue AND key = ks.key AND state <> 'failed'
+      AND attempts < max_attempts
+    ORDER BY run_at LIMIT 1) AS h
+  LEFT JOIN {keys} AS k ON k.queue = ks.queue AND k.key = ks.key
+), gated AS (
+  SELECT GREATEST(d.at,
+    CASE WHEN qs.concurrency IS NOT NULL THEN COALESCE(
+      (SELECT min(COALESCE(l.until, '-infinity')) FROM {slots} AS l
+       WHERE l.queue = qs.name AND l.kind = 'c'), 'infinity') END,
+    CASE WHEN qs.rate IS NOT NULL THEN COALESCE(
+      (SELECT min(COALESCE(l.until, '-infinity')) FROM {slots} AS l
+       WHERE l.queue = qs.name AND l.kind = 'r'), 'infinity') END) AS at
+  FROM (SELECT queue, min(at) AS at FROM due GROUP BY queue) AS d
+  JOIN qs ON qs.name = d.queue
 )
-SELECT CASE WHEN isfinite(at) THEN at END AS next_at, statement_timestamp() AS now
-FROM nr
+SELECT CASE WHEN isfinite(min(at)) THEN min(at) END AS next_at, statement_timestamp() AS now
+FROM gated
