@@ -60,29 +60,18 @@ pub async fn unknown_job_ids_are_not_found(store: Arc<dyn QueueStore>) {
     assert_eq!(store.stats("q").await.unwrap().ready, 1);
 }
 
-/// Cancel removes scheduled, ready and failed jobs, and refuses running ones.
-pub async fn cancel_removes_waiting_and_failed_jobs_but_not_running_ones(
-    store: Arc<dyn QueueStore>,
-) {
+/// Cancel removes scheduled, ready and failed jobs; a running one it stops instead (see
+/// `control::cancel_stops_a_running_job_and_keeps_it_cancelled`).
+pub async fn cancel_removes_waiting_and_failed_jobs(store: Arc<dyn QueueStore>) {
     let [scheduled, ready, running, failed] = one_of_each(&*store, "q").await;
-    let err = store.cancel(running).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidState {
-                state: JobState::Running,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
-    assert_eq!(store.job(running).await.unwrap().state, JobState::Running);
     for id in [scheduled, ready, failed] {
         store.cancel(id).await.unwrap();
         assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
     }
     let stats = store.stats("q").await.unwrap();
     assert_eq!((stats.running, stats.total()), (1, 1));
+    store.cancel(running).await.unwrap();
+    assert_eq!(store.job(running).await.unwrap().state, JobState::Cancelled);
 }
 
 /// stats counts each state, per queue.

@@ -2,7 +2,8 @@
 //!
 //! Each case is a public `async fn(Arc<dyn QueueStore>)` that checks one clause of the
 //! [`QueueStore`] contract; its doc sentence states the clause. Cases are grouped by area:
-//! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`], [`keys`] (serial and
+//! [`put`], [`claim`], [`lease`], [`admin`], [`wait`], [`concurrency`], [`control`] (paused
+//! queues, limits, cancelling running jobs, progress, pruning), [`keys`] (serial and
 //! cursor keys, key states), [`unique`] (unique jobs), [`periodic`] (schedulers),
 //! [`history`] (job history, payload codecs), and [`worker`]: the
 //! worker and typed tasks running on the store.
@@ -41,6 +42,7 @@
 pub mod admin;
 pub mod claim;
 pub mod concurrency;
+pub mod control;
 pub mod history;
 pub mod keys;
 pub mod lease;
@@ -206,7 +208,7 @@ macro_rules! suite {
             lease::expired_lease_without_attempts_left_is_failed,
             admin::job_reports_every_state,
             admin::unknown_job_ids_are_not_found,
-            admin::cancel_removes_waiting_and_failed_jobs_but_not_running_ones,
+            admin::cancel_removes_waiting_and_failed_jobs,
             admin::stats_count_each_state_per_queue,
             admin::purge_empties_only_that_queue,
             admin::cancel_removes_a_job_whose_lease_expired,
@@ -241,6 +243,17 @@ macro_rules! suite {
             unique::a_unique_job_holds_its_key_for_its_period,
             unique::racing_puts_of_a_unique_key_add_one_job,
             unique::put_rejects_bad_uniqueness_keys,
+            control::a_paused_queue_is_not_claimed_until_resumed,
+            control::concurrency_limit_caps_running_jobs,
+            control::racing_claimers_never_exceed_the_concurrency_limit,
+            control::rate_limit_caps_starts_per_period,
+            control::cancel_stops_a_running_job_and_keeps_it_cancelled,
+            control::progress_is_kept_across_attempts,
+            control::queues_lists_settings_and_counts,
+            control::queue_settings_are_validated,
+            control::prune_removes_ended_jobs_after_their_retention,
+            control::prune_forgets_idle_keys_only,
+            control::racing_puts_and_prunes_lose_no_key,
             periodic::schedulers_put_each_tick_once,
             periodic::a_missed_tick_is_made_up_only_when_asked,
             history::completed_job_is_kept_in_history_when_asked,
@@ -280,6 +293,7 @@ macro_rules! __worker_cases {
             worker::a_store_call_that_never_answers_is_given_up_and_tried_again,
             worker::a_heartbeat_that_never_answers_does_not_cost_the_lease,
             worker::lost_lease_cancels_the_handler_and_drops_its_outcome,
+            worker::cancelling_a_running_job_tells_its_handler_within_a_second,
             worker::drain_stops_when_no_job_is_ready,
             worker::finish_lets_running_jobs_end_and_claims_no_more,
             worker::abort_hands_running_jobs_back_at_once,
@@ -327,13 +341,14 @@ macro_rules! __cases {
 }
 
 /// The areas a store may skip in [`suite!`].
-pub const AREAS: [&str; 11] = [
+pub const AREAS: [&str; 12] = [
     "put",
     "claim",
     "lease",
     "admin",
     "wait",
     "concurrency",
+    "control",
     "keys",
     "unique",
     "periodic",

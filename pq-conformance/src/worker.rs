@@ -16,6 +16,7 @@ use pq_api::{
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 
 use crate::{HOUR, LONG_LEASE};
 
@@ -841,6 +842,42 @@ pub async fn lost_lease_cancels_the_handler_and_drops_its_outcome(store: Arc<dyn
     let status = run.await.unwrap().unwrap();
     assert_eq!((status.processed, status.lost), (0, 1));
     assert!(store.job(ids[0]).await.is_err());
+}
+
+/// Cancelling a running job tells its handler, through `cancelled()`, that it was cancelled,
+/// within a second (long before the next heartbeat); whatever it returns then, the job stays
+/// cancelled, and the worker counts it.
+pub async fn cancelling_a_running_job_tells_its_handler_within_a_second(
+    store: Arc<dyn QueueStore>,
+) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let reg = registry::<Work, _, _>(move |_n, cx| {
+        let tx = tx.clone();
+        async move {
+            tx.send(None).unwrap();
+            let why = cx.cancelled().await;
+            tx.send(Some((why, Instant::now()))).unwrap();
+            // Succeeding now must not complete it.
+            Ok(())
+        }
+    });
+    let ids = put_work(&*store, &works(1)).await;
+    let (handle, run) = start(
+        Worker::new(store.clone(), reg)
+            .lease(Duration::from_secs(60))
+            .heartbeat(Duration::from_secs(20)),
+    );
+    assert_eq!(rx.recv().await.unwrap(), None, "the handler started");
+    let cancelled_at = Instant::now();
+    store.cancel(ids[0]).await.unwrap();
+    let (why, told_at) = rx.recv().await.unwrap().unwrap();
+    assert_eq!(why, Cancelled::Requested);
+    let took = told_at - cancelled_at;
+    assert!(took < Duration::from_secs(1), "told after {took:?}");
+    handle.stop(StopMode::Finish);
+    let status = run.await.unwrap().unwrap();
+    assert_eq!((status.processed, status.cancelled, status.lost), (0, 1, 0));
+    assert_eq!(store.job(ids[0]).await.unwrap().state, JobState::Cancelled);
 }
 
 /// Drain stops once no job is ready: scheduled jobs stay for later.

@@ -81,6 +81,12 @@ impl Wakeups {
         let _ = self.cancels.send(None);
     }
 
+    /// Tells every holder of a running job to look whether it was cancelled: cancellations
+    /// may have gone unheard (before the listener first listened).
+    pub fn recheck_cancels(&self) {
+        let _ = self.cancels.send(None);
+    }
+
     /// Resolves when a cancellation of job `id` may have been heard (see
     /// [`QueueStore::cancel_requested`](crate::QueueStore::cancel_requested)).
     pub async fn cancelled(&self, id: i64) {

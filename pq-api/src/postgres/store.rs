@@ -393,6 +393,9 @@ async fn listen_forever<D: Driver>(
                 wakeups.set_connected(true);
                 if again {
                     wakeups.notify_all();
+                } else {
+                    // A job cancelled before the first LISTEN went unheard: holders look.
+                    wakeups.recheck_cancels();
                 }
             }
             Note::Queue(queue) => wakeups.notify(queue),
