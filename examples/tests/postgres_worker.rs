@@ -252,3 +252,111 @@ async fn a_worker_process_killed_mid_job_loses_nothing() {
     assert_eq!((status.processed, status.failed, status.lost), (1, 0, 0));
     assert_eq!(store.stats("hang").await.unwrap().total(), 0);
 }
+
+/// Reports on standard output when it starts and when it is told to stop; waits for that.
+#[derive(Debug, Serialize, Deserialize)]
+struct Steer;
+
+impl Task for Steer {
+    const NAME: &'static str = "steer";
+    const QUEUE: &'static str = "steer";
+}
+
+impl RunTask for Steer {
+    async fn run(self, cx: TaskContext) -> Result<(), TaskError> {
+        println!("started {}", cx.id());
+        let why = cx.cancelled().await;
+        println!("stopped {} {why:?}", cx.id());
+        Ok(())
+    }
+}
+
+/// Not a test on its own: the worker process that
+/// `a_pause_and_a_cancel_reach_a_worker_process_within_a_second` steers.
+#[tokio::test]
+#[ignore = "run as a child process by a_pause_and_a_cancel_reach_a_worker_process_within_a_second"]
+async fn child_steered_worker_process() {
+    let schema = std::env::var(CHILD_SCHEMA).expect("started by the parent test");
+    let table = QueueTable::new(&schema, "jobs").unwrap();
+    let store = SqlxStore::with_table(pool().await, table).await.unwrap();
+    let registry = Registry::new().register::<Steer>().unwrap();
+    // A heartbeat far off, and a long idle wait: only notifications can be this quick.
+    Worker::new(Arc::new(store), registry)
+        .lease(Duration::from_secs(120))
+        .idle_wait(Duration::from_secs(60))
+        .run()
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn a_pause_and_a_cancel_reach_a_worker_process_within_a_second() {
+    use std::io::BufRead;
+    let schema = fresh_schema();
+    let table = QueueTable::new(&schema, "jobs").unwrap();
+    let store = SqlxStore::with_table(pool().await, table).await.unwrap();
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_steered_worker_process",
+            "--ignored",
+            "--quiet",
+            "--nocapture",
+        ])
+        .env("PQ_TEST_DATABASE_URL", database_url().await)
+        .env(CHILD_SCHEMA, &schema)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let out = child.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let next_line = |within: Duration| {
+        let rx = &rx;
+        loop {
+            match rx.recv_timeout(within) {
+                Ok(line) if line.starts_with("started") || line.starts_with("stopped") => {
+                    return Some(line)
+                }
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+    };
+
+    // A cancel reaches the handler running in the other process.
+    let first = store.enqueue(&Steer).await.unwrap();
+    let line = next_line(Duration::from_secs(60));
+    assert_eq!(line.as_deref(), Some(format!("started {first}").as_str()));
+    let asked = Instant::now();
+    store.cancel(first).await.unwrap();
+    let line = next_line(Duration::from_secs(10));
+    let took = asked.elapsed();
+    assert_eq!(
+        line.as_deref(),
+        Some(format!("stopped {first} Requested").as_str())
+    );
+    assert!(took < Duration::from_secs(1), "the cancel took {took:?}");
+    assert_eq!(store.job(first).await.unwrap().state, JobState::Cancelled);
+
+    // A paused queue's job is left alone; resuming starts it at once.
+    store.pause("steer").await.unwrap();
+    let second = store.enqueue(&Steer).await.unwrap();
+    assert_eq!(next_line(Duration::from_millis(1500)), None, "paused");
+    assert_eq!(store.job(second).await.unwrap().state, JobState::Ready);
+    let asked = Instant::now();
+    store.resume("steer").await.unwrap();
+    let line = next_line(Duration::from_secs(10));
+    let took = asked.elapsed();
+    assert_eq!(line.as_deref(), Some(format!("started {second}").as_str()));
+    assert!(took < Duration::from_secs(1), "the resume took {took:?}");
+
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
