@@ -24,21 +24,21 @@ MUTANTS = [
     ("release ignores the lease token", "release.sql", TOKEN, UNFENCED, 0),
     ("claim does not count the attempt", "claim.sql",
      "attempts = t.attempts + 1", "attempts = t.attempts", 0),
-    ("claim takes jobs before their time", "claim.sql",
+    ("claim takes jobs before their time", "claim_candidates.sql",
      "AND j.run_at <= statement_timestamp()", "", 0),
-    ("claim takes jobs out of attempts", "claim.sql",
+    ("claim takes jobs out of attempts", "claim_candidates.sql",
      "AND j.attempts < j.max_attempts", "", 0),
-    ("claim orders priority ascending", "claim.sql",
+    ("claim orders priority ascending", "claim_candidates.sql",
      ORDER, "j.priority ASC, j.expected_at ASC NULLS LAST", 0),
-    ("claim puts jobs without a deadline first", "claim.sql",
+    ("claim puts jobs without a deadline first", "claim_candidates.sql",
      ORDER, "j.priority DESC, j.expected_at ASC NULLS FIRST", 0),
     ("claim returns its rows latest first", "claim.sql",
      "prev_run_at ASC, id ASC", "prev_run_at DESC, id ASC", 0),
-    ("claim blocks on locked rows instead of skipping them", "claim.sql",
+    ("claim blocks on locked rows instead of skipping them", "claim_candidates.sql",
      "FOR UPDATE OF j SKIP LOCKED", "FOR UPDATE OF j", 0),
     ("a key held by another job is taken", "claim.sql",
      "k.running_id IS NULL OR k.running_id = c.id", "true OR k.running_id = c.id", 0),
-    ("an expired lease keeps its key", "claim.sql",
+    ("an expired lease keeps its key", "claim_candidates.sql",
      "AND k.running_until > statement_timestamp())", ")", 0),
     ("fail never gives up", "fail.sql",
      "WHEN $6::bool AND attempts < max_attempts THEN 'queued'",
@@ -59,9 +59,47 @@ MUTANTS = [
     ("a cursor key keeps no pending job", "on_conflict_cursor.sql",
      "ON CONFLICT (queue, key) WHERE cursor AND lease_token IS NULL",
      "ON CONFLICT (queue, key) WHERE cursor AND lease_token IS NULL AND false", 0),
-    ("wait sleeps until the latest job", "next_run.sql", "SELECT LEAST(", "SELECT GREATEST(", 0),
+    ("wait sleeps until the latest job", "next_run.sql",
+     "THEN min(at) END AS next_at", "THEN max(at) END AS next_at", 0),
     ("extend does not move the lease", "extend.sql",
      "SET run_at = statement_timestamp() + $3::int8", "SET run_at = run_at + 0 * $3::int8", 0),
+    # Paused queues, limits, cancels, progress, pruning.
+    ("a paused queue is claimed", "claim.sql", "WHERE s.paused IS NOT TRUE", "WHERE true", 0),
+    ("a paused queue wakes waiters", "next_run.sql", "AND s.paused IS NOT TRUE", "", 0),
+    ("a limited queue takes every candidate", "claim.sql",
+     "WHERE c.n <= c.room", "WHERE true", 0),
+    ("racing claims share a place", "claim.sql", "FOR UPDATE OF l SKIP LOCKED", "", 0),
+    ("a taken place counts as free", "claim.sql",
+     "AND (l.until IS NULL OR l.until <= statement_timestamp())", "", 0),
+    ("a rate place is held for no time", "claim.sql",
+     "ELSE statement_timestamp() + q.rate_per * interval '1 microsecond' END",
+     "ELSE statement_timestamp() END", 0),
+    ("completing keeps its place", "complete.sql",
+     "UPDATE {slots} AS l SET job_id = NULL", "UPDATE {slots} AS l SET job_id = l.job_id", 0),
+    ("failing keeps its place", "fail.sql",
+     "UPDATE {slots} AS l SET job_id = NULL", "UPDATE {slots} AS l SET job_id = l.job_id", 0),
+    ("releasing keeps its place", "release.sql",
+     "UPDATE {slots} AS l SET job_id = NULL", "UPDATE {slots} AS l SET job_id = l.job_id", 0),
+    ("extend does not move the place", "extend.sql",
+     "UPDATE {slots} AS l SET until = e.run_at", "UPDATE {slots} AS l SET until = l.until", 0),
+    ("a full queue wakes waiters at once", "next_run.sql",
+     "WHERE l.queue = qs.name AND l.kind = 'c'), 'infinity') END",
+     "WHERE l.queue = qs.name AND l.kind = 'c' AND false), '-infinity') END", 0),
+    ("a cancelled job reads as failed", "state.sql", "ELSE 'cancelled' END", "ELSE 'failed' END", 0),
+    ("cancelling tells no holder", "cancel.sql", "chr(1) || stopped.id::text", "'x'", 0),
+    ("progress is not saved", "progress.sql", "SET progress = $3::jsonb", "SET progress = progress", 0),
+    ("prune ignores the retention", "prune_jobs.sql",
+     "COALESCE(s.retention, $1::int8)", "0 * COALESCE(s.retention, $1::int8)", 0),
+    ("prune ignores a queue's retention", "prune_jobs.sql",
+     "COALESCE(s.retention, $1::int8)", "$1::int8", 0),
+    ("a put does not lock its key's record", "insert.sql",
+     "DO UPDATE SET queue = EXCLUDED.queue WHERE false", "DO NOTHING", 0),
+    ("the key sweep removes keys with jobs", "migration_5.sql",
+     "AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.queue = u.q",
+     "AND true OR NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.queue = u.q", 0),
+    ("retry leaves its key forgotten", "retry.sql",
+     "SELECT queue, key FROM restarted WHERE key IS NOT NULL",
+     "SELECT queue, key FROM restarted WHERE false", 0),
 ]
 
 # Survivors by design: (name, why it breaks no promise).
@@ -105,12 +143,15 @@ def tests_fail():
 
 
 def main():
-    # `--start N` resumes an interrupted run at the Nth mutant (from 0).
+    # `--start N` resumes an interrupted run at the Nth mutant (from 0); `--only TEXT` runs
+    # the mutants whose name holds TEXT.
     start = int(sys.argv[sys.argv.index("--start") + 1]) if "--start" in sys.argv else 0
+    only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
     if tests_fail():
         sys.exit("sql mutants: the tests fail without any mutant; fix them first")
     caught = allowed = survived = 0
-    for name, file, old, new, nth in MUTANTS[start:]:
+    chosen = [m for m in MUTANTS[start:] if only in m[0]]
+    for name, file, old, new, nth in chosen:
         path = SQL + file
         original = open(path).read()
         try:
@@ -128,7 +169,7 @@ def main():
             survived += 1
             print(f"sql mutant SURVIVED: {name}", flush=True)
     print(f"mutants (shared SQL, sqlx store): {caught} caught, {allowed} allowed, "
-          f"{survived} survived, of {len(MUTANTS) - start}")
+          f"{survived} survived, of {len(chosen)}")
     return 1 if survived else 0
 
 

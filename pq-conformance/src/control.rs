@@ -78,8 +78,8 @@ pub async fn a_paused_queue_is_not_claimed_until_resumed(store: Arc<dyn QueueSto
 }
 
 /// With a concurrency limit, a queue runs at most that many jobs at once; completing,
-/// failing or releasing one, or its lease running out, makes room (and wakes a waiter);
-/// lifting the limit frees the rest.
+/// failing or releasing one, or its lease running out, makes room (and wakes a waiter), and
+/// extending its lease keeps its place; lifting the limit frees the rest.
 pub async fn concurrency_limit_caps_running_jobs(store: Arc<dyn QueueStore>) {
     put_n(&*store, "q", 8).await;
     store
@@ -91,8 +91,12 @@ pub async fn concurrency_limit_caps_running_jobs(store: Arc<dyn QueueStore>) {
     let first = store.claim(&claim).await.unwrap();
     assert_eq!(first.len(), 2);
     assert!(store.claim(&claim).await.unwrap().is_empty(), "full");
-
     let q = vec!["q".to_string()];
+    assert!(
+        !store.wait(&q, Duration::from_millis(200)).await.unwrap(),
+        "a full queue's ready jobs wake no one"
+    );
+
     let waiter = {
         let (store, q) = (store.clone(), q.clone());
         tokio::spawn(async move { store.wait(&q, Duration::from_secs(30)).await.unwrap() })
@@ -118,10 +122,28 @@ pub async fn concurrency_limit_caps_running_jobs(store: Arc<dyn QueueStore>) {
         "so does a release"
     );
     let_short_lease_expire().await;
-    assert_eq!(
-        store.claim(&claim).await.unwrap().len(),
-        1,
-        "and a lease running out"
+    let fourth = store.claim(&claim).await.unwrap();
+    assert_eq!(fourth.len(), 1, "and a lease running out");
+
+    // Extending a lease keeps its place: a short lease, extended, still holds it after the
+    // short one would have run out.
+    store
+        .configure_queue("q", QueueSetting::Concurrency(Some(1)))
+        .await
+        .unwrap();
+    let done: Vec<Done> = fourth
+        .iter()
+        .chain(&first[1..])
+        .map(|j| j.lease.into())
+        .collect();
+    assert_eq!(store.complete_many(&done).await.unwrap().len(), 2);
+    let brief = Claim::new(["q"]).lease(Duration::from_millis(300));
+    let held = store.claim(&brief).await.unwrap().remove(0);
+    store.extend(&held.lease, LONG_LEASE).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert!(
+        store.claim(&claim).await.unwrap().is_empty(),
+        "extended, it holds its place"
     );
 
     store
@@ -129,7 +151,7 @@ pub async fn concurrency_limit_caps_running_jobs(store: Arc<dyn QueueStore>) {
         .await
         .unwrap();
     assert_eq!(config(&*store, "q").await.concurrency, None);
-    assert_eq!(store.claim(&claim).await.unwrap().len(), 5);
+    assert_eq!(store.claim(&claim).await.unwrap().len(), 4);
 }
 
 /// Racing claimers never run more of a limited queue's jobs at once than its limit, and

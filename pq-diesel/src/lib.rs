@@ -163,6 +163,16 @@ impl DieselStore {
         }
     }
 
+    /// How long [`QueueStore::prune`](pq_api::QueueStore::prune) keeps failed and cancelled
+    /// jobs of queues without a retention of their own
+    /// ([`QueueSetting::Retention`](pq_api::QueueSetting::Retention)); default
+    /// [`DEFAULT_RETENTION`](pq_api::DEFAULT_RETENTION), a week. Rejects a period of zero or
+    /// above [`MAX_DURATION`](pq_api::MAX_DURATION).
+    pub fn retention(self, retention: std::time::Duration) -> Result<Self> {
+        self.store.set_retention(retention)?;
+        Ok(self)
+    }
+
     /// Vacuums the jobs table, on a connection of the pool, after every `claimed_jobs` jobs
     /// this store claims (default
     /// [`Vacuuming::DEFAULT_EVERY`](pq_api::postgres::Vacuuming::DEFAULT_EVERY); 0 never
