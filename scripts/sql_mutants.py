@@ -143,14 +143,14 @@ def tests_fail():
 
 
 def main():
-    # `--start N` resumes an interrupted run at the Nth mutant (from 0); `--only TEXT` runs
-    # the mutants whose name holds TEXT.
+    # `--start N` resumes an interrupted run at the Nth mutant (from 0); `--only A|B` runs
+    # the mutants whose name holds A or B.
     start = int(sys.argv[sys.argv.index("--start") + 1]) if "--start" in sys.argv else 0
     only = sys.argv[sys.argv.index("--only") + 1] if "--only" in sys.argv else ""
     if tests_fail():
         sys.exit("sql mutants: the tests fail without any mutant; fix them first")
     caught = allowed = survived = 0
-    chosen = [m for m in MUTANTS[start:] if only in m[0]]
+    chosen = [m for m in MUTANTS[start:] if any(o in m[0] for o in only.split("|"))]
     for name, file, old, new, nth in chosen:
         path = SQL + file
         original = open(path).read()

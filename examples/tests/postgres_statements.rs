@@ -71,6 +71,20 @@ async fn scenario(store: &dyn QueueStore) {
     store.finished(job.id()).await.unwrap_err();
     store.history("s", 10).await.unwrap();
     store.cleanup_history().await.unwrap();
+    // Settings, a running job's progress and its cancellation, the listing and the prune.
+    store.pause("t").await.unwrap();
+    store
+        .configure_queue("t", pq_api::QueueSetting::Concurrency(Some(2)))
+        .await
+        .unwrap();
+    store.put("t", &json!(7)).await.unwrap();
+    store.resume("t").await.unwrap();
+    let running = store.claim(&Claim::new(["t"])).await.unwrap().remove(0);
+    store.set_progress(&running.lease, json!(1)).await.unwrap();
+    store.cancel(running.id()).await.unwrap();
+    store.extend(&running.lease, HOUR).await.unwrap_err();
+    store.queues().await.unwrap();
+    store.prune().await.unwrap();
 }
 
 /// The statements recorded for `table`, with its schema and channel names masked.
@@ -120,15 +134,20 @@ async fn both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statem
         from_sqlx.len() >= 17,
         "too few statements recorded: {from_sqlx:#?}"
     );
-    assert_eq!(from_sqlx, from_diesel);
+    let only_sqlx: Vec<_> = from_sqlx.difference(&from_diesel).collect();
+    let only_diesel: Vec<_> = from_diesel.difference(&from_sqlx).collect();
+    assert!(
+        only_sqlx.is_empty() && only_diesel.is_empty(),
+        "sent by sqlx alone: {only_sqlx:#?}\nsent by diesel alone: {only_diesel:#?}"
+    );
 
     let claims: Vec<&String> = from_sqlx
         .iter()
-        .filter(|q| q.contains("SKIP LOCKED"))
+        .filter(|q| q.contains("FOR UPDATE OF j SKIP LOCKED") && q.contains("lease_token = $3"))
         .collect();
     assert_eq!(claims.len(), 1, "{claims:#?}");
     let claim = claims[0];
-    assert!(claim.starts_with("WITH cand AS") && claim.contains("FOR UPDATE OF j SKIP LOCKED"));
+    assert!(claim.starts_with("WITH q AS"));
     assert!(
         !claim.trim_end().trim_end_matches(';').contains(';'),
         "one statement"

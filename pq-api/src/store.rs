@@ -18,7 +18,7 @@ use crate::queue::{Pruned, QueueInfo, QueueSetting};
 ///
 /// This trait's docs are the specification; `pq-conformance` checks every `# Contract` clause
 /// and every backend runs it. Each case is named after the clause it enforces (in
-/// `pq_conformance::{put, claim, lease, admin, wait, concurrency}`).
+/// `pq_conformance::{put, claim, lease, admin, wait, concurrency, control}`).
 ///
 /// Conveniences (single `put`, `complete`, blocking `get`, a job `Stream`) live in
 /// [`QueueStoreExt`](crate::QueueStoreExt), implemented for every store. The trait is object
@@ -221,7 +221,8 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   releasing one, or its lease expiring, makes room, and waiters are woken.
     /// - With a rate limit of `n` per period, at most `n` of the queue's jobs are claimed in
     ///   any window of that period (`rate_limit_caps_starts_per_period`).
-    /// - A bad queue name or setting ([`QueueSetting::validate`]) is rejected; nothing changes.
+    /// - A bad queue name or setting ([`QueueSetting::validate`]) is rejected; nothing changes
+    ///   (`queue_settings_are_validated`).
     async fn configure_queue(&self, queue: &str, setting: QueueSetting) -> Result<()>;
 
     /// Every queue that holds jobs or has settings, by name, with its settings and its jobs
@@ -298,6 +299,9 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   (another worker got there first): claim and wait again.
     /// - Wakes on jobs put through any handle on the same store, without polling the jobs.
     /// - A job held up by its key does not count as claimable; its key being freed wakes
-    ///   waiters (`wait_wakes_when_a_key_is_freed`).
+    ///   waiters (`wait_wakes_when_a_key_is_freed`). Nor does a job of a paused queue, or of a
+    ///   queue at its concurrency or rate limit; resuming the queue, or a place coming free,
+    ///   wakes waiters (`a_paused_queue_is_not_claimed_until_resumed`,
+    ///   `concurrency_limit_caps_running_jobs`, `rate_limit_caps_starts_per_period`).
     async fn wait(&self, queues: &[String], timeout: Duration) -> Result<bool>;
 }

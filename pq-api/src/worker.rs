@@ -202,7 +202,9 @@ impl WorkerHandle {
 /// capacity, and idles on [`QueueStore::wait`] (woken by LISTEN/NOTIFY on the SQL stores)
 /// when nothing is claimable. While a handler runs, its lease is extended every `heartbeat`;
 /// if the lease is lost the handler is told through [`TaskContext::cancelled`] and its
-/// outcome is not recorded. Successes are completed in batches; a failure or a panic is a
+/// outcome is not recorded; the same when its job is cancelled. Every
+/// [`prune_every`](Worker::prune_every) it prunes the store ([`QueueStore::prune`]).
+/// Successes are completed in batches; a failure or a panic is a
 /// failed attempt, retried by the task's [`Backoff`](crate::Backoff) until `max_attempts`.
 /// Run as many workers as you like, in one process or many, on one database.
 ///
@@ -225,6 +227,10 @@ impl WorkerHandle {
 /// - a heartbeat that goes unanswered is given up on and tried again well before the lease
 ///   runs out (`a_heartbeat_that_never_answers_does_not_cost_the_lease`);
 /// - a lost lease cancels the handler (`lost_lease_cancels_the_handler_and_drops_its_outcome`);
+///   so does cancelling its job, which the handler hears within a second
+///   ([`Cancelled::Requested`](crate::Cancelled::Requested), through
+///   [`QueueStore::cancel_requested`] beside the heartbeat;
+///   `cancelling_a_running_job_tells_its_handler_within_a_second`);
 ///   a dead worker's job runs again after its lease (`job_of_a_dead_worker_runs_again_after_its_lease`);
 /// - the stop modes ([`StopMode`]: `drain_stops_when_no_job_is_ready`,
 ///   `finish_lets_running_jobs_end_and_claims_no_more`, `abort_hands_running_jobs_back_at_once`,
