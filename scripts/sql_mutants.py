@@ -92,14 +92,12 @@ MUTANTS = [
      "COALESCE(s.retention, $1::int8)", "0 * COALESCE(s.retention, $1::int8)", 0),
     ("prune ignores a queue's retention", "prune_jobs.sql",
      "COALESCE(s.retention, $1::int8)", "$1::int8", 0),
-    ("a put does not lock its key's record", "insert.sql",
-     "DO UPDATE SET queue = EXCLUDED.queue WHERE false", "DO NOTHING", 0),
+    ("a put does not lock its key's record", "insert.sql", "FOR KEY SHARE)", ")", 0),
     ("the key sweep removes keys with jobs", "migration_5.sql",
      "AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.queue = u.q",
      "AND true OR NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.queue = u.q", 0),
     ("retry leaves its key forgotten", "retry.sql",
-     "SELECT queue, key FROM restarted WHERE key IS NOT NULL",
-     "SELECT queue, key FROM restarted WHERE false", 0),
+     "WHERE r.key IS NOT NULL", "WHERE false", 0),
 ]
 
 # Survivors by design: (name, why it breaks no promise).

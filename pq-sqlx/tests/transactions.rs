@@ -239,3 +239,41 @@ async fn a_unique_put_in_a_transaction_waits_for_a_racing_one() {
         "{refused:?}"
     );
 }
+
+/// A keyed put in an open transaction holds its key's record only against the prune: a job
+/// of the key running meanwhile completes, a claim of another queue's key goes on, and a
+/// prune leaves the record for the put, whose job runs once it commits.
+#[tokio::test]
+async fn a_keyed_put_in_an_open_transaction_holds_up_no_completion_of_its_key() {
+    let store = store().await;
+    store
+        .put_job(NewJob::from_json("q", json!(1)).serial_key("k"))
+        .await
+        .unwrap();
+    let running = store
+        .claim(&Claim::new(["q"]).lease(Duration::from_secs(60)))
+        .await
+        .unwrap()
+        .remove(0);
+    let mut tx = store.pool().begin().await.unwrap();
+    let ids = store
+        .put_many_in(
+            &mut tx,
+            vec![NewJob::from_json("q", json!(2)).serial_key("k")],
+        )
+        .await
+        .unwrap();
+    // Not waiting on the open transaction: a bound on blocking, not a speed check.
+    tokio::time::timeout(Duration::from_secs(10), store.complete(&running.lease))
+        .await
+        .expect("the completion does not wait for the open transaction")
+        .unwrap();
+    let pruned = tokio::time::timeout(Duration::from_secs(10), store.prune())
+        .await
+        .expect("the prune does not wait for the open transaction")
+        .unwrap();
+    assert_eq!(pruned.keys, 0, "the record of a key being put stays");
+    tx.commit().await.unwrap();
+    let next = store.claim(&Claim::new(["q"])).await.unwrap();
+    assert_eq!(next.iter().map(|j| j.id()).collect::<Vec<_>>(), ids);
+}

@@ -11,7 +11,8 @@
 -- A keyed job is a candidate if no other job holds its key (tested first: it is the cheaper
 -- probe, and rules out every waiting job of a held key) and it heads its key's claimable
 -- jobs; `picked` then locks the key's row, re-checked at its latest version, which makes the
--- check race-free, as `free` does for places. The head test is a boolean subquery, not
+-- check race-free, as `free` does for places (FOR NO KEY UPDATE: a put of the key holds its
+-- row FOR KEY SHARE, which must not make claims skip the key). The head test is a boolean subquery, not
 -- `(SELECT id …) = j.id`: the planner guesses an equality with a subquery passes 0.5% of
 -- rows, expects to scan the whole index, and above jit_above_cost spends ~100 ms compiling
 -- every claim.
@@ -63,7 +64,7 @@ WITH q AS (
     WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
       AND (k.running_id IS NULL OR k.running_id = c.id
            OR k.running_until <= statement_timestamp())
-    FOR UPDATE SKIP LOCKED
+    FOR NO KEY UPDATE SKIP LOCKED
   ) AS h ON true
   WHERE c.key IS NULL OR h.free
 ), claimed AS (

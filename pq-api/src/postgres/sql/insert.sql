@@ -10,8 +10,9 @@
 -- put into the key's pending job (on_conflict_cursor.sql). {held}, {unique_filter},
 -- {periods} and {refused} are empty, or for rows with uniqueness keys the parts of
 -- insert_unique.sql.
--- A key's record is created, or locked if it exists (an upsert that updates nothing still
--- locks the row), so that a prune cannot remove it before this put commits.
+-- A key's record is created, or locked FOR KEY SHARE if it exists, so that a prune cannot
+-- remove it before this put commits (a lock that claims and completions, which change no key
+-- column, do not wait on).
 WITH {held}ins AS (
   INSERT INTO {jobs} AS t (queue, payload, priority, run_at, expected_at, max_attempts, key,
                            cursor, keep_for, timeout, unique_key, unique_scope)
@@ -31,8 +32,10 @@ WITH {held}ins AS (
   RETURNING t.id, t.cursor, t.queue, t.key, t.unique_key, t.unique_scope
 ), new_keys AS (
   INSERT INTO {keys} (queue, key)
-  SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL
-  ON CONFLICT (queue, key) DO UPDATE SET queue = EXCLUDED.queue WHERE false
+  SELECT n.queue, n.key FROM (SELECT DISTINCT queue, key FROM ins WHERE key IS NOT NULL) AS n
+  WHERE NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = n.queue AND k.key = n.key
+                    FOR KEY SHARE)
+  ON CONFLICT DO NOTHING
 ){periods}
 SELECT id, cursor, CASE WHEN cursor OR unique_key IS NOT NULL THEN queue END AS queue,
        CASE WHEN cursor THEN key END AS key, unique_key

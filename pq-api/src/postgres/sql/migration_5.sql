@@ -40,10 +40,10 @@ CREATE TRIGGER pq_notify_slot_freed AFTER UPDATE ON {slots} FOR EACH ROW
   WHEN (OLD.job_id IS NOT NULL AND NEW.job_id IS NULL)
   EXECUTE FUNCTION {slot_notify_fn}();
 -- Removes up to `lim` records of keys that no job waits on or runs under (a lease that ran
--- out holds nothing) and that hold no saved state → how many went. Candidates are locked first (a put of the key locks its
--- record as well, see insert.sql, so one of the two waits or skips), then looked at again
--- with a fresh snapshot: a job put with the key before the lock was taken is seen, and its
--- record stays.
+-- out holds nothing) and that hold no saved state → how many went. Candidates are locked
+-- first (a put of the key locks its record FOR KEY SHARE, see insert.sql, so one of the two
+-- waits or skips), then looked at again with a fresh snapshot: a job put with the key before
+-- the lock was taken is seen, and its record stays.
 CREATE FUNCTION {sweep_keys_fn}(lim int4) RETURNS int8 LANGUAGE plpgsql AS $pq$
 DECLARE
   qs text[];

@@ -10,7 +10,10 @@ WITH target AS (
   RETURNING t.id, t.queue, t.key
 ), keyed AS (
   INSERT INTO {keys} (queue, key)
-  SELECT queue, key FROM restarted WHERE key IS NOT NULL
-  ON CONFLICT (queue, key) DO UPDATE SET queue = EXCLUDED.queue WHERE false
+  SELECT r.queue, r.key FROM restarted AS r
+  WHERE r.key IS NOT NULL
+    AND NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = r.queue AND k.key = r.key
+                    FOR KEY SHARE)
+  ON CONFLICT DO NOTHING
 )
 SELECT state FROM target
