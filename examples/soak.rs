@@ -217,7 +217,8 @@ fn verdict(samples: &[Sample]) {
     }
     let peak = |range: &[Sample], f: fn(&Sample) -> i64| range.iter().map(f).max().unwrap_or(0);
     let (quarter, half) = (&samples[n / 4..n / 2], &samples[n / 2..]);
-    let measures: [(&str, fn(&Sample) -> i64); 7] = [
+    type Measure = (&'static str, fn(&Sample) -> i64);
+    let measures: [Measure; 7] = [
         ("jobs", |s| s.jobs),
         ("failed+cancelled", |s| s.ended),
         ("key records", |s| s.keys),

@@ -386,7 +386,7 @@ pub enum Cancelled {
     /// within it its job is completed; otherwise the job is handed back, its attempt not
     /// counted (an error returned now is no failure of the job).
     Abort,
-    /// The job was cancelled ([`QueueStore::cancel`](crate::QueueStore::cancel)): it stays
+    /// The job was cancelled ([`QueueStore::cancel`]): it stays
     /// cancelled whatever the handler returns, so it should stop at once; the worker drops it
     /// after the worker's [`abort_grace`](crate::Worker::abort_grace).
     Requested,

@@ -163,7 +163,7 @@ impl DieselStore {
         }
     }
 
-    /// How long [`QueueStore::prune`](pq_api::QueueStore::prune) keeps failed and cancelled
+    /// How long [`QueueStore::prune`] keeps failed and cancelled
     /// jobs of queues without a retention of their own
     /// ([`QueueSetting::Retention`](pq_api::QueueSetting::Retention)); default
     /// [`DEFAULT_RETENTION`](pq_api::DEFAULT_RETENTION), a week. Rejects a period of zero or
