@@ -83,7 +83,7 @@ WITH q AS (
 ), seated AS (
   UPDATE {slots} AS l SET job_id = c.id, token = $3::int8,
          until = CASE WHEN l.kind = 'c' THEN c.run_at
-                      ELSE statement_timestamp() END
+                      ELSE statement_timestamp() + q.rate_per * interval '1 microsecond' END
   FROM claimed AS c JOIN placed AS p ON p.id = c.id JOIN q ON q.name = p.queue
   JOIN free AS f ON f.queue = p.queue AND f.n = p.n
   WHERE l.queue = f.queue AND l.kind = f.kind AND l.slot = f.slot
