@@ -198,7 +198,7 @@ async fn diesels_claims_and_completions_each_keep_to_a_connection_given_back_whe
         let (claimed, completed) = tokio::join!(store.claim(&one), store.complete_many(&batch));
         assert_eq!(claimed.unwrap().len(), 1);
         assert_eq!(completed.unwrap().len(), 40);
-        claimed_on.extend(last_ran(&observer, &app, "WITH cand AS").await);
+        claimed_on.extend(last_ran(&observer, &app, "WITH q AS").await);
         completed_on.extend(last_ran(&observer, &app, "WITH done AS").await);
     }
     assert_eq!(claimed_on.len(), 1, "server processes that ran the claims");
