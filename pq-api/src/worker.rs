@@ -1070,10 +1070,16 @@ async fn heartbeats(
     let mut next = Instant::now() + every;
     let mut pause = RECORD_RETRY_FIRST;
     let mut hint = store.cancel_requested(lease.job_id);
+    let _ = (&mut hint).now_or_never();
     loop {
         tokio::select! {
             () = tokio::time::sleep_until(next) => {}
-            () = &mut hint => hint = store.cancel_requested(lease.job_id),
+            () = &mut hint => {
+                // Listen again before extending: a cancellation heard while the extension
+                // is on its way is then not missed (one heard before it, the extension sees).
+                hint = store.cancel_requested(lease.job_id);
+                let _ = (&mut hint).now_or_never();
+            }
         }
         let sent = Instant::now();
         match bounded(every, store.extend(&lease, lease_for)).await {
