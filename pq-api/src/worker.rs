@@ -42,6 +42,10 @@ pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(1);
 /// How often a worker prunes its store unless told otherwise ([`Worker::prune_every`]).
 pub const DEFAULT_PRUNE_EVERY: Duration = Duration::from_secs(60);
 
+/// The longest a running job waits for its first heartbeat: a job cancelled as it started is
+/// learned of by then.
+const FIRST_BEAT: Duration = Duration::from_millis(500);
+
 /// How many prunes in a row a worker runs at most while each removes something.
 const PRUNE_ROUNDS: usize = 10;
 
@@ -1067,7 +1071,9 @@ async fn heartbeats(
     lease_for: Duration,
     lease_until: &mut Instant,
 ) -> BeatEnd {
-    let mut next = Instant::now() + every;
+    // The first beat comes early: a cancel sent between the handler's start and the hint's
+    // subscription below went unheard, and is learned from this extension instead.
+    let mut next = Instant::now() + every.min(FIRST_BEAT);
     let mut pause = RECORD_RETRY_FIRST;
     let mut hint = store.cancel_requested(lease.job_id);
     let _ = (&mut hint).now_or_never();
