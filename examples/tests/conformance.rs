@@ -79,6 +79,9 @@ impl QueueStore for AuditedStore {
     async fn retry(&self, id: JobId) -> Result<()> {
         self.jobs.retry(id).await
     }
+    async fn list_jobs(&self, filter: &pq_api::JobFilter) -> pq_api::Result<Vec<Job>> {
+        self.jobs.list_jobs(filter).await
+    }
     async fn job(&self, id: JobId) -> Result<Job> {
         self.jobs.job(id).await
     }

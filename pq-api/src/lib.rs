@@ -76,7 +76,8 @@ pub use job::{
     MAX_DURATION, MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
 pub use queue::{
-    Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, DEFAULT_RETENTION, MAX_QUEUE_LIMIT,
+    JobFilter, Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, DEFAULT_RETENTION,
+    MAX_LIST_LIMIT, MAX_QUEUE_LIMIT,
 };
 #[doc(hidden)]
 pub use serde_json as __serde_json;

@@ -6,7 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::job::{validate_queue_name, QueueStats, MAX_DURATION};
+use crate::job::{validate_queue_name, JobId, JobState, QueueStats, MAX_DURATION};
 
 /// How long failed and cancelled jobs are kept for inspection before
 /// [`QueueStore::prune`](crate::QueueStore::prune) removes them, unless the store or the queue
@@ -152,6 +152,9 @@ pub struct QueueInfo {
     pub config: QueueConfig,
     /// Its jobs counted by state.
     pub stats: QueueStats,
+    /// How long its oldest ready job has been claimable, by the store's clock (`None`: no job
+    /// is ready). A queue whose oldest ready job keeps ageing has no worker keeping up.
+    pub oldest_ready: Option<Duration>,
 }
 
 impl QueueInfo {
@@ -161,7 +164,108 @@ impl QueueInfo {
             name: name.into(),
             config,
             stats,
+            oldest_ready: None,
         }
+    }
+
+    /// The info with the age of its oldest ready job set.
+    pub fn with_oldest_ready(mut self, age: Option<Duration>) -> Self {
+        self.oldest_ready = age;
+        self
+    }
+}
+
+/// The most jobs one [`QueueStore::list_jobs`](crate::QueueStore::list_jobs) call lists.
+pub const MAX_LIST_LIMIT: u32 = 1_000;
+
+/// Which jobs [`QueueStore::list_jobs`](crate::QueueStore::list_jobs) lists: newest first, optionally of
+/// one queue and one state, a page at a time.
+///
+/// ```
+/// use pq_api::{JobFilter, JobState};
+/// let failed = JobFilter::new().queue("emails").state(JobState::Failed).limit(20);
+/// assert_eq!(failed.limit, 20);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct JobFilter {
+    /// Only jobs of this queue.
+    pub queue: Option<String>,
+    /// Only jobs in this state.
+    pub state: Option<JobState>,
+    /// Only jobs with a smaller id than this (the last id of the page before).
+    pub before: Option<JobId>,
+    /// At most this many (1 to [`MAX_LIST_LIMIT`]; default 50).
+    pub limit: u32,
+}
+
+impl Default for JobFilter {
+    fn default() -> Self {
+        JobFilter {
+            queue: None,
+            state: None,
+            before: None,
+            limit: 50,
+        }
+    }
+}
+
+impl JobFilter {
+    /// Every job, newest first, 50 at a time.
+    pub fn new() -> Self {
+        JobFilter::default()
+    }
+
+    /// Only jobs of `queue`.
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = Some(queue.into());
+        self
+    }
+
+    /// Only jobs in `state`.
+    pub fn state(mut self, state: JobState) -> Self {
+        self.state = Some(state);
+        self
+    }
+
+    /// Only jobs older than `id` (put before it): the next page after a page ending at `id`.
+    pub fn before(mut self, id: JobId) -> Self {
+        self.before = Some(id);
+        self
+    }
+
+    /// At most `limit` jobs.
+    pub fn limit(mut self, limit: u32) -> Self {
+        self.limit = limit;
+        self
+    }
+
+    /// Checks the filter: a valid queue name, a limit from 1 to [`MAX_LIST_LIMIT`].
+    ///
+    /// ```
+    /// use pq_api::JobFilter;
+    /// assert!(JobFilter::new().limit(0).validate().is_err());
+    /// assert!(JobFilter::new().queue("bad name!").validate().is_err());
+    /// ```
+    pub fn validate(&self) -> Result<()> {
+        if let Some(q) = &self.queue {
+            validate_queue_name(q)?;
+        }
+        if self.limit == 0 || self.limit > MAX_LIST_LIMIT {
+            return Err(Error::invalid(
+                "limit",
+                format!("must be 1 to {MAX_LIST_LIMIT}, not {}", self.limit),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `job` passes the queue, state and `before` filters (`state` being its state
+    /// now).
+    pub fn admits(&self, job: &crate::Job, state: JobState) -> bool {
+        self.queue.as_ref().is_none_or(|q| *q == job.queue)
+            && self.state.is_none_or(|s| s == state)
+            && self.before.is_none_or(|b| job.id < b)
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::job::{
     Claim, ClaimedJob, Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats,
 };
-use crate::queue::{Pruned, QueueInfo, QueueSetting};
+use crate::queue::{JobFilter, Pruned, QueueInfo, QueueSetting};
 
 /// A store of jobs: all queues in one place, claimed under leases.
 ///
@@ -225,9 +225,19 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   (`queue_settings_are_validated`).
     async fn configure_queue(&self, queue: &str, setting: QueueSetting) -> Result<()>;
 
-    /// Every queue that holds jobs or has settings, by name, with its settings and its jobs
-    /// counted by state (`queues_lists_settings_and_counts`).
+    /// Every queue that holds jobs or has settings, by name, with its settings, its jobs
+    /// counted by state and the age of its oldest ready job (`queues_lists_settings_and_counts`,
+    /// `queues_tell_how_long_the_oldest_ready_job_waited`).
     async fn queues(&self) -> Result<Vec<QueueInfo>>;
+
+    /// Lists jobs, newest (highest id) first, as `filter` says: for operators and dashboards,
+    /// not for workers.
+    ///
+    /// # Contract
+    /// - Only jobs of the filter's queue and state, with ids below its `before`, at most its
+    ///   `limit`; each reported as [`QueueStore::job`] would (`list_jobs_lists_newest_first_by_queue_and_state`).
+    /// - An invalid filter ([`JobFilter::validate`]) is rejected.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
 
     /// Removes what the store no longer needs to keep, a batch at a time (call it again while
     /// it removes anything): failed and cancelled jobs older than their queue's retention

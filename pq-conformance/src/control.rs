@@ -554,3 +554,82 @@ pub async fn racing_puts_and_prunes_lose_no_key(store: Arc<dyn QueueStore>) {
     }
     assert_eq!(put.len(), ROUNDS);
 }
+
+/// A queue's oldest ready job tells how long it has been claimable, by the store's clock; a
+/// queue with no ready job (only scheduled or running ones) tells none.
+pub async fn queues_tell_how_long_the_oldest_ready_job_waited(store: Arc<dyn QueueStore>) {
+    let hour_ago = chrono::Utc::now() - chrono::TimeDelta::hours(1);
+    let jobs = vec![
+        NewJob::from_json("a", json!(1)),
+        NewJob::from_json("a", json!(2)).run_at(hour_ago),
+        NewJob::from_json("b", json!(3)).run_at(Duration::from_secs(300)),
+        NewJob::from_json("c", json!(4)),
+    ];
+    store.put_many(jobs).await.unwrap();
+    store
+        .claim(&Claim::new(["c"]).lease(LONG_LEASE))
+        .await
+        .unwrap();
+    let queues = store.queues().await.unwrap();
+    let age = |name: &str| queues.iter().find(|q| q.name == name).unwrap().oldest_ready;
+    let a = age("a").expect("queue a has ready jobs");
+    assert!(
+        a >= Duration::from_secs(3600) && a < Duration::from_secs(3660),
+        "the oldest of a's ready jobs became ready an hour ago, not {a:?} ago"
+    );
+    assert_eq!((age("b"), age("c")), (None, None));
+}
+
+/// `jobs` lists the jobs a filter admits, newest first, a page at a time, each as `job`
+/// reports it; a bad filter is refused.
+pub async fn list_jobs_lists_newest_first_by_queue_and_state(store: Arc<dyn QueueStore>) {
+    let a = put_n(&*store, "a", 4).await;
+    let b = put_n(&*store, "b", 1).await;
+    let claimed = store
+        .claim(&Claim::new(["a"]).lease(LONG_LEASE))
+        .await
+        .unwrap();
+    let lease = &claimed[0].lease;
+    store
+        .fail(lease, Failure::new("boom").give_up())
+        .await
+        .unwrap();
+    let ids = |jobs: Vec<pq_api::Job>| jobs.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    let all = store.list_jobs(&pq_api::JobFilter::new()).await.unwrap();
+    assert_eq!(ids(all.clone()), [b[0], a[3], a[2], a[1], a[0]]);
+    for job in all {
+        assert_eq!(job, store.job(job.id).await.unwrap());
+    }
+    let of_a = pq_api::JobFilter::new().queue("a");
+    let page = store.list_jobs(&of_a.clone().limit(2)).await.unwrap();
+    assert_eq!(ids(page), [a[3], a[2]]);
+    let next = store
+        .list_jobs(&of_a.clone().before(a[2]).limit(2))
+        .await
+        .unwrap();
+    assert_eq!(ids(next), [a[1], a[0]]);
+    let failed = store
+        .list_jobs(&of_a.clone().state(JobState::Failed))
+        .await
+        .unwrap();
+    assert_eq!(ids(failed.clone()), [a[0]]);
+    assert_eq!(failed[0].last_error.as_deref(), Some("boom"));
+    let ready = store
+        .list_jobs(&of_a.clone().state(JobState::Ready))
+        .await
+        .unwrap();
+    assert_eq!(ids(ready), [a[3], a[2], a[1]]);
+    let none = pq_api::JobFilter::new().queue("b").state(JobState::Failed);
+    assert!(store.list_jobs(&none).await.unwrap().is_empty());
+    for bad in [
+        pq_api::JobFilter::new().limit(0),
+        pq_api::JobFilter::new().limit(pq_api::MAX_LIST_LIMIT + 1),
+        pq_api::JobFilter::new().queue(""),
+    ] {
+        let err = store.list_jobs(&bad).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { .. }),
+            "{bad:?}: {err:?}"
+        );
+    }
+}

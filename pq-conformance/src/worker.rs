@@ -744,6 +744,9 @@ impl QueueStore for Blips {
     async fn retry(&self, id: JobId) -> pq_api::Result<()> {
         self.inner.retry(id).await
     }
+    async fn list_jobs(&self, filter: &pq_api::JobFilter) -> pq_api::Result<Vec<Job>> {
+        self.inner.list_jobs(filter).await
+    }
     async fn job(&self, id: JobId) -> pq_api::Result<Job> {
         self.inner.job(id).await
     }

@@ -28,8 +28,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use pq_api::{
-    Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob,
-    Pruned, QueueConfig, QueueInfo, QueueSetting, QueueStats, QueueStore, Result, Unique,
+    Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobFilter, JobId, JobState, Lease,
+    NewJob, Pruned, QueueConfig, QueueInfo, QueueSetting, QueueStats, QueueStore, Result, Unique,
     DEFAULT_RETENTION,
 };
 use serde_json::Value;
@@ -986,9 +986,28 @@ impl QueueStore for MemoryStore {
                     QueueStats::default(),
                 )
             });
-            info.stats.add(e.state(now), 1);
+            let state = e.state(now);
+            info.stats.add(state, 1);
+            if state == JobState::Ready {
+                let age = (now - e.job.run_at).to_std().unwrap_or_default();
+                info.oldest_ready = Some(info.oldest_ready.map_or(age, |a| a.max(age)));
+            }
         }
         Ok(out.into_values().collect())
+    }
+
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
+        filter.validate()?;
+        let now = now();
+        let inner = self.lock();
+        let limit = usize::try_from(filter.limit).unwrap_or(usize::MAX);
+        let mut found: Vec<&Entry> = inner
+            .jobs
+            .values()
+            .filter(|e| filter.admits(&e.job, e.state(now)))
+            .collect();
+        found.sort_unstable_by_key(|e| std::cmp::Reverse(e.job.id));
+        Ok(found.into_iter().take(limit).map(|e| e.view(now)).collect())
     }
 
     async fn prune(&self) -> Result<Pruned> {

@@ -43,6 +43,7 @@ mod files {
     pub(super) const CANCEL: &str = include_str!("sql/cancel.sql");
     pub(super) const RETRY: &str = include_str!("sql/retry.sql");
     pub(super) const JOB: &str = include_str!("sql/job.sql");
+    pub(super) const LIST_JOBS: &str = include_str!("sql/list_jobs.sql");
     pub(super) const STATS: &str = include_str!("sql/stats.sql");
     pub(super) const PURGE: &str = include_str!("sql/purge.sql");
     pub(super) const KEY_STATE: &str = include_str!("sql/key_state.sql");
@@ -144,7 +145,9 @@ pub struct Statements {
     /// → `row text` per queue with settings: a JSON array `[queue, paused, concurrency, rate,
     /// rate_per µs, retention µs]` (0: none).
     pub queue_configs: Arc<str>,
-    /// → `row text` per queue and state present: a JSON array `[queue, state, n]`.
+    /// → `row text` per queue and state present: a JSON array `[queue, state, n, age µs]`,
+    /// the age being the time since the earliest `run_at` (for ready jobs, how long the
+    /// oldest has been claimable).
     pub queue_counts: Arc<str>,
     /// `$1 int8` the store's retention µs, `$2 int8` at most so many → `n int8`, the failed
     /// and cancelled jobs removed.
@@ -155,6 +158,9 @@ pub struct Statements {
     pub retry: Arc<str>,
     /// `$1 int8` id → a job row.
     pub job: Arc<str>,
+    /// `$1 text` queue (`''`: any), `$2 text` state (`''`: any), `$3 int8` ids below it,
+    /// `$4 int8` at most so many → job rows, newest first.
+    pub list_jobs: Arc<str>,
     /// `$1 text` queue → `state`, `n int8` per state present.
     pub stats: Arc<str>,
     /// `$1 text` queue → `n int8`, the number purged.
@@ -335,6 +341,7 @@ impl Statements {
             ("prune keys", &self.prune_keys),
             ("retry", &self.retry),
             ("job", &self.job),
+            ("list jobs", &self.list_jobs),
             ("stats", &self.stats),
             ("purge", &self.purge),
             ("key state", &self.key_state),
@@ -424,6 +431,7 @@ impl Statements {
             prune_keys: s(PRUNE_KEYS),
             retry: s(RETRY),
             job: s(JOB),
+            list_jobs: s(LIST_JOBS),
             stats: s(STATS),
             purge: s(PURGE),
             key_state: s(KEY_STATE),
