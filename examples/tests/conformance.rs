@@ -79,6 +79,15 @@ impl QueueStore for AuditedStore {
     async fn retry(&self, id: JobId) -> Result<()> {
         self.jobs.retry(id).await
     }
+    async fn record_throughput(&self, tallies: &[pq_api::Tally]) -> pq_api::Result<()> {
+        self.jobs.record_throughput(tallies).await
+    }
+    async fn throughput(
+        &self,
+        since: std::time::Duration,
+    ) -> pq_api::Result<Vec<pq_api::Throughput>> {
+        self.jobs.throughput(since).await
+    }
     async fn list_jobs(&self, filter: &pq_api::JobFilter) -> pq_api::Result<Vec<Job>> {
         self.jobs.list_jobs(filter).await
     }

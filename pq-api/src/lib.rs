@@ -46,6 +46,7 @@ pub mod codec;
 mod error;
 mod ext;
 mod job;
+pub mod metrics;
 #[cfg(feature = "periodic")]
 pub mod periodic;
 pub mod postgres;
@@ -76,8 +77,8 @@ pub use job::{
     MAX_DURATION, MAX_KEY_LEN, MAX_PAYLOAD_NESTING, MAX_QUEUE_NAME_LEN,
 };
 pub use queue::{
-    JobFilter, Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, DEFAULT_RETENTION,
-    MAX_LIST_LIMIT, MAX_QUEUE_LIMIT,
+    JobFilter, Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, Tally, Throughput,
+    DEFAULT_RETENTION, MAX_LIST_LIMIT, MAX_QUEUE_LIMIT, THROUGHPUT_KEPT,
 };
 #[doc(hidden)]
 pub use serde_json as __serde_json;
@@ -88,5 +89,5 @@ pub use task::{
 };
 pub use worker::{
     StopMode, UnknownTasks, Worker, WorkerHandle, WorkerState, WorkerStatus, DEFAULT_ABORT_GRACE,
-    DEFAULT_PRUNE_EVERY,
+    DEFAULT_PRUNE_EVERY, DEFAULT_REPORT_EVERY,
 };

@@ -3,6 +3,7 @@
 
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -175,6 +176,67 @@ impl QueueInfo {
     }
 }
 
+/// Jobs of one queue that workers finished since their last report: what
+/// [`QueueStore::record_throughput`](crate::QueueStore::record_throughput) adds to the store's
+/// per-minute record.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Tally {
+    /// The queue.
+    pub queue: String,
+    /// Jobs completed.
+    pub completed: u64,
+    /// Jobs that failed for good (out of attempts, or giving up).
+    pub failed: u64,
+}
+
+impl Tally {
+    /// A tally of `queue`.
+    pub fn new(queue: impl Into<String>, completed: u64, failed: u64) -> Self {
+        Tally {
+            queue: queue.into(),
+            completed,
+            failed,
+        }
+    }
+}
+
+/// How many jobs of a queue workers finished in one minute, as
+/// [`QueueStore::throughput`](crate::QueueStore::throughput) reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Throughput {
+    /// The queue.
+    pub queue: String,
+    /// The minute's start, by the store's clock.
+    pub minute: DateTime<Utc>,
+    /// Jobs completed in it.
+    pub completed: u64,
+    /// Jobs that failed for good in it.
+    pub failed: u64,
+}
+
+impl Throughput {
+    /// A minute's record: for stores outside this crate (the struct is `#[non_exhaustive]`).
+    pub fn new(
+        queue: impl Into<String>,
+        minute: DateTime<Utc>,
+        completed: u64,
+        failed: u64,
+    ) -> Self {
+        Throughput {
+            queue: queue.into(),
+            minute,
+            completed,
+            failed,
+        }
+    }
+}
+
+/// How long the per-minute throughput records are kept before
+/// [`QueueStore::prune`](crate::QueueStore::prune) removes them: a day.
+pub const THROUGHPUT_KEPT: Duration = Duration::from_secs(24 * 3600);
+
 /// The most jobs one [`QueueStore::list_jobs`](crate::QueueStore::list_jobs) call lists.
 pub const MAX_LIST_LIMIT: u32 = 1_000;
 
@@ -245,7 +307,7 @@ impl JobFilter {
     /// ```
     /// use pq_api::JobFilter;
     /// assert!(JobFilter::new().limit(0).validate().is_err());
-    /// assert!(JobFilter::new().queue("bad name!").validate().is_err());
+    /// assert!(JobFilter::new().queue("").validate().is_err());
     /// ```
     pub fn validate(&self) -> Result<()> {
         if let Some(q) = &self.queue {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::job::{
     Claim, ClaimedJob, Done, Failure, FinishedJob, Job, JobId, JobState, Lease, NewJob, QueueStats,
 };
-use crate::queue::{JobFilter, Pruned, QueueInfo, QueueSetting};
+use crate::queue::{JobFilter, Pruned, QueueInfo, QueueSetting, Tally, Throughput};
 
 /// A store of jobs: all queues in one place, claimed under leases.
 ///
@@ -238,6 +238,20 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   `limit`; each reported as [`QueueStore::job`] would (`list_jobs_lists_newest_first_by_queue_and_state`).
     /// - An invalid filter ([`JobFilter::validate`]) is rejected.
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>>;
+
+    /// Adds what workers finished to the store's per-minute record of each queue, under the
+    /// store's current minute. The worker reports this way every few seconds
+    /// ([`Worker::report_every`](crate::Worker::report_every)), off its jobs' path.
+    ///
+    /// # Contract
+    /// - Reports within one minute add up; [`QueueStore::throughput`] returns them
+    ///   (`throughput_adds_up_what_workers_report`). A bad queue name is rejected.
+    async fn record_throughput(&self, tallies: &[Tally]) -> Result<()>;
+
+    /// The per-minute records of the last `since` (the minute `since` ago included), oldest
+    /// first, then by queue. Records older than [`THROUGHPUT_KEPT`](crate::THROUGHPUT_KEPT)
+    /// are removed by [`QueueStore::prune`].
+    async fn throughput(&self, since: Duration) -> Result<Vec<Throughput>>;
 
     /// Removes what the store no longer needs to keep, a batch at a time (call it again while
     /// it removes anything): failed and cancelled jobs older than their queue's retention

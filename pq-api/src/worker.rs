@@ -20,6 +20,7 @@ use crate::job::{
     validate_lease, Claim, ClaimedJob, Done, Failure, JobState, Lease, MAX_CLAIM_LIMIT,
     MAX_DURATION,
 };
+use crate::metrics::{Finished, Meters, QueueMeter};
 use crate::queue::Pruned;
 use crate::store::QueueStore;
 use crate::task::{
@@ -41,6 +42,10 @@ pub const DEFAULT_ABORT_GRACE: Duration = Duration::from_secs(1);
 
 /// How often a worker prunes its store unless told otherwise ([`Worker::prune_every`]).
 pub const DEFAULT_PRUNE_EVERY: Duration = Duration::from_secs(60);
+
+/// How often a worker reports its throughput to the store, unless
+/// [`Worker::report_every`] says otherwise: 10 s.
+pub const DEFAULT_REPORT_EVERY: Duration = Duration::from_secs(10);
 
 /// The longest a running job waits for its first heartbeat: a job cancelled as it started is
 /// learned of by then.
@@ -144,6 +149,7 @@ struct Shared {
     stop: watch::Sender<Option<StopMode>>,
     stopped: watch::Sender<bool>,
     counts: Counters,
+    meters: Meters,
 }
 
 /// Controls a running worker from anywhere: any thread, a signal handler task, another
@@ -285,13 +291,15 @@ pub struct Worker {
     unknown_tasks: UnknownTasks,
     abort_grace: Duration,
     prune_every: Duration,
+    report_every: Duration,
+    queue_gauges_every: Duration,
     shared: Arc<Shared>,
 }
 
 /// What a job's task reports back to the worker loop.
 enum Outcome {
-    /// Succeeded; the worker completes it.
-    Succeeded(Done),
+    /// Succeeded; the worker completes it (and counts it in its queue's meter).
+    Succeeded(Done, Arc<QueueMeter>),
     /// Everything already recorded.
     Settled,
 }
@@ -300,6 +308,7 @@ impl Worker {
     /// A worker for `registry`'s tasks on `store`: concurrency 8, batches up to the free
     /// capacity, leases of [`DEFAULT_LEASE`](crate::DEFAULT_LEASE) extended every third of it.
     pub fn new(store: Arc<dyn QueueStore>, registry: Registry) -> Self {
+        let meters = Meters::new(&registry.queues());
         Worker {
             store,
             registry: Arc::new(registry),
@@ -312,10 +321,13 @@ impl Worker {
             unknown_tasks: UnknownTasks::default(),
             abort_grace: DEFAULT_ABORT_GRACE,
             prune_every: DEFAULT_PRUNE_EVERY,
+            report_every: DEFAULT_REPORT_EVERY,
+            queue_gauges_every: Duration::ZERO,
             shared: Arc::new(Shared {
                 stop: watch::channel(None).0,
                 stopped: watch::channel(false).0,
                 counts: Counters::default(),
+                meters,
             }),
         }
     }
@@ -374,6 +386,24 @@ impl Worker {
     /// elsewhere then, or the tables grow).
     pub fn prune_every(mut self, every: Duration) -> Self {
         self.prune_every = every;
+        self
+    }
+
+    /// How often the worker adds what it finished to the store's per-minute throughput record
+    /// ([`QueueStore::record_throughput`]; the dashboard's chart). Default
+    /// [`DEFAULT_REPORT_EVERY`]: one small statement per period, off the jobs' path, and one
+    /// more as the worker stops. Zero never reports.
+    pub fn report_every(mut self, every: Duration) -> Self {
+        self.report_every = every;
+        self
+    }
+
+    /// How often the worker reports the store's queue gauges (jobs by state, the oldest ready
+    /// job's wait: [`metrics::record_queues`](crate::metrics::record_queues)) through the
+    /// metrics facade. Each report counts the table ([`QueueStore::queues`]), so the default
+    /// is zero, never; one worker of a deployment reporting them is enough.
+    pub fn queue_gauges_every(mut self, every: Duration) -> Self {
+        self.queue_gauges_every = every;
         self
     }
 
@@ -439,9 +469,18 @@ impl Worker {
         let span = tracing::info_span!("pq.worker", queues = ?queues);
         let pruner = (!self.prune_every.is_zero())
             .then(|| tokio::spawn(prune_forever(self.store.clone(), self.prune_every)));
+        let reporter = (!self.report_every.is_zero()).then(|| {
+            let (store, shared) = (self.store.clone(), self.shared.clone());
+            tokio::spawn(report_forever(store, shared, self.report_every))
+        });
+        let gauges = (!self.queue_gauges_every.is_zero())
+            .then(|| tokio::spawn(gauges_forever(self.store.clone(), self.queue_gauges_every)));
         self.run_loop(queues, heartbeat).instrument(span).await;
-        if let Some(pruner) = pruner {
-            pruner.abort();
+        for task in [pruner, reporter, gauges].into_iter().flatten() {
+            task.abort();
+        }
+        if !self.report_every.is_zero() {
+            report(&*self.store, &self.shared.meters, RECORD_RETRY_MAX).await;
         }
         self.shared.stopped.send_replace(true);
         Ok(handle.status())
@@ -451,7 +490,7 @@ impl Worker {
         let mut stop_rx = self.shared.stop.subscribe();
         let (abort_tx, _) = watch::channel(false);
         let mut running: JoinSet<Outcome> = JoinSet::new();
-        let mut done: Vec<Done> = Vec::new();
+        let mut done = Finished::default();
         let mut claim = Claim::new(queues.iter().cloned()).lease(self.lease);
         let mut linger_until: Option<Instant> = None;
         let inline = tokio::runtime::Handle::current().runtime_flavor()
@@ -512,7 +551,10 @@ impl Worker {
             claim.limit = limit;
             let claiming = async {
                 if maybe_claimable {
-                    bounded(self.lease / 2, self.store.claim(&claim)).await
+                    let started = Instant::now();
+                    let claimed = bounded(self.lease / 2, self.store.claim(&claim)).await;
+                    self.shared.meters.claimed_in(started.elapsed());
+                    claimed
                 } else {
                     Ok(Vec::new())
                 }
@@ -605,7 +647,7 @@ impl Worker {
         &self,
         d: Duration,
         running: &mut JoinSet<Outcome>,
-        done: &mut Vec<Done>,
+        done: &mut Finished,
         stop_rx: &mut watch::Receiver<Option<StopMode>>,
     ) {
         let until = Instant::now() + d;
@@ -627,10 +669,10 @@ impl Worker {
 
     /// Collects a finished job's outcome; true if it may have left a job claimable (a retry,
     /// a release).
-    fn reap(&self, joined: std::result::Result<Outcome, JoinError>, done: &mut Vec<Done>) -> bool {
+    fn reap(&self, joined: std::result::Result<Outcome, JoinError>, done: &mut Finished) -> bool {
         match joined {
-            Ok(Outcome::Succeeded(finished)) => {
-                done.push(finished);
+            Ok(Outcome::Succeeded(finished, meter)) => {
+                done.push(finished, meter);
                 false
             }
             Ok(Outcome::Settled) => true,
@@ -643,16 +685,16 @@ impl Worker {
     }
 
     /// Completes every succeeded job in one statement.
-    async fn flush(&self, done: &mut Vec<Done>) {
+    async fn flush(&self, done: &mut Finished) {
         self.flush_within(done, self.lease / 2).await;
     }
 
     /// Completes every succeeded job in one statement, if the store answers within `d`.
-    async fn flush_within(&self, done: &mut Vec<Done>, d: Duration) {
+    async fn flush_within(&self, done: &mut Finished, d: Duration) {
         if done.is_empty() {
             return;
         }
-        match bounded(d, self.store.complete_many(done)).await {
+        match bounded(d, self.store.complete_many(&done.done)).await {
             Ok(ids) => {
                 let counts = &self.shared.counts;
                 let lost = done.len() - ids.len();
@@ -665,7 +707,7 @@ impl Worker {
                     );
                 }
                 tracing::debug!(completed = ids.len(), "jobs completed");
-                done.clear();
+                done.completed(&ids);
             }
             Err(e) if e.is_retryable() => {
                 tracing::warn!(error = %e, jobs = done.len(), "completing failed; will try again");
@@ -691,6 +733,8 @@ impl Worker {
         inline: bool,
     ) -> Option<Outcome> {
         let routed = self.registry.route(&claimed.job.payload).cloned();
+        let meter = self.shared.meters.of(&claimed.job.queue);
+        meter.claimed.increment(1);
         let span = tracing::info_span!(
             "pq.job",
             job.id = claimed.job.id.0,
@@ -701,6 +745,7 @@ impl Worker {
         let run = JobRun {
             store: self.store.clone(),
             shared: self.shared.clone(),
+            meter,
             lease_for: self.lease,
             lease_until: Instant::now() + self.lease,
             heartbeat,
@@ -749,6 +794,8 @@ enum Interrupted {
 struct JobRun {
     store: Arc<dyn QueueStore>,
     shared: Arc<Shared>,
+    /// The metrics handles of the job's queue.
+    meter: Arc<QueueMeter>,
     lease_for: Duration,
     /// No later than the lease runs out (taken after the claim, moved on by each heartbeat):
     /// how long recording an outcome is worth trying.
@@ -801,6 +848,7 @@ impl JobRun {
             .timeout
             .or(entry.timeout)
             .map(|limit| (Instant::now() + limit, limit));
+        let started = Instant::now();
         let result = {
             let mut fut = std::pin::pin!(AssertUnwindSafe(handler.handle(cx, args)).catch_unwind());
             // Many handlers finish on their first poll: they need no heartbeat timer.
@@ -814,6 +862,7 @@ impl JobRun {
             // The handler is dropped here, before its job is handed back: a transactional
             // handler's transaction, which may hold the job's row, ends first.
         };
+        self.meter.ran(started.elapsed());
         let retry = (attempt < max_attempts).then_some(entry);
         let result = match result {
             Err(Interrupted::Cancelled) => return Outcome::Settled,
@@ -838,9 +887,10 @@ impl JobRun {
             Err(Interrupted::LeaseLost | Interrupted::TimedOut) => return Outcome::Settled,
         };
         match result {
-            Ok(Ok(Completion::Pending)) => Outcome::Succeeded(record.done()),
+            Ok(Ok(Completion::Pending)) => Outcome::Succeeded(record.done(), self.meter.clone()),
             Ok(Ok(Completion::Committed)) => {
                 Counters::bump(&self.shared.counts.processed, 1);
+                self.meter.completed(1);
                 tracing::debug!("completed in the handler's transaction");
                 Outcome::Settled
             }
@@ -911,6 +961,7 @@ impl JobRun {
         if let BeatEnd::Cancelled = ended {
             cancel.cancel(Cancelled::Requested);
             Counters::bump(&self.shared.counts.cancelled, 1);
+            self.meter.cancelled.increment(1);
             tracing::info!("job cancelled while it ran; the handler is told to stop");
             // Whatever it returns now, the job stays cancelled: its outcome is dropped.
             let _ = tokio::time::timeout(self.abort_grace, fut.as_mut()).await;
@@ -922,6 +973,7 @@ impl JobRun {
             Ok(r) => Ok(r),
             Err(_) => {
                 Counters::bump(&self.shared.counts.lost, 1);
+                self.meter.lost.increment(1);
                 Err(Interrupted::LeaseLost)
             }
         }
@@ -933,6 +985,7 @@ impl JobRun {
         match self.persist(|| self.store.snooze(lease, delay)).await {
             Ok(()) => {
                 Counters::bump(&self.shared.counts.released, 1);
+                self.meter.released.increment(1);
                 tracing::info!(?delay, "job handed back");
             }
             Err(e) => {
@@ -948,10 +1001,12 @@ impl JobRun {
         match self.persist(|| self.store.snooze(lease, delay)).await {
             Ok(()) => {
                 Counters::bump(&self.shared.counts.snoozed, 1);
+                self.meter.snoozed.increment(1);
                 tracing::debug!(?delay, "job snoozed");
             }
             Err(Error::LeaseLost(_)) => {
                 Counters::bump(&self.shared.counts.lost, 1);
+                self.meter.lost.increment(1);
                 tracing::warn!("snoozed after its lease was lost; not recorded");
             }
             Err(e) => {
@@ -1008,14 +1063,17 @@ impl JobRun {
         {
             Ok(JobState::Failed) => {
                 Counters::bump(&counts.failed, 1);
+                self.meter.failed();
                 tracing::error!(error = %e, "job failed for good");
             }
             Ok(_) => {
                 Counters::bump(&counts.retried, 1);
+                self.meter.retried.increment(1);
                 tracing::warn!(error = %e, "attempt failed; will retry");
             }
             Err(Error::LeaseLost(_)) => {
                 Counters::bump(&counts.lost, 1);
+                self.meter.lost.increment(1);
                 tracing::warn!(error = %e, "attempt failed after its lease was lost; not recorded");
             }
             Err(store_err) => tracing::error!(
@@ -1036,6 +1094,39 @@ enum BeatEnd {
 }
 
 /// Prunes `store` every `every`, the first time at a random point within the first period.
+/// Adds what the worker finished since its last report to the store's throughput record,
+/// every `every`.
+async fn report_forever(store: Arc<dyn QueueStore>, shared: Arc<Shared>, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        report(&*store, &shared.meters, every).await;
+    }
+}
+
+/// One throughput report, given up on after `within`; what it could not deliver waits for the
+/// next.
+async fn report(store: &dyn QueueStore, meters: &Meters, within: Duration) {
+    let tallies = meters.take_tallies();
+    if tallies.is_empty() {
+        return;
+    }
+    if let Err(e) = bounded(within, store.record_throughput(&tallies)).await {
+        meters.restore(&tallies);
+        tracing::warn!(error = %e, "could not report throughput; trying again next period");
+    }
+}
+
+/// Reports the store's queue gauges every `every`.
+async fn gauges_forever(store: Arc<dyn QueueStore>, every: Duration) {
+    loop {
+        match bounded(every, store.queues()).await {
+            Ok(queues) => crate::metrics::record_queues(&queues),
+            Err(e) => tracing::warn!(error = %e, "could not read the queues for their gauges"),
+        }
+        tokio::time::sleep(every).await;
+    }
+}
+
 async fn prune_forever(store: Arc<dyn QueueStore>, every: Duration) {
     tokio::time::sleep(every.mul_f64(fastrand::f64())).await;
     loop {

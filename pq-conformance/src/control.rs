@@ -633,3 +633,45 @@ pub async fn list_jobs_lists_newest_first_by_queue_and_state(store: Arc<dyn Queu
         );
     }
 }
+
+/// What workers report finished adds up per queue in the store's per-minute record, which
+/// lists it oldest first; a report with a bad queue name is refused and adds nothing.
+pub async fn throughput_adds_up_what_workers_report(store: Arc<dyn QueueStore>) {
+    use pq_api::Tally;
+    let before = chrono::Utc::now();
+    store
+        .record_throughput(&[Tally::new("a", 3, 1), Tally::new("b", 2, 0)])
+        .await
+        .unwrap();
+    store
+        .record_throughput(&[Tally::new("a", 4, 0), Tally::new("a", 1, 1)])
+        .await
+        .unwrap();
+    store.record_throughput(&[]).await.unwrap();
+    let bad = store
+        .record_throughput(&[Tally::new("a", 100, 0), Tally::new("", 1, 0)])
+        .await
+        .unwrap_err();
+    assert!(matches!(bad, Error::InvalidArgument { .. }), "{bad:?}");
+    let records = store.throughput(Duration::from_secs(120)).await.unwrap();
+    let mut sums = std::collections::BTreeMap::new();
+    for r in &records {
+        let sum = sums.entry(r.queue.as_str()).or_insert((0, 0));
+        *sum = (sum.0 + r.completed, sum.1 + r.failed);
+        let minute_of_before = before - chrono::TimeDelta::minutes(1);
+        assert!(
+            r.minute > minute_of_before && r.minute <= chrono::Utc::now(),
+            "{r:?} is not the minute of the reports"
+        );
+        assert_eq!(r.minute.timestamp() % 60, 0, "{r:?} starts no minute");
+    }
+    let sums: Vec<_> = sums.into_iter().collect();
+    assert_eq!(sums, [("a", (8, 2)), ("b", (2, 0))]);
+    let order: Vec<_> = records
+        .iter()
+        .map(|r| (r.minute, r.queue.clone()))
+        .collect();
+    let mut sorted = order.clone();
+    sorted.sort();
+    assert_eq!(order, sorted, "oldest first, then by queue");
+}

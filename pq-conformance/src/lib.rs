@@ -252,6 +252,7 @@ macro_rules! suite {
             control::queues_lists_settings_and_counts,
             control::queues_tell_how_long_the_oldest_ready_job_waited,
             control::list_jobs_lists_newest_first_by_queue_and_state,
+            control::throughput_adds_up_what_workers_report,
             control::queue_settings_are_validated,
             control::prune_removes_ended_jobs_after_their_retention,
             control::prune_forgets_idle_keys_only,

@@ -744,6 +744,15 @@ impl QueueStore for Blips {
     async fn retry(&self, id: JobId) -> pq_api::Result<()> {
         self.inner.retry(id).await
     }
+    async fn record_throughput(&self, tallies: &[pq_api::Tally]) -> pq_api::Result<()> {
+        self.inner.record_throughput(tallies).await
+    }
+    async fn throughput(
+        &self,
+        since: std::time::Duration,
+    ) -> pq_api::Result<Vec<pq_api::Throughput>> {
+        self.inner.throughput(since).await
+    }
     async fn list_jobs(&self, filter: &pq_api::JobFilter) -> pq_api::Result<Vec<Job>> {
         self.inner.list_jobs(filter).await
     }

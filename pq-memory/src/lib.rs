@@ -26,11 +26,12 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, DurationRound, SubsecRound, TimeDelta, Utc};
+use pq_api::validate::validate_queue_name;
 use pq_api::{
     Claim, ClaimedJob, Done, Error, Failure, FinishedJob, Job, JobFilter, JobId, JobState, Lease,
-    NewJob, Pruned, QueueConfig, QueueInfo, QueueSetting, QueueStats, QueueStore, Result, Unique,
-    DEFAULT_RETENTION,
+    NewJob, Pruned, QueueConfig, QueueInfo, QueueSetting, QueueStats, QueueStore, Result, Tally,
+    Throughput, Unique, DEFAULT_RETENTION, THROUGHPUT_KEPT,
 };
 use serde_json::Value;
 use tokio::sync::{broadcast, Notify};
@@ -322,6 +323,8 @@ struct Inner {
     places: HashMap<String, Places, FastHash>,
     /// The retention of queues without their own; `None`: [`DEFAULT_RETENTION`].
     retention: Option<Duration>,
+    /// Per minute and queue, the jobs workers reported finished: completed, failed.
+    throughput: BTreeMap<(DateTime<Utc>, String), (u64, u64)>,
 }
 
 /// The places of a limited queue that are taken.
@@ -627,6 +630,8 @@ impl QueueStore for MemoryStore {
         for job in &jobs {
             job.validate()?;
         }
+        // Valid, the jobs are put: nothing below fails.
+        pq_api::metrics::record_put(jobs.iter().map(|j| j.queue.as_str()));
         let now = now();
         let mut ids = Vec::with_capacity(jobs.len());
         {
@@ -996,6 +1001,40 @@ impl QueueStore for MemoryStore {
         Ok(out.into_values().collect())
     }
 
+    async fn record_throughput(&self, tallies: &[Tally]) -> Result<()> {
+        for t in tallies {
+            validate_queue_name(&t.queue)?;
+        }
+        let minute = now()
+            .duration_trunc(TimeDelta::minutes(1))
+            .unwrap_or_else(|_| now());
+        let mut inner = self.lock();
+        for t in tallies {
+            let n = inner
+                .throughput
+                .entry((minute, t.queue.clone()))
+                .or_default();
+            n.0 = n.0.saturating_add(t.completed);
+            n.1 = n.1.saturating_add(t.failed);
+        }
+        Ok(())
+    }
+
+    async fn throughput(&self, since: Duration) -> Result<Vec<Throughput>> {
+        let back = TimeDelta::from_std(since).unwrap_or(TimeDelta::MAX);
+        let from = now()
+            .checked_sub_signed(back)
+            .unwrap_or(DateTime::<Utc>::MIN_UTC)
+            .duration_trunc(TimeDelta::minutes(1))
+            .unwrap_or(DateTime::<Utc>::MIN_UTC);
+        let inner = self.lock();
+        Ok(inner
+            .throughput
+            .range((from, String::new())..)
+            .map(|((minute, queue), &(c, f))| Throughput::new(queue.clone(), *minute, c, f))
+            .collect())
+    }
+
     async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<Job>> {
         filter.validate()?;
         let now = now();
@@ -1049,6 +1088,10 @@ impl QueueStore for MemoryStore {
         }
         let history = inner.history.len();
         inner.history.retain(|_, f| f.keep_until > now);
+        let kept = TimeDelta::from_std(THROUGHPUT_KEPT).unwrap_or(TimeDelta::MAX);
+        inner
+            .throughput
+            .retain(|(minute, _), _| *minute >= now - kept);
         inner.periods.retain(|_, &mut (_, until)| until > now);
         let n = |n: usize| u64::try_from(n).unwrap_or(u64::MAX);
         Ok(Pruned::new(

@@ -43,6 +43,7 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let slots = table.object(&name("slots"));
     let slot_notify_fn = table.object(&name("slot_freed"));
     let sweep_keys_fn = table.object(&name("sweep_keys"));
+    let throughput = table.object(&name("throughput"));
     let vars = [
         ("jobs", jobs.as_str()),
         ("keys", keys.as_str()),
@@ -69,6 +70,7 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ("slots", slots.as_str()),
         ("slot_notify_fn", slot_notify_fn.as_str()),
         ("sweep_keys_fn", sweep_keys_fn.as_str()),
+        ("throughput", throughput.as_str()),
     ];
     let step = |version, description, file| Migration {
         version,
@@ -100,6 +102,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             5,
             "cancelled jobs, progress, queue settings and limits, pruning",
             include_str!("sql/migration_5.sql"),
+        ),
+        step(
+            6,
+            "per-minute throughput records",
+            include_str!("sql/migration_6.sql"),
         ),
     ]
 }

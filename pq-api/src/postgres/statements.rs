@@ -44,6 +44,9 @@ mod files {
     pub(super) const RETRY: &str = include_str!("sql/retry.sql");
     pub(super) const JOB: &str = include_str!("sql/job.sql");
     pub(super) const LIST_JOBS: &str = include_str!("sql/list_jobs.sql");
+    pub(super) const RECORD_THROUGHPUT: &str = include_str!("sql/record_throughput.sql");
+    pub(super) const THROUGHPUT: &str = include_str!("sql/throughput.sql");
+    pub(super) const PRUNE_THROUGHPUT: &str = include_str!("sql/prune_throughput.sql");
     pub(super) const STATS: &str = include_str!("sql/stats.sql");
     pub(super) const PURGE: &str = include_str!("sql/purge.sql");
     pub(super) const KEY_STATE: &str = include_str!("sql/key_state.sql");
@@ -161,6 +164,14 @@ pub struct Statements {
     /// `$1 text` queue (`''`: any), `$2 text` state (`''`: any), `$3 int8` ids below it,
     /// `$4 int8` at most so many → job rows, newest first.
     pub list_jobs: Arc<str>,
+    /// `$1 text[]` queues, `$2 int8[]` completed, `$3 int8[]` failed → `n int8` per record
+    /// written: adds to the current minute's throughput records.
+    pub record_throughput: Arc<str>,
+    /// `$1 int8` µs back → `row text` per minute and queue: a JSON array `[queue, minute µs
+    /// since the epoch, completed, failed]`, oldest first.
+    pub throughput: Arc<str>,
+    /// `$1 int8` µs → `n int8`, the throughput records older than that removed.
+    pub prune_throughput: Arc<str>,
     /// `$1 text` queue → `state`, `n int8` per state present.
     pub stats: Arc<str>,
     /// `$1 text` queue → `n int8`, the number purged.
@@ -342,6 +353,9 @@ impl Statements {
             ("retry", &self.retry),
             ("job", &self.job),
             ("list jobs", &self.list_jobs),
+            ("record throughput", &self.record_throughput),
+            ("throughput", &self.throughput),
+            ("prune throughput", &self.prune_throughput),
             ("stats", &self.stats),
             ("purge", &self.purge),
             ("key state", &self.key_state),
@@ -368,6 +382,7 @@ impl Statements {
         let queues_table = table.object(&format!("{}_queues", table.table()));
         let slots = table.object(&format!("{}_slots", table.table()));
         let sweep_keys_fn = table.object(&format!("{}_sweep_keys", table.table()));
+        let throughput = table.object(&format!("{}_throughput", table.table()));
         let channel_name = table.channel();
         let channel = format!("\"{channel_name}\"");
         let state = statement(STATE, &[]);
@@ -384,6 +399,7 @@ impl Statements {
             ("queues_table", queues_table.as_str()),
             ("slots", slots.as_str()),
             ("sweep_keys_fn", sweep_keys_fn.as_str()),
+            ("throughput", throughput.as_str()),
             ("channel", channel.as_str()),
             ("channel_name", channel_name.as_str()),
             ("state", state.as_str()),
@@ -432,6 +448,9 @@ impl Statements {
             retry: s(RETRY),
             job: s(JOB),
             list_jobs: s(LIST_JOBS),
+            record_throughput: s(RECORD_THROUGHPUT),
+            throughput: s(THROUGHPUT),
+            prune_throughput: s(PRUNE_THROUGHPUT),
             stats: s(STATS),
             purge: s(PURGE),
             key_state: s(KEY_STATE),

@@ -35,11 +35,12 @@ use crate::job::{
     QueueStats,
 };
 use crate::queue::{
-    JobFilter, Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, DEFAULT_RETENTION,
+    JobFilter, Pruned, QueueConfig, QueueInfo, QueueSetting, Rate, Tally, Throughput,
+    DEFAULT_RETENTION, THROUGHPUT_KEPT,
 };
 use crate::store::QueueStore;
 use crate::task::{decode_args, Completion, JobHandler, Task, TaskContext, TaskError};
-use crate::validate::{validate_delay, validate_lease, validate_setting};
+use crate::validate::{validate_delay, validate_lease, validate_queue_name, validate_setting};
 
 /// How many jobs, and key records, one [`QueueStore::prune`] removes at most.
 const PRUNE_BATCH: i32 = 1000;
@@ -175,7 +176,9 @@ impl<D: Driver> PgStore<D> {
         let params = a.params();
         let insert = D::inserted(conn, self.inner.sql.insert(&a), &params);
         let rows = freeing(insert, jobs).await?;
-        a.ids(rows)
+        let ids = a.ids(rows)?;
+        crate::metrics::record_put(a.queue.iter().map(String::as_str));
+        Ok(ids)
     }
 
     /// [`QueueStore::claim`] on `conn`, a connection or transaction of the caller's: it
@@ -600,6 +603,10 @@ impl<D: Driver> QueueStore for PgStore<D> {
         let params = [Param::Int4(PRUNE_BATCH)];
         let keys = count(self.column(&self.inner.sql.prune_keys, &params).await?);
         let history = self.cleanup_history().await?;
+        let params = [Param::Int8(micros(THROUGHPUT_KEPT))];
+        let _: Vec<i64> = self
+            .column(&self.inner.sql.prune_throughput, &params)
+            .await?;
         Ok(Pruned::new(jobs, keys, history))
     }
 
@@ -644,6 +651,47 @@ impl<D: Driver> QueueStore for PgStore<D> {
         D::jobs(&mut c, &self.inner.sql.list_jobs, &params, &mut each).await?;
         self.keep(c);
         Ok(found)
+    }
+
+    async fn record_throughput(&self, tallies: &[Tally]) -> Result<()> {
+        if tallies.is_empty() {
+            return Ok(());
+        }
+        let mut queues = Vec::with_capacity(tallies.len());
+        let (mut completed, mut failed) = (Vec::new(), Vec::new());
+        for t in tallies {
+            validate_queue_name(&t.queue)?;
+            queues.push(t.queue.clone());
+            completed.push(i64::try_from(t.completed).unwrap_or(i64::MAX));
+            failed.push(i64::try_from(t.failed).unwrap_or(i64::MAX));
+        }
+        let params = [
+            Param::Texts(&queues),
+            Param::Int8s(&completed),
+            Param::Int8s(&failed),
+        ];
+        let _: Vec<i64> = self
+            .column(&self.inner.sql.record_throughput, &params)
+            .await?;
+        Ok(())
+    }
+
+    async fn throughput(&self, since: std::time::Duration) -> Result<Vec<Throughput>> {
+        let rows: Vec<String> = self
+            .column(&self.inner.sql.throughput, &[Param::Int8(micros(since))])
+            .await?;
+        rows.iter()
+            .map(|r| {
+                let (queue, minute, completed, failed): (String, i64, i64, i64) =
+                    serde_json::from_str(r)
+                        .map_err(|e| Error::BadValue(format!("a throughput record: {e}")))?;
+                let minute = DateTime::from_timestamp_micros(minute).ok_or_else(|| {
+                    Error::BadValue(format!("a throughput record's minute: {minute}"))
+                })?;
+                let n = |v: i64| u64::try_from(v).unwrap_or(0);
+                Ok(Throughput::new(queue, minute, n(completed), n(failed)))
+            })
+            .collect()
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
@@ -876,6 +924,15 @@ macro_rules! __forward_queue_store {
             }
             async fn job(&self, id: $crate::JobId) -> $crate::Result<$crate::Job> {
                 $crate::QueueStore::job(&self.$field, id).await
+            }
+            async fn record_throughput(&self, tallies: &[$crate::Tally]) -> $crate::Result<()> {
+                $crate::QueueStore::record_throughput(&self.$field, tallies).await
+            }
+            async fn throughput(
+                &self,
+                since: std::time::Duration,
+            ) -> $crate::Result<Vec<$crate::Throughput>> {
+                $crate::QueueStore::throughput(&self.$field, since).await
             }
             async fn list_jobs(
                 &self,

@@ -76,6 +76,15 @@ SELECT id, queue, payload::text AS payload, priority, expected_at, run_at, CASE 
 -- list jobs
 SELECT id, queue, payload::text AS payload, priority, expected_at, run_at, CASE WHEN state = 'failed' THEN CASE WHEN cancelled_at IS NULL THEN 'failed' ELSE 'cancelled' END WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state, attempts, max_attempts, last_error, created_at, lease_token, key, cursor, keep_for, timeout, unique_key, unique_scope, progress::text AS progress, NULL::text AS key_state FROM "public"."pq_jobs" WHERE ($1::text = '' OR queue = $1::text) AND ($2::text = '' OR CASE WHEN state = 'failed' THEN CASE WHEN cancelled_at IS NULL THEN 'failed' ELSE 'cancelled' END WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END = $2::text) AND id < $3::int8 ORDER BY id DESC LIMIT $4::int8
 
+-- record throughput
+INSERT INTO "public"."pq_jobs_throughput" AS t (queue, minute, completed, failed) SELECT queue, date_trunc('minute', statement_timestamp()), sum(completed)::int8, sum(failed)::int8 FROM unnest($1::text[], $2::int8[], $3::int8[]) AS r(queue, completed, failed) GROUP BY queue ON CONFLICT (queue, minute) DO UPDATE SET completed = t.completed + excluded.completed, failed = t.failed + excluded.failed RETURNING 1::int8 AS n
+
+-- throughput
+SELECT json_build_array(queue, (extract(epoch FROM minute) * 1e6)::int8, completed, failed)::text AS row FROM "public"."pq_jobs_throughput" WHERE minute >= date_trunc('minute', statement_timestamp() - $1::int8 * interval '1 microsecond') ORDER BY minute, queue
+
+-- prune throughput
+WITH gone AS (DELETE FROM "public"."pq_jobs_throughput" WHERE minute < statement_timestamp() - $1::int8 * interval '1 microsecond' RETURNING 1) SELECT count(*)::int8 AS n FROM gone
+
 -- stats
 SELECT CASE WHEN state = 'failed' THEN CASE WHEN cancelled_at IS NULL THEN 'failed' ELSE 'cancelled' END WHEN state = 'running' AND run_at > statement_timestamp() THEN 'running' WHEN attempts >= max_attempts THEN 'failed' WHEN run_at > statement_timestamp() THEN 'scheduled' ELSE 'ready' END AS state, count(*)::int8 AS n FROM "public"."pq_jobs" WHERE queue = $1::text GROUP BY 1
 
@@ -298,3 +307,12 @@ BEGIN
   RETURN n;
 END
 $pq$;
+
+-- migration 6: per-minute throughput records
+CREATE TABLE "public"."pq_jobs_throughput" (
+  queue text NOT NULL,
+  minute timestamptz NOT NULL,
+  completed int8 NOT NULL CHECK (completed >= 0),
+  failed int8 NOT NULL CHECK (failed >= 0),
+  PRIMARY KEY (queue, minute)
+);
