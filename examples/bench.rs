@@ -12,7 +12,8 @@
 //! skips), `--rounds N` (rounds of put_many + worker and of their ceilings, default 5),
 //! `--vacuum-every N` (claimed jobs between the SQL stores' and the bare loop's vacuums,
 //! default the stores' 10000; 0 leaves the tables to autovacuum), `--quick` (small counts),
-//! `--json` (the summary as JSON too).
+//! `--json` (the summary as JSON too), `--metrics` (a Prometheus recorder installed, so every
+//! metric pq reports is recorded, as in a service that exports them).
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
 //! timed phase starts from vacuumed, analyzed tables, right after a `CHECKPOINT` (so that
@@ -70,6 +71,7 @@ struct Args {
     vacuum_every: u64,
     stores: Vec<String>,
     json: bool,
+    metrics: bool,
     url: Option<String>,
 }
 
@@ -87,6 +89,7 @@ fn parse_args() -> Result<Args, BoxError> {
         vacuum_every: Vacuuming::DEFAULT_EVERY,
         stores: Vec::new(),
         json: false,
+        metrics: false,
         url,
     };
     let mut it = std::env::args().skip(1);
@@ -102,6 +105,7 @@ fn parse_args() -> Result<Args, BoxError> {
             "--vacuum-every" => args.vacuum_every = value()?.parse()?,
             "--store" => args.stores.push(value()?),
             "--json" => args.json = true,
+            "--metrics" => args.metrics = true,
             "--quick" => {
                 args.jobs = 10_000;
                 args.single_puts = 2_000;
@@ -334,6 +338,15 @@ impl QueueStore for ClaimTimer {
     }
     async fn retry(&self, id: JobId) -> pq_api::Result<()> {
         self.inner.retry(id).await
+    }
+    async fn record_throughput(&self, tallies: &[pq_api::Tally]) -> pq_api::Result<()> {
+        self.inner.record_throughput(tallies).await
+    }
+    async fn throughput(
+        &self,
+        since: std::time::Duration,
+    ) -> pq_api::Result<Vec<pq_api::Throughput>> {
+        self.inner.throughput(since).await
     }
     async fn list_jobs(&self, filter: &pq_api::JobFilter) -> pq_api::Result<Vec<Job>> {
         self.inner.list_jobs(filter).await
@@ -1236,6 +1249,11 @@ async fn open(
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), BoxError> {
     let args = parse_args()?;
+    let recorder = if args.metrics {
+        Some(metrics_exporter_prometheus::PrometheusBuilder::new().install_recorder()?)
+    } else {
+        None
+    };
     eprintln!(
         "pq bench: {} jobs end-to-end, worker concurrency {}, batch {}, stores {:?}",
         args.jobs,
@@ -1294,6 +1312,11 @@ async fn main() -> Result<(), BoxError> {
     }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&r.figures)?);
+    }
+    if let Some(recorder) = recorder {
+        let text = recorder.render();
+        let series = text.lines().filter(|l| l.starts_with("pq_")).count();
+        println!("\nmetrics: a Prometheus recorder was installed; it holds {series} pq series");
     }
     Ok(())
 }

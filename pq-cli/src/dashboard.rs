@@ -1,7 +1,8 @@
 //! `pq serve`: the web dashboard. Server-rendered HTML, no scripts: the overview of queues
-//! (counts by state, the oldest ready job's wait, a chart of the last minutes, pause and
-//! resume), the failed jobs with their errors, lists of jobs by queue and state, a page a job,
-//! a search by id, and the queues' gauges for Prometheus at `/metrics`.
+//! (counts by state, the oldest ready job's wait, jobs finished per minute over the last 15
+//! minutes from the workers' throughput reports, the backlog sampled by the dashboard, pause
+//! and resume), the failed jobs with their errors, lists of jobs by queue and state, a page a
+//! job, a search by id, and the queues' gauges for Prometheus at `/metrics`.
 //!
 //! Read-only unless started with `--allow-actions`; actions are form posts, refused when they
 //! come from another site's page (their `Origin` is not this server's).
@@ -16,7 +17,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, DurationRound, Utc};
 use pq_api::{
     Error, FinishedJob, Job, JobFilter, JobId, JobState, QueueInfo, QueueStore, QueueStoreExt,
 };
@@ -217,31 +218,78 @@ fn button(app: &App, path: &str, label: &str, class: &str) -> String {
     )
 }
 
-/// The chart of a queue's waiting and running jobs over the samples kept.
-fn chart(samples: &VecDeque<Sample>, queue: &str) -> String {
+/// How many minutes of throughput the overview shows.
+const MINUTES_SHOWN: i64 = 15;
+
+/// The bars of a queue's jobs finished per minute, from the store's throughput records
+/// (`records`: minute → completed, failed), the last [`MINUTES_SHOWN`] minutes.
+fn throughput_chart(records: &BTreeMap<DateTime<Utc>, (u64, u64)>, now: DateTime<Utc>) -> String {
     const W: f64 = 240.0;
     const H: f64 = 40.0;
-    let points: Vec<(u64, u64)> = samples
+    let this_minute = now
+        .duration_trunc(chrono::TimeDelta::minutes(1))
+        .unwrap_or(now);
+    let minutes: Vec<(u64, u64)> = (0..MINUTES_SHOWN)
+        .rev()
+        .map(|back| {
+            let minute = this_minute - chrono::TimeDelta::minutes(back);
+            records.get(&minute).copied().unwrap_or((0, 0))
+        })
+        .collect();
+    let top = minutes.iter().map(|&(c, f)| c + f).max().unwrap_or(0);
+    let (done, failed) = minutes
         .iter()
-        .map(|s| s.queues.get(queue).copied().unwrap_or((0, 0)))
+        .fold((0, 0), |(c, f), &(mc, mf)| (c + mc, f + mf));
+    let last = minutes.last().copied().unwrap_or((0, 0));
+    let mut bars = String::new();
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    if top > 0 {
+        let slot = W / MINUTES_SHOWN as f64;
+        for (i, &(c, f)) in minutes.iter().enumerate() {
+            let x = i as f64 * slot + 1.0;
+            let hc = c as f64 / top as f64 * (H - 2.0);
+            let hf = f as f64 / top as f64 * (H - 2.0);
+            let _ = write!(
+                bars,
+                "<rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{hc:.1}\" fill=\"#16a34a\"/>\
+                 <rect x=\"{x:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{hf:.1}\" fill=\"#dc2626\"/>",
+                H - hc,
+                slot - 2.0,
+                H - hc - hf,
+                slot - 2.0,
+            );
+        }
+    }
+    format!(
+        "<svg class=throughput width={W} height={H} viewBox=\"0 0 {W} {H}\" role=img \
+         aria-label=\"{done} completed and {failed} failed in the last {MINUTES_SHOWN} minutes\">\
+         <title>jobs finished per minute, last {MINUTES_SHOWN} minutes: {done} completed (green), \
+         {failed} failed (red); this minute so far {}</title>{bars}</svg>\
+         <div class=muted>{done} done, {failed} failed in {MINUTES_SHOWN} min</div>",
+        last.0 + last.1
+    )
+}
+
+/// The line of a queue's waiting jobs over the samples kept.
+fn backlog_chart(samples: &VecDeque<Sample>, queue: &str) -> String {
+    const W: f64 = 160.0;
+    const H: f64 = 40.0;
+    let points: Vec<u64> = samples
+        .iter()
+        .map(|s| s.queues.get(queue).map_or(0, |&(waiting, _)| waiting))
         .collect();
     if points.len() < 2 {
         return "<span class=muted>gathering…</span>".into();
     }
-    let top = points
-        .iter()
-        .map(|&(w, r)| w.max(r))
-        .max()
-        .unwrap_or(0)
-        .max(1);
-    #[allow(clippy::cast_precision_loss)]
-    let line = |pick: fn(&(u64, u64)) -> u64| {
+    let top = points.iter().copied().max().unwrap_or(0).max(1);
+    #[allow(clippy::cast_precision_loss)] // counts far below 2^52
+    let line = {
         let step = W / (points.len() - 1) as f64;
         points
             .iter()
             .enumerate()
-            .map(|(i, p)| {
-                let y = H - (pick(p) as f64 / top as f64) * (H - 2.0) - 1.0;
+            .map(|(i, &n)| {
+                let y = H - (n as f64 / top as f64) * (H - 2.0) - 1.0;
                 format!("{:.1},{y:.1}", i as f64 * step)
             })
             .collect::<Vec<_>>()
@@ -253,13 +301,10 @@ fn chart(samples: &VecDeque<Sample>, queue: &str) -> String {
         .map(|(b, f)| (b.at - f.at).to_std().unwrap_or_default())
         .unwrap_or_default();
     format!(
-        "<svg width={W} height={H} viewBox=\"0 0 {W} {H}\" role=img \
-         aria-label=\"waiting and running jobs of {q} over the last {span}\">\
-         <title>waiting (blue) and running (green) jobs, last {span}, peak {top}</title>\
-         <polyline fill=none stroke=\"#2563eb\" stroke-width=1.5 points=\"{}\"/>\
-         <polyline fill=none stroke=\"#16a34a\" stroke-width=1.5 points=\"{}\"/></svg>",
-        line(|p| p.0),
-        line(|p| p.1),
+        "<svg class=backlog width={W} height={H} viewBox=\"0 0 {W} {H}\" role=img \
+         aria-label=\"jobs waiting in {q} over the last {span}\">\
+         <title>jobs waiting (scheduled or ready), last {span}, peak {top}</title>\
+         <polyline fill=none stroke=\"#2563eb\" stroke-width=1.5 points=\"{line}\"/></svg>",
         q = esc(queue),
         span = age(span),
     )
@@ -267,6 +312,16 @@ fn chart(samples: &VecDeque<Sample>, queue: &str) -> String {
 
 async fn overview(State(app): State<Arc<App>>) -> PageResult {
     let queues = app.store.queues().await?;
+    let since = Duration::from_secs(60 * u64::try_from(MINUTES_SHOWN).unwrap_or(15));
+    let mut throughput: BTreeMap<String, BTreeMap<DateTime<Utc>, (u64, u64)>> = BTreeMap::new();
+    for r in app.store.throughput(since).await? {
+        throughput
+            .entry(r.queue)
+            .or_default()
+            .insert(r.minute, (r.completed, r.failed));
+    }
+    let now = Utc::now();
+    let none = BTreeMap::new();
     let failed = app
         .store
         .list_jobs(&JobFilter::new().state(JobState::Failed).limit(20))
@@ -278,7 +333,7 @@ async fn overview(State(app): State<Arc<App>>) -> PageResult {
         body.push_str(
             "<table id=queues><tr><th>Queue</th><th>Scheduled</th><th>Ready</th>\
              <th>Running</th><th>Failed</th><th>Cancelled</th><th>Oldest ready</th>\
-             <th>Last minutes</th><th>Settings</th><th></th></tr>",
+             <th>Finished per minute</th><th>Waiting</th><th>Settings</th><th></th></tr>",
         );
         let samples = app.samples.lock().unwrap_or_else(PoisonError::into_inner);
         for q in &queues {
@@ -307,14 +362,15 @@ async fn overview(State(app): State<Arc<App>>) -> PageResult {
             let _ = write!(
                 body,
                 "<tr data-queue=\"{name}\"><td><a href=\"/jobs?queue={qp}\">{name}</a>{paused}</td>\
-                 {}{}{}{}{}<td class=n>{}</td><td>{}</td><td>{}</td><td>{toggle}</td></tr>",
+                 {}{}{}{}{}<td class=n>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{toggle}</td></tr>",
                 link("scheduled", s.scheduled),
                 link("ready", s.ready),
                 link("running", s.running),
                 link("failed", s.failed),
                 link("cancelled", s.cancelled),
                 q.oldest_ready.map_or("-".into(), age),
-                chart(&samples, &q.name),
+                throughput_chart(throughput.get(&q.name).unwrap_or(&none), now),
+                backlog_chart(&samples, &q.name),
                 esc(&settings(&q.config)),
                 name = esc(&q.name),
                 qp = url_part(&q.name),

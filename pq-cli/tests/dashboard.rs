@@ -182,6 +182,9 @@ async fn seeded() -> (String, String, SqlxStore, JobId) {
         .await
         .unwrap();
     store.pause("reports").await.unwrap();
+    // What workers of "emails" reported finished this minute.
+    let tally = [pq_api::Tally::new("emails", 42, 1)];
+    store.record_throughput(&tally).await.unwrap();
     (url, schema, store, failed)
 }
 
