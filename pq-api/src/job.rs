@@ -1065,6 +1065,24 @@ impl QueueStats {
         self.scheduled + self.ready + self.running + self.failed + self.cancelled
     }
 
+    /// Each state with its count, in the order of [`JobState`]'s variants.
+    ///
+    /// ```
+    /// use pq_api::{JobState, QueueStats};
+    /// let mut stats = QueueStats::default();
+    /// stats.add(JobState::Ready, 2);
+    /// assert_eq!(stats.by_state()[1], (JobState::Ready, 2));
+    /// ```
+    pub fn by_state(&self) -> [(JobState, u64); 5] {
+        [
+            (JobState::Scheduled, self.scheduled),
+            (JobState::Ready, self.ready),
+            (JobState::Running, self.running),
+            (JobState::Failed, self.failed),
+            (JobState::Cancelled, self.cancelled),
+        ]
+    }
+
     /// Adds one job in `state`.
     pub fn add(&mut self, state: JobState, n: u64) {
         match state {

@@ -71,14 +71,8 @@ pub fn record_put<'a>(queues: impl IntoIterator<Item = &'a str>) {
 pub fn record_queues(queues: &[QueueInfo]) {
     #[allow(clippy::cast_precision_loss)] // a gauge of counts far below 2^52
     for q in queues {
-        let s = &q.stats;
-        for (state, n) in [
-            ("scheduled", s.scheduled),
-            ("ready", s.ready),
-            ("running", s.running),
-            ("failed", s.failed),
-            ("cancelled", s.cancelled),
-        ] {
+        for (state, n) in q.stats.by_state() {
+            let state = state.as_str();
             gauge!("pq_queue_jobs", "queue" => q.name.clone(), "state" => state).set(n as f64);
         }
         gauge!("pq_queue_oldest_ready_seconds", "queue" => q.name.clone())

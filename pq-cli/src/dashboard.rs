@@ -679,14 +679,7 @@ pub(crate) fn prometheus_text(queues: &[QueueInfo]) -> String {
         "# HELP pq_queue_jobs Jobs in the queue, by state.\n# TYPE pq_queue_jobs gauge\n",
     );
     for q in queues {
-        let s = &q.stats;
-        for (state, n) in [
-            ("scheduled", s.scheduled),
-            ("ready", s.ready),
-            ("running", s.running),
-            ("failed", s.failed),
-            ("cancelled", s.cancelled),
-        ] {
+        for (state, n) in q.stats.by_state() {
             let _ = writeln!(
                 out,
                 "pq_queue_jobs{{queue=\"{}\",state=\"{state}\"}} {n}",
