@@ -13,7 +13,14 @@
 //! `--vacuum-every N` (claimed jobs between the SQL stores' and the bare loop's vacuums,
 //! default the stores' 10000; 0 leaves the tables to autovacuum), `--quick` (small counts),
 //! `--json` (the summary as JSON too), `--metrics` (a Prometheus recorder installed, so every
-//! metric pq reports is recorded, as in a service that exports them).
+//! metric pq reports is recorded, as in a service that exports them), `--sync-claims` (the SQL
+//! stores' claims wait for their WAL flush, as queues that commit every claim synchronously
+//! do), `--compare` (the comparison profile below instead of the full run).
+//!
+//! The comparison profile is the workload other queues are measured with: 20,000 small jobs
+//! (`--jobs`), single puts from 1, 4, 8 and 32 tasks, `put_many` in batches of 1,000 from one
+//! task, the worker at concurrency 8 and 32 (`--rounds` rounds of the last three, medians
+//! reported), and the keyed backlogs.
 //!
 //! Every figure is checked: each job handled exactly once, the table empty afterwards. Each
 //! timed phase starts from vacuumed, analyzed tables, right after a `CHECKPOINT` (so that
@@ -57,6 +64,11 @@ const PICKUP_GAP: Duration = Duration::from_millis(5);
 const PUT_TASKS: usize = 8;
 const PUT_MANY_BATCH: usize = 1000;
 const SMALL_BACKLOG: usize = 10_000;
+/// The comparison profile's job count.
+const COMPARE_JOBS: usize = 20_000;
+/// The comparison profile's single-put tasks and worker concurrencies.
+const COMPARE_PUT_TASKS: [usize; 4] = [1, 4, 8, 32];
+const COMPARE_CONCURRENCY: [u32; 2] = [8, 32];
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -72,6 +84,8 @@ struct Args {
     stores: Vec<String>,
     json: bool,
     metrics: bool,
+    sync_claims: bool,
+    compare: bool,
     url: Option<String>,
 }
 
@@ -90,6 +104,8 @@ fn parse_args() -> Result<Args, BoxError> {
         stores: Vec::new(),
         json: false,
         metrics: false,
+        sync_claims: false,
+        compare: false,
         url,
     };
     let mut it = std::env::args().skip(1);
@@ -106,6 +122,12 @@ fn parse_args() -> Result<Args, BoxError> {
             "--store" => args.stores.push(value()?),
             "--json" => args.json = true,
             "--metrics" => args.metrics = true,
+            "--sync-claims" => args.sync_claims = true,
+            "--compare" => {
+                args.compare = true;
+                args.jobs = COMPARE_JOBS;
+                args.single_puts = COMPARE_JOBS;
+            }
             "--quick" => {
                 args.jobs = 10_000;
                 args.single_puts = 2_000;
@@ -148,7 +170,7 @@ fn parse_args() -> Result<Args, BoxError> {
 #[derive(Debug, Serialize)]
 struct Figure {
     store: String,
-    metric: &'static str,
+    metric: String,
     value: f64,
     unit: &'static str,
     ceiling: Option<f64>,
@@ -160,7 +182,8 @@ struct Report {
 }
 
 impl Report {
-    fn add(&mut self, store: &str, metric: &'static str, value: f64, unit: &'static str) {
+    fn add(&mut self, store: &str, metric: impl Into<String>, value: f64, unit: &'static str) {
+        let metric = metric.into();
         eprintln!("\r  {store:<7} {metric:<38} {value:>12.2} {unit}          ");
         self.figures.push(Figure {
             store: store.into(),
@@ -553,42 +576,91 @@ fn worker(
     Ok(w)
 }
 
+/// Puts `args.single_puts` jobs one `put` at a time from `tasks` tasks; returns jobs/s.
 async fn enqueue(
     store: &Arc<dyn QueueStore>,
     name: &str,
     args: &Args,
-    r: &mut Report,
-) -> Result<(), BoxError> {
+    tasks: usize,
+) -> Result<f64, BoxError> {
     store.purge(QUEUE).await?;
     let n = args.single_puts;
     let done = Arc::new(AtomicU64::new(0));
-    let p = progress(format!("{name} put x{PUT_TASKS}"), done.clone(), n as u64);
+    let p = progress(format!("{name} put x{tasks}"), done.clone(), n as u64);
     let t = Instant::now();
-    let mut tasks = Vec::new();
-    for k in 0..PUT_TASKS {
+    let mut running = Vec::new();
+    for k in 0..tasks {
         let (store, done) = (store.clone(), done.clone());
-        tasks.push(tokio::spawn(async move {
-            for n in (k..n).step_by(PUT_TASKS) {
+        running.push(tokio::spawn(async move {
+            for n in (k..n).step_by(tasks) {
                 store.put_job(Noop { n }.to_job()?).await?;
                 done.fetch_add(1, Ordering::Relaxed);
             }
             Ok::<_, BoxError>(())
         }));
     }
-    for t in tasks {
+    for t in running {
         t.await??;
     }
-    r.add(
-        name,
-        "enqueue: put, 8 tasks",
-        rate(n, t.elapsed()),
-        "jobs/s",
-    );
+    let jps = rate(n, t.elapsed());
     p.abort();
     if store.stats(QUEUE).await?.ready != n as u64 {
         return Err("single puts did not all land".into());
     }
     store.purge(QUEUE).await?;
+    Ok(jps)
+}
+
+/// The comparison profile on one store: single puts from each of [`COMPARE_PUT_TASKS`]
+/// tasks, then rounds of `put_many` from one task, each followed by the worker at one of
+/// [`COMPARE_CONCURRENCY`] (medians over the rounds), then the keyed backlogs.
+async fn compare(
+    store: &Arc<dyn QueueStore>,
+    table: Option<&QueueTable>,
+    name: &str,
+    args: &Args,
+    r: &mut Report,
+) -> Result<(), BoxError> {
+    for tasks in COMPARE_PUT_TASKS {
+        settle(table, args.url.as_deref()).await?;
+        let jps = enqueue(store, name, args, tasks).await?;
+        let plural = if tasks == 1 { "" } else { "s" };
+        r.add(name, format!("put, {tasks} task{plural}"), jps, "jobs/s");
+    }
+    let mut batches = Vec::new();
+    let mut worked: Vec<Vec<f64>> = COMPARE_CONCURRENCY.iter().map(|_| Vec::new()).collect();
+    for round in 0..args.rounds {
+        for (c, &concurrency) in COMPARE_CONCURRENCY.iter().enumerate() {
+            store.purge(QUEUE).await?;
+            settle(table, args.url.as_deref()).await?;
+            batches.push(fill(store, name, args, 1).await?.0);
+            settle(table, args.url.as_deref()).await?;
+            let at = Args {
+                concurrency,
+                ..args.clone()
+            };
+            let label = format!("{name} worker x{concurrency}");
+            let work = work_off(store, label, args.jobs, &at).await?;
+            eprintln!(
+                "\r  {name:<7} round {}: worker at {concurrency}: {:.0}/s   ",
+                round + 1,
+                work.rate
+            );
+            worked[c].push(work.rate);
+        }
+    }
+    r.add(name, "put_many x1000", median(batches), "jobs/s");
+    for (concurrency, samples) in COMPARE_CONCURRENCY.iter().zip(worked) {
+        r.add(
+            name,
+            format!("worker, concurrency {concurrency}"),
+            median(samples),
+            "jobs/s",
+        );
+    }
+    if args.keyed > 0 {
+        keyed(store, table, name, args, r).await?;
+    }
     Ok(())
 }
 
@@ -1229,7 +1301,8 @@ async fn open(
                 .await?;
             let store = pq_sqlx::SqlxStore::with_table(pool, table.clone())
                 .await?
-                .vacuum_every(args.vacuum_every);
+                .vacuum_every(args.vacuum_every)
+                .synchronous_claims(args.sync_claims);
             Ok((Arc::new(store), Some(table)))
         }
         "diesel" => {
@@ -1239,7 +1312,8 @@ async fn open(
                 table.clone(),
             )
             .await?
-            .vacuum_every(args.vacuum_every);
+            .vacuum_every(args.vacuum_every)
+            .synchronous_claims(args.sync_claims);
             Ok((Arc::new(store), Some(table)))
         }
         _ => Ok((Arc::new(pq_memory::MemoryStore::new()), None)),
@@ -1271,7 +1345,12 @@ async fn main() -> Result<(), BoxError> {
         store.purge(QUEUE).await?;
         settle(table.as_ref(), args.url.as_deref()).await?;
         pickup(&store, &kind, &args, &mut r).await?;
-        enqueue(&store, &kind, &args, &mut r).await?;
+        if args.compare {
+            compare(&store, table.as_ref(), &kind, &args, &mut r).await?;
+            continue;
+        }
+        let jps = enqueue(&store, &kind, &args, PUT_TASKS).await?;
+        r.add(&kind, "enqueue: put, 8 tasks", jps, "jobs/s");
         stores.push((kind, store, table, Samples::default()));
     }
     // Round by round over the stores: the stores are compared with each other too, and a run

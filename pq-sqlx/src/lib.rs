@@ -141,6 +141,23 @@ impl SqlxStore {
         self
     }
 
+    /// Makes the store's own claims wait for their WAL flush, as the session's
+    /// `synchronous_commit` is set. By default they do not: a claim is acknowledged before its WAL
+    /// reaches the disk, and a server crash can lose only the claim itself, the job then
+    /// running again as it would had its lease run out (see
+    /// [`Statements::claim`](pq_api::postgres::Statements::claim)). Puts, completions and
+    /// failures always wait.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
+    /// let store = pq_sqlx::SqlxStore::new(pool).await?.synchronous_claims(true);
+    /// # Ok(()) }
+    /// ```
+    pub fn synchronous_claims(self, on: bool) -> Self {
+        self.store.synchronous_claims(on);
+        self
+    }
+
     /// Checks the jobs table's planner statistics about once a second while the store claims
     /// jobs, and `ANALYZE`s the table, on a connection of the pool, when they lag far behind
     /// it (default on): see [`Analyzing`](pq_api::postgres::Analyzing) for why.

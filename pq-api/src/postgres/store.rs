@@ -9,7 +9,7 @@
 //! driver, with the methods that take their library's connection types.
 
 use std::fmt;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -89,6 +89,8 @@ struct Inner<D: Driver> {
     stop_listener: Mutex<Option<oneshot::Sender<()>>>,
     /// How long failed and cancelled jobs of queues without their own retention are kept, µs.
     retention: AtomicI64,
+    /// Whether the store's own claims wait for their WAL flush ([`PgStore::synchronous_claims`]).
+    synchronous_claims: AtomicBool,
 }
 
 impl<D: Driver> PgStore<D> {
@@ -105,6 +107,7 @@ impl<D: Driver> PgStore<D> {
                 wakeups: Arc::new(Wakeups::default()),
                 stop_listener: Mutex::new(None),
                 retention: AtomicI64::new(micros(DEFAULT_RETENTION)),
+                synchronous_claims: AtomicBool::new(false),
             }),
         }
     }
@@ -129,6 +132,15 @@ impl<D: Driver> PgStore<D> {
     /// lag far behind it: see [`Analyzing`](super::Analyzing).
     pub fn analyze_when_stale(&self, on: bool) {
         self.inner.upkeep.analyzing.set_on(on);
+    }
+
+    /// Whether the store's own claims commit as the session is set to (`synchronous_commit`
+    /// on, by default) rather than without waiting for their WAL flush (the default, `false`):
+    /// see [`Statements::claim`] for what an asynchronous claim can lose, which is only the
+    /// claim itself, on a server crash. Claims on a caller's connection (`claim_in`) always
+    /// commit as the caller's transaction is set to.
+    pub fn synchronous_claims(&self, on: bool) {
+        self.inner.synchronous_claims.store(on, Ordering::Relaxed);
     }
 
     /// How long [`QueueStore::prune`] keeps failed and cancelled jobs of queues without a
@@ -439,7 +451,12 @@ impl<D: Driver> QueueStore for PgStore<D> {
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
         let mut c = self.conn(Lane::Claim).await?;
-        let claimed = self.claim_on(&mut c, claim, Statements::claim).await?;
+        let text: ClaimText = if self.inner.synchronous_claims.load(Ordering::Relaxed) {
+            Statements::claim_in_transaction
+        } else {
+            Statements::claim
+        };
+        let claimed = self.claim_on(&mut c, claim, text).await?;
         self.keep(c);
         Ok(claimed)
     }
