@@ -1,7 +1,8 @@
 //! The PostgreSQL machinery both SQL stores (`pq-sqlx`, `pq-diesel`) are built from: the
 //! table's names ([`table`]), the statements they send ([`statements`]), the schema and its
 //! migrations ([`migrations`](mod@migrations)), the rows they decode and the arrays they bind
-//! ([`rows`]), the upkeep of the table ([`upkeep`]), the connections a store keeps while busy ([`conn`]), the
+//! ([`rows`]), the upkeep of the table ([`upkeep`]), the connections a store keeps while busy ([`conn`]), the single puts it sends together
+//! ([`group`]), the
 //! wakeups behind `wait` ([`listen`]), and the store itself ([`store`]), written once over the
 //! [`driver`] seam that `pq-sqlx` and `pq-diesel` each implement.
 //!
@@ -12,6 +13,7 @@
 
 pub mod conn;
 pub mod driver;
+pub mod group;
 pub mod listen;
 pub mod migrations;
 mod render;

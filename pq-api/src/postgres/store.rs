@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 
 use super::conn::{Lane, Warm, WarmConn};
 use super::driver::{scalars, Driver, Int4, Kind, Note, Param, Scalar};
+use super::group::{for_each_caller, Group, Sending, Waiting};
 use super::listen::{Wakeups, FALLBACK_POLL};
 use super::migrations::{migrations, MigrationStatements};
 use super::rows::{
@@ -91,6 +92,8 @@ struct Inner<D: Driver> {
     retention: AtomicI64,
     /// Whether the store's own claims wait for their WAL flush ([`PgStore::synchronous_claims`]).
     synchronous_claims: AtomicBool,
+    /// Single puts waiting to be sent together ([`group`](super::group)).
+    group: Group,
 }
 
 impl<D: Driver> PgStore<D> {
@@ -108,6 +111,7 @@ impl<D: Driver> PgStore<D> {
                 stop_listener: Mutex::new(None),
                 retention: AtomicI64::new(micros(DEFAULT_RETENTION)),
                 synchronous_claims: AtomicBool::new(false),
+                group: Group::default(),
             }),
         }
     }
@@ -191,6 +195,93 @@ impl<D: Driver> PgStore<D> {
         let ids = a.ids(rows)?;
         crate::metrics::record_put(a.queue.iter().map(String::as_str));
         Ok(ids)
+    }
+
+    /// Inserts `jobs` on a connection of the store's.
+    async fn insert(&self, jobs: &[NewJob]) -> Result<Vec<JobId>> {
+        let a = InsertArrays::new(jobs)?;
+        let mut c = self.conn(Lane::Rest).await?;
+        let ids = self.insert_on(&mut c, Vec::new(), a).await?;
+        self.keep(c);
+        Ok(ids)
+    }
+
+    /// Puts `job`, validated and [admitted](Group::admits), in the next statement that sends
+    /// single puts together ([`group`](super::group)), starting the task that sends them if
+    /// none is running.
+    async fn put_grouped(&self, job: NewJob) -> Result<JobId> {
+        let (reply, answer) = oneshot::channel();
+        if self.inner.group.join(Waiting { job, reply }) {
+            let store = self.clone();
+            tokio::spawn(async move { store.send_puts().await });
+        }
+        answer.await.map_err(|_| {
+            Error::Unavailable(
+                "the store's task sending puts stopped while sending this job's; it may or may \
+                 not have been put"
+                    .into(),
+            )
+        })?
+    }
+
+    /// The task that sends gathered puts, one statement after another, until none is left.
+    async fn send_puts(&self) {
+        let sending = Sending::new(&self.inner.group);
+        loop {
+            // Callers answered by the last statement put their next jobs before this one's
+            // are taken, instead of waiting for the statement after.
+            tokio::task::yield_now().await;
+            let group = self.inner.group.next();
+            if group.is_empty() {
+                sending.done();
+                return;
+            }
+            self.send_group(group).await;
+        }
+    }
+
+    /// Sends `group` in one statement and answers each caller. If that fails for a reason
+    /// that may lie in one job (a value the server refuses), each job is sent again on its
+    /// own, so that the error reaches only its caller; a failure of the connection or a lost
+    /// race reaches them all, as it would have reached each alone.
+    async fn send_group(&self, group: Vec<Waiting>) {
+        let (jobs, replies): (Vec<NewJob>, Vec<_>) =
+            group.into_iter().map(|w| (w.job, w.reply)).unzip();
+        let alone = jobs.len() == 1;
+        match self.insert(&jobs).await {
+            Ok(ids) if ids.len() == replies.len() => {
+                for (reply, id) in replies.into_iter().zip(ids) {
+                    let _ = reply.send(Ok(id));
+                }
+            }
+            Ok(ids) => {
+                let text = format!(
+                    "the insert returned {} ids for {} jobs",
+                    ids.len(),
+                    jobs.len()
+                );
+                for reply in replies {
+                    let _ = reply.send(Err(Error::Backend(text.clone().into())));
+                }
+            }
+            Err(e) if alone || e.is_retryable() => {
+                let mut replies = replies.into_iter();
+                if let Some(first) = replies.next() {
+                    for reply in replies {
+                        let _ = reply.send(Err(for_each_caller(&e)));
+                    }
+                    let _ = first.send(Err(e));
+                }
+            }
+            Err(_) => {
+                for (job, reply) in jobs.chunks(1).zip(replies) {
+                    let out = self.insert(job).await.and_then(|ids| {
+                        one(ids, Error::Backend("the insert returned no id".into()))
+                    });
+                    let _ = reply.send(out);
+                }
+            }
+        }
     }
 
     /// [`QueueStore::claim`] on `conn`, a connection or transaction of the caller's: it
@@ -437,8 +528,14 @@ fn count(n: Vec<i64>) -> u64 {
 
 #[async_trait]
 impl<D: Driver> QueueStore for PgStore<D> {
-    async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
+    async fn put_many(&self, mut jobs: Vec<NewJob>) -> Result<Vec<JobId>> {
         // Validated before a connection is taken: a bad job is refused whatever the server.
+        if jobs.len() == 1 && Group::admits(&jobs[0]) {
+            if let Some(job) = jobs.pop() {
+                job.validate()?;
+                return Ok(vec![self.put_grouped(job).await?]);
+            }
+        }
         let a = InsertArrays::new(&jobs)?;
         if jobs.is_empty() {
             return Ok(Vec::new());

@@ -1,0 +1,127 @@
+//! Single puts sent together (a group commit), on both SQL stores: concurrent callers ride one
+//! statement, each gets its own job's id, and a job the server refuses fails only its caller.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
+
+use std::sync::Arc;
+
+use pq_api::postgres::QueueTable;
+use pq_api::{JobId, NewJob, QueueStore, QueueStoreExt};
+use pq_conformance::postgres::{database_url, fresh_schema};
+use pq_diesel::DieselStore;
+use pq_sqlx::SqlxStore;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(8)
+        .connect(&database_url().await)
+        .await
+        .expect("connect")
+}
+
+/// A store of each driver, each on a fresh schema.
+async fn stores() -> Vec<(Arc<dyn QueueStore>, QueueTable)> {
+    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let sqlx_store = SqlxStore::with_table(pool().await, sqlx_table.clone())
+        .await
+        .unwrap();
+    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&database_url().await, 8).unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
+        .await
+        .unwrap();
+    vec![
+        (Arc::new(sqlx_store), sqlx_table),
+        (Arc::new(diesel_store), diesel_table),
+    ]
+}
+
+/// Puts `jobs` at once, one `put_job` call each from its own task; the answers in order.
+async fn put_at_once(store: &Arc<dyn QueueStore>, jobs: Vec<NewJob>) -> Vec<pq_api::Result<JobId>> {
+    let calls: Vec<_> = jobs
+        .into_iter()
+        .map(|job| {
+            let store = store.clone();
+            tokio::spawn(async move { store.put_job(job).await })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for c in calls {
+        answers.push(c.await.unwrap());
+    }
+    answers
+}
+
+/// How many transactions wrote the rows of `table`.
+async fn writers(pool: &PgPool, table: &QueueTable) -> i64 {
+    let sql = format!(
+        "SELECT count(DISTINCT xmin::text) FROM {}",
+        table.qualified()
+    );
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_single_puts_share_commits_and_each_gets_its_own_id() {
+    let check = pool().await;
+    for (store, table) in stores().await {
+        let n = 32;
+        let jobs = (0..n)
+            .map(|i| NewJob::from_json("q", json!({ "n": i })).serial_key(format!("k{}", i % 4)))
+            .collect();
+        let ids: Vec<JobId> = put_at_once(&store, jobs)
+            .await
+            .into_iter()
+            .map(Result::unwrap)
+            .collect();
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(store.job(*id).await.unwrap().payload["n"], json!(i));
+        }
+        let mut distinct = ids.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), n);
+        let commits = writers(&check, &table).await;
+        assert!(
+            commits < i64::try_from(n / 2).unwrap(),
+            "{n} concurrent puts took {commits} transactions"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_job_the_server_refuses_fails_only_its_own_put() {
+    for (store, _) in stores().await {
+        // PostgreSQL's jsonb holds no NUL character; nothing before the server checks for it.
+        let bad = 5;
+        let jobs = (0..12)
+            .map(|i| {
+                let payload = if i == bad {
+                    json!({ "s": "a\u{0}b" })
+                } else {
+                    json!({ "n": i })
+                };
+                NewJob::from_json("q", payload)
+            })
+            .collect();
+        let answers = put_at_once(&store, jobs).await;
+        for (i, answer) in answers.into_iter().enumerate() {
+            if i == bad {
+                // sqlx's error tells its SQLSTATE (InvalidArgument); diesel-async's does not
+                // (Backend). Either way it is the server's word on this job, not retryable.
+                let e = answer.unwrap_err();
+                assert!(!e.is_retryable(), "{e:?}");
+                assert!(format!("{e:?}").contains("Unicode"), "{e:?}");
+            } else {
+                let id = answer.unwrap();
+                assert_eq!(store.job(id).await.unwrap().payload["n"], json!(i));
+            }
+        }
+        assert_eq!(store.stats("q").await.unwrap().ready, 11);
+    }
+}
