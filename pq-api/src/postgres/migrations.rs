@@ -23,6 +23,7 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let history = table.object(&name("history"));
     let channel = table.channel();
     let claim_idx = quote(&name("claim"));
+    let claim_idx_qualified = table.object(&name("claim"));
     let run_idx = quote(&name("run_at"));
     let run_idx_qualified = table.object(&name("run_at"));
     let notify_fn = table.object(&name("notify"));
@@ -50,6 +51,7 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ("history", history.as_str()),
         ("channel", channel.as_str()),
         ("claim_idx", claim_idx.as_str()),
+        ("claim_idx_qualified", claim_idx_qualified.as_str()),
         ("run_idx", run_idx.as_str()),
         ("run_idx_qualified", run_idx_qualified.as_str()),
         ("notify_fn", notify_fn.as_str()),
@@ -107,6 +109,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             6,
             "per-minute throughput records",
             include_str!("sql/migration_6.sql"),
+        ),
+        step(
+            7,
+            "keyed jobs behind another of their key left out of the claim index",
+            include_str!("sql/migration_7.sql"),
         ),
     ]
 }

@@ -27,6 +27,7 @@ mod files {
     pub(super) const INSERT: &str = include_str!("sql/insert.sql");
     pub(super) const ON_CONFLICT_CURSOR: &str = include_str!("sql/on_conflict_cursor.sql");
     pub(super) const INSERT_UNIQUE: &str = include_str!("sql/insert_unique.sql");
+    pub(super) const INSERT_HIDDEN: &str = include_str!("sql/insert_hidden.sql");
     pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
     pub(super) const CLAIM_CANDIDATES: &str = include_str!("sql/claim_candidates.sql");
     pub(super) const LEASE_CANCELLED: &str = include_str!("sql/lease_cancelled.sql");
@@ -36,6 +37,7 @@ mod files {
     pub(super) const QUEUE_COUNTS: &str = include_str!("sql/queue_counts.sql");
     pub(super) const PRUNE_JOBS: &str = include_str!("sql/prune_jobs.sql");
     pub(super) const PRUNE_KEYS: &str = include_str!("sql/prune_keys.sql");
+    pub(super) const REVEAL: &str = include_str!("sql/reveal.sql");
     pub(super) const COMPLETE: &str = include_str!("sql/complete.sql");
     pub(super) const FAIL: &str = include_str!("sql/fail.sql");
     pub(super) const EXTEND: &str = include_str!("sql/extend.sql");
@@ -113,6 +115,8 @@ const ASYNC_COMMIT: &str =
 pub struct Statements {
     /// The insert for rows without cursor keys: see [`Statements::insert`].
     insert_plain: Arc<str>,
+    /// The insert for rows with serial keys, some sharing one: see [`Statements::insert`].
+    insert_serial: Arc<str>,
     /// The insert for rows with cursor keys: see [`Statements::insert`].
     insert_cursor: Arc<str>,
     /// The insert with rows with uniqueness keys, and with cursor keys too.
@@ -157,6 +161,9 @@ pub struct Statements {
     pub prune_jobs: Arc<str>,
     /// `$1 int4` at most so many → `n int8`, the idle key records removed.
     pub prune_keys: Arc<str>,
+    /// `$1 int4` at most → `n int8`: shows the first queued job of keys whose first queued
+    /// job is hidden (left so only by plain SQL; see `reveal.sql`).
+    pub reveal: Arc<str>,
     /// `$1 int8` id → `state` (row absent: unknown id); restarts the job if failed.
     pub retry: Arc<str>,
     /// `$1 int8` id → a job row.
@@ -282,12 +289,18 @@ impl Statements {
     /// in no promised order (see [`InsertArrays::ids`]). A cursor-keyed row whose key has a
     /// pending job returns that job's id instead of inserting.
     ///
+    /// Rows with serial keys, two or more of them sharing one (and none with a cursor or
+    /// uniqueness key), get a statement that hides each row behind an earlier one of its key
+    /// (`insert_hidden.sql`), so that a claim does not walk a key's backlog; the others do not
+    /// pay for working that out.
+    ///
     /// Rows without cursor keys get a statement without `ON CONFLICT`: with it, PostgreSQL
     /// inserts every row speculatively (an extra WAL record and lock per row, whether or not
     /// the row can conflict), a measurable part of a large insert's server time.
     pub fn insert(&self, rows: &InsertArrays) -> &Arc<str> {
         let unique = rows.unique_key.iter().any(Option::is_some);
         match (rows.cursor.contains(&true), unique) {
+            (false, false) if shares_a_key(rows) => &self.insert_serial,
             (false, false) => &self.insert_plain,
             (true, false) => &self.insert_cursor,
             (false, true) => &self.insert_unique,
@@ -314,6 +327,10 @@ impl Statements {
     pub fn all(&self) -> Vec<(String, Arc<str>)> {
         let mut all: Vec<(String, Arc<str>)> = vec![
             ("insert".into(), self.insert_plain.clone()),
+            (
+                "insert, serial keys shared".into(),
+                self.insert_serial.clone(),
+            ),
             ("insert, cursor keys".into(), self.insert_cursor.clone()),
             ("insert, uniqueness keys".into(), self.insert_unique.clone()),
             (
@@ -350,6 +367,7 @@ impl Statements {
             ("queue counts", &self.queue_counts),
             ("prune jobs", &self.prune_jobs),
             ("prune keys", &self.prune_keys),
+            ("reveal", &self.reveal),
             ("retry", &self.retry),
             ("job", &self.job),
             ("list jobs", &self.list_jobs),
@@ -418,19 +436,31 @@ impl Statements {
                 (name, format!("\n{text}\n"))
             })
             .collect();
-        let insert = |on_conflict: &str, unique: bool| -> Arc<str> {
+        let hiding = statement(&part(INSERT_HIDDEN, "hiding"), &vars);
+        let window = statement(&part(INSERT_HIDDEN, "window"), &vars);
+        let insert = |on_conflict: &str, unique: bool, hide: bool| -> Arc<str> {
             let mut with = vars.to_vec();
             with.push(("on_conflict", on_conflict));
+            with.push((
+                "hiding",
+                if hide {
+                    hiding.as_str()
+                } else {
+                    "false, false"
+                },
+            ));
+            with.push(("window", if hide { window.as_str() } else { "" }));
             for (name, text) in &unique_parts {
                 with.push((name, if unique { text.as_str() } else { "" }));
             }
             Arc::from(statement(INSERT, &with))
         };
         Statements {
-            insert_plain: insert("", false),
-            insert_cursor: insert(&on_conflict, false),
-            insert_unique: insert("", true),
-            insert_cursor_unique: insert(&on_conflict, true),
+            insert_plain: insert("", false, false),
+            insert_serial: insert("", false, true),
+            insert_cursor: insert(&on_conflict, false, false),
+            insert_unique: insert("", true, false),
+            insert_cursor_unique: insert(&on_conflict, true, false),
             claim: Arc::from(statement(CLAIM, &claim_vars)),
             claims: Arc::default(),
             complete: s(COMPLETE),
@@ -445,6 +475,7 @@ impl Statements {
             queue_counts: s(QUEUE_COUNTS),
             prune_jobs: s(PRUNE_JOBS),
             prune_keys: s(PRUNE_KEYS),
+            reveal: s(REVEAL),
             retry: s(RETRY),
             job: s(JOB),
             list_jobs: s(LIST_JOBS),
@@ -483,6 +514,16 @@ pub const HANDLER_IDLE_TIMEOUT: Duration = crate::DEFAULT_LEASE;
 pub fn begin_bounded(idle: Duration) -> String {
     let ms = idle.as_millis().clamp(1, i32::MAX as u128);
     format!("BEGIN; SET LOCAL idle_in_transaction_session_timeout = {ms}")
+}
+
+/// Whether two or more of `rows` share a serial key in one queue.
+fn shares_a_key(rows: &InsertArrays) -> bool {
+    let mut seen = std::collections::HashSet::new();
+    rows.key
+        .iter()
+        .zip(&rows.queue)
+        .filter_map(|(key, queue)| key.as_deref().map(|k| (queue.as_str(), k)))
+        .any(|pair| !seen.insert(pair))
 }
 
 /// `(($1::text[])[1]), (($1::text[])[2]), …`: the first `queues` elements of `$1` as VALUES

@@ -716,6 +716,7 @@ impl<D: Driver> QueueStore for PgStore<D> {
         let jobs = count(self.column(&self.inner.sql.prune_jobs, &params).await?);
         let params = [Param::Int4(PRUNE_BATCH)];
         let keys = count(self.column(&self.inner.sql.prune_keys, &params).await?);
+        let _: Vec<i64> = self.column(&self.inner.sql.reveal, &params).await?;
         let history = self.cleanup_history().await?;
         let params = [Param::Int8(micros(THROUGHPUT_KEPT))];
         let _: Vec<i64> = self

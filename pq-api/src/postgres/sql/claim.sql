@@ -16,6 +16,10 @@
 -- `(SELECT id …) = j.id`: the planner guesses an equality with a subquery passes 0.5% of
 -- rows, expects to scan the whole index, and above jit_above_cost spends ~100 ms compiling
 -- every claim.
+--
+-- `shown`: a claimed job that hides others of its key (insert_hidden.sql) hands that on to the
+-- next queued job of its key, priority and deadline, shown if it was hidden; so every hidden
+-- job has a shown, queued job before it that will, in turn, show the next.
 WITH q AS (
   SELECT v.name, s.concurrency, s.rate, s.rate_per
   FROM (VALUES {queues}) AS v(name)
@@ -77,6 +81,22 @@ WITH q AS (
   UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at
   FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
   RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state
+), shown AS (
+  UPDATE {jobs} AS t SET hidden = false, hides = true
+  FROM claimed AS c CROSS JOIN LATERAL (
+    (SELECT n.id FROM {jobs} AS n
+     WHERE c.expected_at IS NULL AND n.queue = c.queue AND n.key = c.key
+       AND n.priority = c.priority AND n.expected_at IS NULL
+       AND n.state = 'queued' AND NOT n.cursor AND n.unique_key IS NULL AND n.id <> c.id
+     ORDER BY n.priority DESC, n.expected_at ASC NULLS LAST, n.run_at ASC, n.id ASC LIMIT 1)
+    UNION ALL
+    (SELECT n.id FROM {jobs} AS n
+     WHERE n.queue = c.queue AND n.key = c.key AND n.priority = c.priority
+       AND n.expected_at = c.expected_at
+       AND n.state = 'queued' AND NOT n.cursor AND n.unique_key IS NULL AND n.id <> c.id
+     ORDER BY n.priority DESC, n.expected_at ASC NULLS LAST, n.run_at ASC, n.id ASC LIMIT 1)
+  ) AS n
+  WHERE c.hides AND t.id = n.id AND (t.hidden OR NOT t.hides)
 ), placed AS (
   SELECT p.id, p.queue, row_number() OVER (PARTITION BY p.queue ORDER BY p.id) AS n
   FROM picked AS p JOIN room AS r ON r.name = p.queue

@@ -1,9 +1,10 @@
 -- The claimable jobs of queue q.name, in claim order, at most {limit}, locked: a part of
--- claim.sql, spliced in as {candidates} for unlimited and limited queues alike.
+-- claim.sql, spliced in as {candidates} for unlimited and limited queues alike. Hidden jobs
+-- (migration_7.sql) wait behind another queued job of their key and are not candidates.
 SELECT j.id, j.queue, j.key, j.priority, j.expected_at, j.run_at
 FROM {jobs} AS j
 WHERE j.queue = q.name
-  AND j.state <> 'failed' AND j.run_at <= statement_timestamp()
+  AND j.state <> 'failed' AND NOT j.hidden AND j.run_at <= statement_timestamp()
   AND j.attempts < j.max_attempts
   AND (j.key IS NULL OR (
     NOT EXISTS (SELECT 1 FROM {keys} AS k WHERE k.queue = j.queue

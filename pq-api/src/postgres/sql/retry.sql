@@ -4,7 +4,8 @@
 WITH target AS (
   SELECT id, {state} AS state FROM {jobs} WHERE id = $1::int8 FOR UPDATE
 ), restarted AS (
-  UPDATE {jobs} AS t SET state = 'queued', attempts = 0, run_at = statement_timestamp()
+  UPDATE {jobs} AS t SET state = 'queued', attempts = 0, run_at = statement_timestamp(),
+         hidden = false
   FROM target
   WHERE t.id = target.id AND target.state = 'failed'
   RETURNING t.id, t.queue, t.key

@@ -1,0 +1,180 @@
+//! Keyed backlogs on both SQL stores: a key's jobs put together wait outside the claim index
+//! behind the first of them (the `hidden` marker), and every way the first one leaves shows
+//! the next, so each job still runs, in its key's order.
+#![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use pq_api::postgres::QueueTable;
+use pq_api::{Claim, ClaimedJob, NewJob, QueueStore, QueueStoreExt};
+use pq_conformance::postgres::{database_url, fresh_schema};
+use pq_diesel::DieselStore;
+use pq_sqlx::SqlxStore;
+use serde_json::json;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{AssertSqlSafe, PgPool};
+
+async fn pool() -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(4)
+        .connect(&database_url().await)
+        .await
+        .expect("connect")
+}
+
+/// A store of each driver, each on a fresh schema.
+async fn stores() -> Vec<(Arc<dyn QueueStore>, QueueTable)> {
+    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let sqlx_store = SqlxStore::with_table(pool().await, sqlx_table.clone())
+        .await
+        .unwrap();
+    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
+    let diesel_pool = DieselStore::pool(&database_url().await, 4).unwrap();
+    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
+        .await
+        .unwrap();
+    vec![
+        (Arc::new(sqlx_store), sqlx_table),
+        (Arc::new(diesel_store), diesel_table),
+    ]
+}
+
+fn job(key: &str, n: u32) -> NewJob {
+    NewJob::from_json("q", json!({ "key": key, "n": n })).serial_key(key)
+}
+
+/// A claim of everything claimable in queue `q`.
+fn claim() -> Claim {
+    Claim::new(["q"]).limit(100)
+}
+
+fn names(jobs: &[ClaimedJob]) -> Vec<String> {
+    let mut out: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            format!(
+                "{}{}",
+                j.job.payload["key"].as_str().unwrap_or("-"),
+                j.job.payload["n"]
+            )
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+async fn hidden(pool: &PgPool, table: &QueueTable) -> i64 {
+    let sql = format!("SELECT count(*) FROM {} WHERE hidden", table.qualified());
+    sqlx::query_scalar(AssertSqlSafe(sql))
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Claims and completes until nothing is claimable; the names claimed, claim by claim.
+async fn drain(store: &Arc<dyn QueueStore>) -> Vec<Vec<String>> {
+    let mut rounds = Vec::new();
+    loop {
+        let got = store.claim(&claim()).await.unwrap();
+        if got.is_empty() {
+            return rounds;
+        }
+        rounds.push(names(&got));
+        for j in &got {
+            store.complete(&j.lease).await.unwrap();
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_keys_jobs_put_together_wait_hidden_and_run_in_order() {
+    let check = pool().await;
+    for (store, table) in stores().await {
+        let mut jobs = Vec::new();
+        for key in ["a", "b", "c"] {
+            jobs.extend((0..4).map(|n| job(key, n)));
+        }
+        jobs.push(NewJob::from_json("q", json!({ "n": 9 })));
+        store.put_many(jobs).await.unwrap();
+        assert_eq!(hidden(&check, &table).await, 9, "all but each key's first");
+        let got = store.claim(&claim()).await.unwrap();
+        assert_eq!(names(&got), ["-9", "a0", "b0", "c0"]);
+        assert_eq!(
+            hidden(&check, &table).await,
+            6,
+            "each claim shows its key's next"
+        );
+        for j in &got {
+            store.complete(&j.lease).await.unwrap();
+        }
+        let rest = drain(&store).await;
+        assert_eq!(
+            rest,
+            [["a1", "b1", "c1"], ["a2", "b2", "c2"], ["a3", "b3", "c3"]]
+        );
+        assert_eq!(store.stats("q").await.unwrap().ready, 0);
+    }
+}
+
+#[tokio::test]
+async fn a_job_put_later_among_a_keys_hidden_jobs_runs_in_its_place() {
+    for (store, _) in stores().await {
+        let ago = |s: i64| Utc::now() - chrono::Duration::seconds(s);
+        // a1 shown, a2 and a3 hidden behind it; b, put alone, runs between a2 and a3.
+        store
+            .put_many(vec![
+                job("k", 1).run_at(ago(30)),
+                job("k", 2).run_at(ago(20)),
+                job("k", 3).run_at(ago(10)),
+            ])
+            .await
+            .unwrap();
+        store
+            .put_job(
+                NewJob::from_json("q", json!({ "key": "k", "n": 25 }))
+                    .serial_key("k")
+                    .run_at(ago(15)),
+            )
+            .await
+            .unwrap();
+        let order: Vec<String> = drain(&store).await.into_iter().flatten().collect();
+        assert_eq!(order, ["k1", "k2", "k25", "k3"]);
+    }
+}
+
+#[tokio::test]
+async fn cancelling_a_keys_first_job_shows_the_next() {
+    for (store, _) in stores().await {
+        let ids = store
+            .put_many(vec![job("k", 0), job("k", 1), job("k", 2)])
+            .await
+            .unwrap();
+        store.cancel(ids[0]).await.unwrap();
+        let order: Vec<String> = drain(&store).await.into_iter().flatten().collect();
+        assert_eq!(order, ["k1", "k2"]);
+    }
+}
+
+#[tokio::test]
+async fn prune_shows_the_jobs_of_a_key_whose_first_job_plain_sql_removed() {
+    let check = pool().await;
+    for (store, table) in stores().await {
+        let ids = store
+            .put_many(vec![job("k", 0), job("k", 1), job("k", 2)])
+            .await
+            .unwrap();
+        let sql = format!("DELETE FROM {} WHERE id = {}", table.qualified(), ids[0].0);
+        sqlx::raw_sql(AssertSqlSafe(sql))
+            .execute(&check)
+            .await
+            .unwrap();
+        assert!(
+            store.claim(&claim()).await.unwrap().is_empty(),
+            "the rest wait hidden until shown"
+        );
+        store.prune().await.unwrap();
+        let order: Vec<String> = drain(&store).await.into_iter().flatten().collect();
+        assert_eq!(order, ["k1", "k2"]);
+    }
+}
