@@ -28,6 +28,7 @@ mod files {
     pub(super) const ON_CONFLICT_CURSOR: &str = include_str!("sql/on_conflict_cursor.sql");
     pub(super) const INSERT_UNIQUE: &str = include_str!("sql/insert_unique.sql");
     pub(super) const INSERT_HIDDEN: &str = include_str!("sql/insert_hidden.sql");
+    pub(super) const NEXT_IN_GROUP: &str = include_str!("sql/next_in_group.sql");
     pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
     pub(super) const CLAIM_CANDIDATES: &str = include_str!("sql/claim_candidates.sql");
     pub(super) const LEASE_CANCELLED: &str = include_str!("sql/lease_cancelled.sql");
@@ -425,9 +426,12 @@ impl Statements {
             ("claim_columns", claim_columns.as_str()),
             ("finished_columns", finished_columns.as_str()),
         ];
+        let next_in_group = statement(NEXT_IN_GROUP, &vars);
+        let mut with_next = vars.to_vec();
+        with_next.push(("next_in_group", next_in_group.as_str()));
         let s = |file: &str| -> Arc<str> { Arc::from(statement(file, &vars)) };
         let candidates = statement(CLAIM_CANDIDATES, &vars);
-        let mut claim_vars = vars.to_vec();
+        let mut claim_vars = with_next.clone();
         claim_vars.push(("candidates", candidates.as_str()));
         let unique_parts: Vec<(&str, String)> = ["held", "unique_filter", "periods", "refused"]
             .into_iter()
@@ -467,7 +471,7 @@ impl Statements {
             fail: s(FAIL),
             extend: s(EXTEND),
             release: s(RELEASE),
-            cancel: s(CANCEL),
+            cancel: Arc::from(statement(CANCEL, &with_next)),
             lease_cancelled: s(LEASE_CANCELLED),
             progress: s(PROGRESS),
             configure_queue: s(CONFIGURE_QUEUE),

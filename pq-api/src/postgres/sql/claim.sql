@@ -84,17 +84,7 @@ WITH q AS (
 ), shown AS (
   UPDATE {jobs} AS t SET hidden = false, hides = true
   FROM claimed AS c CROSS JOIN LATERAL (
-    (SELECT n.id FROM {jobs} AS n
-     WHERE c.expected_at IS NULL AND n.queue = c.queue AND n.key = c.key
-       AND n.priority = c.priority AND n.expected_at IS NULL
-       AND n.state = 'queued' AND NOT n.cursor AND n.unique_key IS NULL AND n.id <> c.id
-     ORDER BY n.priority DESC, n.expected_at ASC NULLS LAST, n.run_at ASC, n.id ASC LIMIT 1)
-    UNION ALL
-    (SELECT n.id FROM {jobs} AS n
-     WHERE n.queue = c.queue AND n.key = c.key AND n.priority = c.priority
-       AND n.expected_at = c.expected_at
-       AND n.state = 'queued' AND NOT n.cursor AND n.unique_key IS NULL AND n.id <> c.id
-     ORDER BY n.priority DESC, n.expected_at ASC NULLS LAST, n.run_at ASC, n.id ASC LIMIT 1)
+    {next_in_group}
   ) AS n
   WHERE c.hides AND t.id = n.id AND (t.hidden OR NOT t.hides)
 ), placed AS (
