@@ -1202,8 +1202,7 @@ async fn ceiling(
     let mut claimer = PgConnection::connect(url).await?;
     let mut completer = PgConnection::connect(url).await?;
     let queues = vec![QUEUE.to_string()];
-    let claim_sql = sql.claim(queues.len(), args.concurrency);
-    let lease_us = i64::try_from(pq_api::DEFAULT_LEASE.as_micros())?;
+    let claim_sql = sql.claim(&queues, args.concurrency, pq_api::DEFAULT_LEASE);
     let cpu = CpuClock::start();
     let t = Instant::now();
     let mut done = 0;
@@ -1215,9 +1214,6 @@ async fn ceiling(
         let claim = async {
             let t = Instant::now();
             let rows = sqlx::query(AssertSqlSafe(&*claim_sql))
-                .bind(&queues)
-                .bind(lease_us)
-                .bind(fastrand::i64(..))
                 .fetch_all(&mut claimer)
                 .await;
             (rows, t.elapsed())

@@ -764,8 +764,9 @@ pub struct Lease {
 }
 
 impl Lease {
-    /// A fresh random token for a new attempt. Tokens are only ever compared together with the
-    /// job id, so 64 random bits make a collision between two attempts of one job negligible.
+    /// A fresh random token for a new attempt (the memory store's; the SQL stores' claim
+    /// statement draws its own). Tokens are only ever compared together with the job id, so 64
+    /// random bits make a collision between two attempts of one job negligible.
     pub fn new_token() -> i64 {
         fastrand::i64(..)
     }

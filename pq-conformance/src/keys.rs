@@ -340,6 +340,44 @@ pub async fn wait_wakes_when_a_key_is_freed(store: Arc<dyn QueueStore>) {
     assert_eq!(store.claim(&claim_all("q")).await.unwrap().len(), 1);
 }
 
+/// A key freed by its job failing for good wakes `wait` too, and the next job of the key is
+/// claimable at once.
+pub async fn wait_wakes_when_a_failure_frees_a_key(store: Arc<dyn QueueStore>) {
+    store
+        .put_many(vec![keyed("q", "k", 0), keyed("q", "k", 1)])
+        .await
+        .unwrap();
+    let running = store.claim(&claim_all("q")).await.unwrap().remove(0);
+    let queues = vec!["q".to_string()];
+    assert!(
+        !store
+            .wait(&queues, Duration::from_millis(300))
+            .await
+            .unwrap(),
+        "the other job is held up by its key"
+    );
+    let failer = {
+        let store = store.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            store
+                .fail(&running.lease, Failure::new("no").give_up())
+                .await
+                .unwrap()
+        })
+    };
+    let t = std::time::Instant::now();
+    assert!(store.wait(&queues, Duration::from_secs(20)).await.unwrap());
+    assert!(
+        t.elapsed() < Duration::from_secs(10),
+        "woken, not timed out"
+    );
+    assert_eq!(failer.await.unwrap(), pq_api::JobState::Failed);
+    let next = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_eq!(*next[0].job.payload, json!({ "n": 1 }));
+}
+
 /// Keys are validated: empty, too long, control characters, or both kinds on one job are
 /// rejected, and nothing of the call is stored.
 pub async fn put_rejects_bad_keys(store: Arc<dyn QueueStore>) {

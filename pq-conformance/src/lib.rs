@@ -236,6 +236,7 @@ macro_rules! suite {
             keys::concurrent_puts_with_one_cursor_key_make_one_job,
             keys::key_state_is_handed_on_and_saved_on_complete,
             keys::wait_wakes_when_a_key_is_freed,
+            keys::wait_wakes_when_a_failure_frees_a_key,
             keys::put_rejects_bad_keys,
             keys::extend_keeps_a_key_held_and_release_and_purge_free_it,
             unique::a_unique_job_holds_its_key_while_pending,

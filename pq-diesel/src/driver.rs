@@ -11,7 +11,7 @@ use diesel_async::{
     TransactionManager,
 };
 use futures_util::StreamExt;
-use pq_api::postgres::driver::{Cell, Driver, Inserted, Kind, Note, Param};
+use pq_api::postgres::driver::{Cell, Driver, EachRow, Inserted, Kind, Note, Param};
 use pq_api::postgres::{pg_time, FinishedRow, JobRow};
 use pq_api::{Error, Result};
 
@@ -267,14 +267,14 @@ impl Driver for Diesel {
         conn: &mut AsyncPgConnection,
         sql: &Arc<str>,
         params: &[Param<'_>],
-        each: &mut (dyn FnMut(i64, Result<JobRow<'_>>) + Send),
+        each: &mut EachRow<'_>,
     ) -> Result<()> {
         let rows: Vec<Row> = prepared::<RowSql>(sql, params)
             .load(conn)
             .await
             .map_err(map_err)?;
         for r in rows {
-            each(r.0 .0, job_row(r));
+            each(r.0 .0, r.0 .11, job_row(r));
         }
         Ok(())
     }

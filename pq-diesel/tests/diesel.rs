@@ -119,7 +119,11 @@ async fn diesel_keeps_its_statements_prepared_and_stops_planning_the_claim() {
             16
         );
     }
-    let sql = pq_api::postgres::Statements::new(&table).claim(1, 16);
+    let sql = pq_api::postgres::Statements::new(&table).claim(
+        &["q".to_string()],
+        16,
+        pq_api::DEFAULT_LEASE,
+    );
     let counts = diesel_plan_counts(&diesel_pool, &sql).await;
     let [c] = counts.as_slice() else {
         panic!(
@@ -198,7 +202,7 @@ async fn diesels_claims_and_completions_each_keep_to_a_connection_given_back_whe
         let (claimed, completed) = tokio::join!(store.claim(&one), store.complete_many(&batch));
         assert_eq!(claimed.unwrap().len(), 1);
         assert_eq!(completed.unwrap().len(), 40);
-        claimed_on.extend(last_ran(&observer, &app, "WITH q AS").await);
+        claimed_on.extend(last_ran(&observer, &app, "WITH lease AS").await);
         completed_on.extend(last_ran(&observer, &app, "WITH done AS").await);
     }
     assert_eq!(claimed_on.len(), 1, "server processes that ran the claims");

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use pq_api::postgres::driver::{Cell, Driver, Inserted, Kind, Note, Param};
+use pq_api::postgres::driver::{Cell, Driver, EachRow, Inserted, Kind, Note, Param};
 use pq_api::postgres::{pg_time, FinishedRow, JobRow};
 use pq_api::{Error, Result};
 use sqlx::error::BoxDynError;
@@ -194,13 +194,14 @@ impl Driver for Sqlx {
         conn: &mut PgConnection,
         sql: &Arc<str>,
         params: &[Param<'_>],
-        each: &mut (dyn FnMut(i64, Result<JobRow<'_>>) + Send),
+        each: &mut EachRow<'_>,
     ) -> Result<()> {
         // Each row is handed over as it is read: no vector of rows in between.
         let mut rows = query(sql, params).fetch(conn);
         while let Some(row) = rows.try_next().await.map_err(map_err)? {
             let id: i64 = row.try_get(0).map_err(map_err)?;
-            each(id, job_row(&row));
+            let token: Option<i64> = row.try_get(11).map_err(map_err)?;
+            each(id, token, job_row(&row));
         }
         Ok(())
     }

@@ -101,7 +101,7 @@ async fn a_busy_store_keeps_one_warm_connection_and_gives_it_back_when_idle() {
     let observer = self::pool().await;
     let claimed_on: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 \
-         AND (query LIKE 'WITH q AS%' OR query LIKE 'WITH done AS%')",
+         AND (query LIKE 'WITH lease AS%' OR query LIKE 'WITH done AS%')",
     )
     .bind(&app)
     .fetch_one(&observer)

@@ -101,6 +101,10 @@ pub enum Note<'a> {
     Missed,
 }
 
+/// What [`Driver::jobs`] hands each row to: its id, its lease token, and the row or why it
+/// cannot be decoded.
+pub type EachRow<'a> = dyn for<'r> FnMut(i64, Option<i64>, Result<JobRow<'r>>) + Send + 'a;
+
 /// A PostgreSQL client library, as the one store uses it. See the [module](self) docs.
 ///
 /// A driver value is a handle on a pool, cheap to clone. Methods on a connection take the
@@ -152,13 +156,14 @@ pub trait Driver: Clone + Send + Sync + 'static {
     ) -> impl Future<Output = Result<Vec<Inserted>>> + Send + 'c;
 
     /// Runs a statement that returns job rows (the claim, `job`) and hands each to `each` as
-    /// it is decoded: its id, and the row or why it cannot be decoded (a value the driver
+    /// it is decoded: its id, its lease token (read on their own, as the store needs them to
+    /// fail a row it cannot use), and the row or why it cannot be decoded (a value the driver
     /// cannot hold: that row alone fails). An error that ends the statement ends this.
     fn jobs<'c>(
         conn: &'c mut Self::Conn,
         sql: &'c Arc<str>,
         params: &'c [Param<'c>],
-        each: &'c mut (dyn FnMut(i64, Result<JobRow<'_>>) + Send),
+        each: &'c mut EachRow<'c>,
     ) -> impl Future<Output = Result<()>> + Send + 'c;
 
     /// Runs the stats statement: `(state, count)` rows.

@@ -115,6 +115,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             "keyed jobs behind another of their key left out of the claim index",
             include_str!("sql/migration_7.sql"),
         ),
+        step(
+            8,
+            "freed keys notified by the statements that free them",
+            include_str!("sql/migration_8.sql"),
+        ),
     ]
 }
 

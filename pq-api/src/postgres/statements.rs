@@ -29,6 +29,7 @@ mod files {
     pub(super) const INSERT_UNIQUE: &str = include_str!("sql/insert_unique.sql");
     pub(super) const INSERT_HIDDEN: &str = include_str!("sql/insert_hidden.sql");
     pub(super) const NEXT_IN_GROUP: &str = include_str!("sql/next_in_group.sql");
+    pub(super) const KEY_FREED_NOTIFY: &str = include_str!("sql/key_freed_notify.sql");
     pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
     pub(super) const CLAIM_CANDIDATES: &str = include_str!("sql/claim_candidates.sql");
     pub(super) const LEASE_CANCELLED: &str = include_str!("sql/lease_cancelled.sql");
@@ -89,8 +90,8 @@ fn part(file: &str, name: &str) -> String {
     out
 }
 
-/// Rendered claim texts by queue count, limit and how the claim commits.
-type ClaimTexts = HashMap<(usize, u32, Commit), Arc<str>>;
+/// Rendered claim texts by limit, lease µs and how the claim commits, then by queues.
+type ClaimTexts = HashMap<(u32, i64, Commit), Vec<(Vec<String>, Arc<str>)>>;
 
 /// How a claim's transaction commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -210,16 +211,19 @@ pub struct Statements {
 }
 
 impl Statements {
-    /// The claim of at most `limit` jobs from `queues` distinct queues: `$1 text[]` the queues
-    /// (exactly `queues` of them, no repeats), `$2 int8` lease µs, `$3 int8` token → job rows
-    /// plus `key_state text`, in claim order.
+    /// The claim of at most `limit` jobs from `queues` (distinct queue names), each leased for
+    /// `lease` under one new token drawn by the server → job rows plus `key_state text`, in
+    /// claim order. The statement takes no parameters.
     ///
-    /// The queue count and the limit are written into the text rather than bound. Bound, they
-    /// hide from PostgreSQL's generic plan how many rows the claim wants, so its cost estimate
-    /// loses to a custom plan every time and each claim is planned afresh (as long as running
-    /// it). Written in, the generic plan is the same index scan, and after its first
-    /// executions a connection stops planning that statement. A worker claims with few
-    /// distinct limits (up to its concurrency), so few distinct texts are prepared.
+    /// The queues, the limit and the lease are written into the text rather than bound, and
+    /// the token is drawn by the statement itself. PostgreSQL plans a prepared statement that
+    /// has parameters afresh for each execution (a custom plan) until a plan for any values
+    /// (the generic plan) looks no costlier than the custom plans so far; a claim prepared
+    /// while its table was small keeps that small cost in its record, so once a backlog grew
+    /// the claim was planned on every execution (about as long as running it). A statement
+    /// without parameters has one plan, made again only when the table's statistics change.
+    /// A worker claims with few distinct limits (up to its concurrency) and one lease, so few
+    /// distinct texts are prepared. See `docs/design.md`, "Claim plans".
     ///
     /// The texts are kept (up to [`CLAIM_TEXTS_KEPT`] of them, shared by clones), so a claim
     /// does not render its statement again.
@@ -236,15 +240,19 @@ impl Statements {
     /// leaves that transaction's commit as it is.
     ///
     /// ```
+    /// use std::time::Duration;
     /// use pq_api::postgres::{QueueTable, Statements};
     /// let sql = Statements::new(&QueueTable::default());
-    /// let text = sql.claim(1, 32);
+    /// let queues = ["emails".to_string()];
+    /// let text = sql.claim(&queues, 32, Duration::from_secs(30));
     /// assert!(text.contains("LIMIT 32"));
+    /// assert!(text.contains("E'emails'"));
     /// assert!(text.contains("synchronous_commit"));
-    /// assert!(std::sync::Arc::ptr_eq(&text, &sql.claim(1, 32)));
+    /// assert!(!text.contains("$1"));
+    /// assert!(std::sync::Arc::ptr_eq(&text, &sql.claim(&queues, 32, Duration::from_secs(30))));
     /// ```
-    pub fn claim(&self, queues: usize, limit: u32) -> Arc<str> {
-        self.claim_text(queues, limit, Commit::Async)
+    pub fn claim(&self, queues: &[String], limit: u32, lease: Duration) -> Arc<str> {
+        self.claim_text(queues, limit, lease, Commit::Async)
     }
 
     /// The claim of [`Statements::claim`] for a statement inside a transaction of the
@@ -252,19 +260,28 @@ impl Statements {
     /// caller's transaction commits as the caller has set it.
     ///
     /// ```
+    /// use std::time::Duration;
     /// use pq_api::postgres::{QueueTable, Statements};
     /// let sql = Statements::new(&QueueTable::default());
-    /// let text = sql.claim_in_transaction(1, 32);
+    /// let text = sql.claim_in_transaction(&["q".to_string()], 32, Duration::from_secs(30));
     /// assert!(text.contains("LIMIT 32"));
     /// assert!(!text.contains("synchronous_commit"));
     /// ```
-    pub fn claim_in_transaction(&self, queues: usize, limit: u32) -> Arc<str> {
-        self.claim_text(queues, limit, Commit::AsSet)
+    pub fn claim_in_transaction(&self, queues: &[String], limit: u32, lease: Duration) -> Arc<str> {
+        self.claim_text(queues, limit, lease, Commit::AsSet)
     }
 
-    fn claim_text(&self, queues: usize, limit: u32, commit: Commit) -> Arc<str> {
+    fn claim_text(
+        &self,
+        queues: &[String],
+        limit: u32,
+        lease: Duration,
+        commit: Commit,
+    ) -> Arc<str> {
+        let lease_us = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
         let mut kept = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(text) = kept.get(&(queues, limit, commit)) {
+        let texts = kept.entry((limit, lease_us, commit)).or_default();
+        if let Some((_, text)) = texts.iter().find(|(q, _)| q.as_slice() == queues) {
             return text.clone();
         }
         let commit_filter = match commit {
@@ -273,12 +290,13 @@ impl Statements {
         };
         let text: Arc<str> = Arc::from(
             self.claim
-                .replace("{queues}", &queue_values(queues))
+                .replace("{queues}", &queue_literals(queues))
                 .replace("{limit}", &limit.to_string())
+                .replace("{lease}", &lease_us.to_string())
                 .replace(" {commit}", commit_filter),
         );
-        if kept.len() < CLAIM_TEXTS_KEPT {
-            kept.insert((queues, limit, commit), text.clone());
+        if texts.len() < CLAIM_TEXTS_KEPT {
+            texts.push((queues.to_vec(), text.clone()));
         }
         text
     }
@@ -339,14 +357,17 @@ impl Statements {
                 self.insert_cursor_unique.clone(),
             ),
         ];
-        for queues in [1, 2] {
+        let lease = crate::DEFAULT_LEASE;
+        for queues in [&["q"][..], &["q", "it's"][..]] {
+            let queues: Vec<String> = queues.iter().map(|q| q.to_string()).collect();
+            let n = queues.len();
             all.push((
-                format!("claim, {queues} queue(s), limit 32"),
-                self.claim(queues, 32),
+                format!("claim, {n} queue(s), limit 32"),
+                self.claim(&queues, 32, lease),
             ));
             all.push((
-                format!("claim in a transaction, {queues} queue(s), limit 32"),
-                self.claim_in_transaction(queues, 32),
+                format!("claim in a transaction, {n} queue(s), limit 32"),
+                self.claim_in_transaction(&queues, 32, lease),
             ));
         }
         for queues in [1, 2] {
@@ -429,6 +450,9 @@ impl Statements {
         let next_in_group = statement(NEXT_IN_GROUP, &vars);
         let mut with_next = vars.to_vec();
         with_next.push(("next_in_group", next_in_group.as_str()));
+        let key_freed_notify = statement(KEY_FREED_NOTIFY, &vars);
+        let mut with_notify = vars.to_vec();
+        with_notify.push(("key_freed_notify", key_freed_notify.as_str()));
         let s = |file: &str| -> Arc<str> { Arc::from(statement(file, &vars)) };
         let candidates = statement(CLAIM_CANDIDATES, &vars);
         let mut claim_vars = with_next.clone();
@@ -467,8 +491,8 @@ impl Statements {
             insert_cursor_unique: insert(&on_conflict, true, false),
             claim: Arc::from(statement(CLAIM, &claim_vars)),
             claims: Arc::default(),
-            complete: s(COMPLETE),
-            fail: s(FAIL),
+            complete: Arc::from(statement(COMPLETE, &with_notify)),
+            fail: Arc::from(statement(FAIL, &with_notify)),
             extend: s(EXTEND),
             release: s(RELEASE),
             cancel: Arc::from(statement(CANCEL, &with_next)),
@@ -528,6 +552,20 @@ fn shares_a_key(rows: &InsertArrays) -> bool {
         .zip(&rows.queue)
         .filter_map(|(key, queue)| key.as_deref().map(|k| (queue.as_str(), k)))
         .any(|pair| !seen.insert(pair))
+}
+
+/// `(E'a'), (E'b'), …`: `queues` as VALUES rows of string literals (at least one). An
+/// escape string literal reads the same whatever `standard_conforming_strings` is set to:
+/// its quotes and backslashes are doubled.
+fn queue_literals(queues: &[String]) -> String {
+    if queues.is_empty() {
+        return "(NULL::text)".to_string();
+    }
+    let values: Vec<String> = queues
+        .iter()
+        .map(|q| format!("(E'{}'::text)", q.replace('\\', "\\\\").replace('\'', "''")))
+        .collect();
+    values.join(", ")
 }
 
 /// `(($1::text[])[1]), (($1::text[])[2]), …`: the first `queues` elements of `$1` as VALUES

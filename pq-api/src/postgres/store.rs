@@ -48,7 +48,7 @@ const PRUNE_BATCH: i32 = 1000;
 
 /// How a claim's statement commits: [`Statements::claim`] for the store's own claims,
 /// [`Statements::claim_in_transaction`] for claims on a caller's connection.
-type ClaimText = fn(&Statements, usize, u32) -> Arc<str>;
+type ClaimText = fn(&Statements, &[String], u32, Duration) -> Arc<str>;
 
 /// The PostgreSQL store on driver `D`. Cloning gives another handle on the same store.
 ///
@@ -314,26 +314,26 @@ impl<D: Driver> PgStore<D> {
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let queues = claim.distinct_queues();
-        let sql = text(&self.inner.sql, queues.len(), claim.limit);
-        let token = Lease::new_token();
-        let params = [
-            Param::Texts(&queues),
-            Param::Int8(micros(claim.lease)),
-            Param::Int8(token),
-        ];
+        let sql = text(&self.inner.sql, &queues, claim.limit, claim.lease);
         let mut jobs = Vec::with_capacity(usize::try_from(claim.limit.min(256)).unwrap_or(0));
         let mut bad = Vec::new();
-        let mut each = |id: i64, row: Result<JobRow<'_>>| match row.and_then(JobRow::into_claimed) {
-            Ok(job) => jobs.push(job),
-            Err(error) => bad.push(Undecodable {
-                lease: Lease {
-                    job_id: JobId(id),
-                    token,
-                },
-                error,
-            }),
+        let mut each = |id: i64, token: Option<i64>, row: Result<JobRow<'_>>| {
+            match (row.and_then(JobRow::into_claimed), token) {
+                (Ok(job), _) => jobs.push(job),
+                (Err(error), Some(token)) => bad.push(Undecodable {
+                    lease: Lease {
+                        job_id: JobId(id),
+                        token,
+                    },
+                    error,
+                }),
+                // Not a row the claim leased (it sets every token): nothing to fail.
+                (Err(error), None) => {
+                    tracing::warn!(job = id, error = %error, "a claimed row carries no lease token");
+                }
+            }
         };
-        D::jobs(conn, &sql, &params, &mut each).await?;
+        D::jobs(conn, &sql, &[], &mut each).await?;
         for row in bad {
             if let Err(e) = self.fail_on(conn, &row.lease, row.failure()).await {
                 row.not_failed(&e);
@@ -738,7 +738,7 @@ impl<D: Driver> QueueStore for PgStore<D> {
     async fn job(&self, id: JobId) -> Result<Job> {
         let mut c = self.conn(Lane::Rest).await?;
         let mut found = None;
-        let mut each = |_: i64, row: Result<JobRow<'_>>| {
+        let mut each = |_: i64, _: Option<i64>, row: Result<JobRow<'_>>| {
             found = Some(row.and_then(JobRow::into_job));
         };
         D::jobs(&mut c, &self.inner.sql.job, &[Param::Int8(id.0)], &mut each).await?;
@@ -759,7 +759,9 @@ impl<D: Driver> QueueStore for PgStore<D> {
         let mut found = Vec::new();
         // A row pq cannot read is left out of the list, not allowed to hide the rest;
         // `job` on its id tells what is wrong with it.
-        let mut each = |id: i64, row: Result<JobRow<'_>>| match row.and_then(JobRow::into_job) {
+        let mut each = |id: i64, _: Option<i64>, row: Result<JobRow<'_>>| match row
+            .and_then(JobRow::into_job)
+        {
             Ok(job) => found.push(job),
             Err(e) => tracing::warn!(job = id, error = %e, "a listed job cannot be read"),
         };

@@ -1,7 +1,7 @@
--- Claims at most {limit} jobs from {queues}: $1 text[] the queues (exactly as many as
--- {queues} lists, no repeats), $2 int8 lease µs, $3 int8 the new lease token → job rows plus
--- key_state text, in claim order. {queues}, {limit} and {commit} are filled in per claim
--- (Statements::claim says why they are not bound).
+-- Claims at most {limit} jobs from {queues}, each leased for {lease} µs under one new token
+-- (drawn here, 64 random bits) → job rows plus key_state text, in claim order. The statement
+-- takes no parameters: {queues} (the queue names as literals, no repeats), {limit}, {lease}
+-- and {commit} are filled in per claim (Statements::claim says why).
 --
 -- `q` drops paused queues and brings each queue's limits (one probe of the small settings
 -- table per queue). A queue without limits takes the first branch of `cand`, the plain
@@ -20,7 +20,9 @@
 -- `shown`: a claimed job that hides others of its key (insert_hidden.sql) hands that on to the
 -- next queued job of its key, priority and deadline, shown if it was hidden; so every hidden
 -- job has a shown, queued job before it that will, in turn, show the next.
-WITH q AS (
+WITH lease AS (
+  SELECT ('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::int8 AS token
+), q AS (
   SELECT v.name, s.concurrency, s.rate, s.rate_per
   FROM (VALUES {queues}) AS v(name)
   LEFT JOIN {queues_table} AS s ON s.queue = v.name
@@ -73,8 +75,8 @@ WITH q AS (
   WHERE c.key IS NULL OR h.free
 ), claimed AS (
   UPDATE {jobs} AS t SET state = 'running', attempts = t.attempts + 1,
-         lease_token = $3::int8,
-         run_at = statement_timestamp() + $2::int8 * interval '1 microsecond'
+         lease_token = (SELECT token FROM lease),
+         run_at = statement_timestamp() + {lease} * interval '1 microsecond'
   FROM picked WHERE t.id = picked.id
   RETURNING t.*, picked.prev_run_at
 ), taken AS (
@@ -91,7 +93,7 @@ WITH q AS (
   SELECT p.id, p.queue, row_number() OVER (PARTITION BY p.queue ORDER BY p.id) AS n
   FROM picked AS p JOIN room AS r ON r.name = p.queue
 ), seated AS (
-  UPDATE {slots} AS l SET job_id = c.id, token = $3::int8,
+  UPDATE {slots} AS l SET job_id = c.id, token = (SELECT token FROM lease),
          until = CASE WHEN l.kind = 'c' THEN c.run_at
                       ELSE statement_timestamp() + q.rate_per * interval '1 microsecond' END
   FROM claimed AS c JOIN placed AS p ON p.id = c.id JOIN q ON q.name = p.queue

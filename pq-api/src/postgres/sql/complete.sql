@@ -1,7 +1,8 @@
 -- Completes jobs: $1 int8[] ids, $2 int8[] tokens, $3 text[] results (JSON or null),
 -- $4 text[] key states (JSON or null) → id of each completed job. Frees their keys, saving
 -- the new key states, and keeps a history record for jobs that asked for one (the payload is
--- carried along only for those). Frees the places of limited queues they held.
+-- carried along only for those). Frees the places of limited queues they held. A queue
+-- with a job waiting behind a key freed here is notified, once (woken).
 WITH done AS (
   DELETE FROM {jobs} AS t
   USING unnest($1::int8[], $2::int8[], $3::text[], $4::text[]) AS l(id, token, result, key_state)
@@ -14,6 +15,9 @@ WITH done AS (
          state = COALESCE(done.key_state::jsonb, k.state)
   FROM done WHERE done.key IS NOT NULL AND k.queue = done.queue
     AND k.key = done.key AND k.running_id = done.id
+  RETURNING k.queue, k.key
+), woken AS (
+  {key_freed_notify}
 ), unseated AS (
   UPDATE {slots} AS l SET job_id = NULL, token = NULL, until = NULL
   FROM done WHERE l.queue = done.queue AND l.kind = 'c' AND l.job_id = done.id
@@ -25,4 +29,4 @@ WITH done AS (
          statement_timestamp(), statement_timestamp() + keep_for * interval '1 microsecond'
   FROM done WHERE keep_for IS NOT NULL
 )
-SELECT id FROM done
+SELECT id FROM done WHERE (SELECT count(*) FROM woken) >= 0

@@ -1,7 +1,8 @@
 -- Records a failed attempt: $1 int8 id, $2 int8 token, $3 timestamptz retry_at,
 -- $4 int8 retry_in µs, $5 text error, $6 bool retry (false: give up) → state. The job waits
 -- for its retry while attempts are left and $6 allows it, else it is failed; its key and its
--- place under its queue's concurrency limit are freed.
+-- place under its queue's concurrency limit are freed; if a job waits behind the freed key,
+-- its queue is notified (woken).
 WITH f AS (
   UPDATE {jobs} SET
     state = CASE WHEN $6::bool AND attempts < max_attempts THEN 'queued' ELSE 'failed' END,
@@ -14,8 +15,11 @@ WITH f AS (
 ), freed AS (
   UPDATE {keys} AS k SET running_id = NULL, running_until = NULL
   FROM f WHERE f.key IS NOT NULL AND k.queue = f.queue AND k.key = f.key AND k.running_id = f.id
+  RETURNING k.queue, k.key
+), woken AS (
+  {key_freed_notify}
 ), unseated AS (
   UPDATE {slots} AS l SET job_id = NULL, token = NULL, until = NULL
   FROM f WHERE l.queue = f.queue AND l.kind = 'c' AND l.job_id = f.id AND l.token = f.lease_token
 )
-SELECT state FROM f
+SELECT state FROM f WHERE (SELECT count(*) FROM woken) >= 0
