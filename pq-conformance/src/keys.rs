@@ -310,39 +310,26 @@ pub async fn key_state_is_handed_on_and_saved_on_complete(store: Arc<dyn QueueSt
 
 /// A job held up by its key does not make `wait` return; the key being freed wakes it.
 pub async fn wait_wakes_when_a_key_is_freed(store: Arc<dyn QueueStore>) {
-    store
-        .put_many(vec![keyed("q", "k", 0), keyed("q", "k", 1)])
-        .await
-        .unwrap();
-    let running = store.claim(&claim_all("q")).await.unwrap().remove(0);
-    let queues = vec!["q".to_string()];
-    assert!(
-        !store
-            .wait(&queues, Duration::from_millis(300))
-            .await
-            .unwrap(),
-        "the other job is held up by its key"
-    );
-    let completer = {
-        let store = store.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            store.complete(&running.lease).await.unwrap();
-        })
-    };
-    let t = std::time::Instant::now();
-    assert!(store.wait(&queues, Duration::from_secs(20)).await.unwrap());
-    assert!(
-        t.elapsed() < Duration::from_secs(10),
-        "woken, not timed out"
-    );
-    completer.await.unwrap();
-    assert_eq!(store.claim(&claim_all("q")).await.unwrap().len(), 1);
+    wakes_when_the_key_is_freed(store, Freeing::Complete).await;
 }
 
 /// A key freed by its job failing for good wakes `wait` too, and the next job of the key is
 /// claimable at once.
 pub async fn wait_wakes_when_a_failure_frees_a_key(store: Arc<dyn QueueStore>) {
+    wakes_when_the_key_is_freed(store, Freeing::FailForGood).await;
+}
+
+/// How [`wakes_when_the_key_is_freed`] ends the job that holds the key.
+#[derive(Clone, Copy)]
+enum Freeing {
+    Complete,
+    FailForGood,
+}
+
+/// Puts two jobs of one key, claims the first, checks that `wait` is not woken by the other,
+/// then ends the first (`how`) 200 ms into a `wait`, which must wake; the other job is then
+/// claimable.
+async fn wakes_when_the_key_is_freed(store: Arc<dyn QueueStore>, how: Freeing) {
     store
         .put_many(vec![keyed("q", "k", 0), keyed("q", "k", 1)])
         .await
@@ -356,14 +343,18 @@ pub async fn wait_wakes_when_a_failure_frees_a_key(store: Arc<dyn QueueStore>) {
             .unwrap(),
         "the other job is held up by its key"
     );
-    let failer = {
+    let ender = {
         let store = store.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(200)).await;
-            store
-                .fail(&running.lease, Failure::new("no").give_up())
-                .await
-                .unwrap()
+            match how {
+                Freeing::Complete => store.complete(&running.lease).await.unwrap(),
+                Freeing::FailForGood => {
+                    let failed = Failure::new("no").give_up();
+                    let state = store.fail(&running.lease, failed).await.unwrap();
+                    assert_eq!(state, pq_api::JobState::Failed);
+                }
+            }
         })
     };
     let t = std::time::Instant::now();
@@ -372,7 +363,7 @@ pub async fn wait_wakes_when_a_failure_frees_a_key(store: Arc<dyn QueueStore>) {
         t.elapsed() < Duration::from_secs(10),
         "woken, not timed out"
     );
-    assert_eq!(failer.await.unwrap(), pq_api::JobState::Failed);
+    ender.await.unwrap();
     let next = store.claim(&claim_all("q")).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_eq!(*next[0].job.payload, json!({ "n": 1 }));
