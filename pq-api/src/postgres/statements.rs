@@ -279,9 +279,12 @@ impl Statements {
         commit: Commit,
     ) -> Arc<str> {
         let lease_us = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
+        let key = (limit, lease_us, commit);
         let mut kept = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
-        let texts = kept.entry((limit, lease_us, commit)).or_default();
-        if let Some((_, text)) = texts.iter().find(|(q, _)| q.as_slice() == queues) {
+        let found = kept
+            .get(&key)
+            .and_then(|texts| texts.iter().find(|(q, _)| q.as_slice() == queues));
+        if let Some((_, text)) = found {
             return text.clone();
         }
         let commit_filter = match commit {
@@ -295,8 +298,10 @@ impl Statements {
                 .replace("{lease}", &lease_us.to_string())
                 .replace(" {commit}", commit_filter),
         );
-        if texts.len() < CLAIM_TEXTS_KEPT {
-            texts.push((queues.to_vec(), text.clone()));
+        if kept.values().map(Vec::len).sum::<usize>() < CLAIM_TEXTS_KEPT {
+            kept.entry(key)
+                .or_default()
+                .push((queues.to_vec(), text.clone()));
         }
         text
     }
@@ -575,4 +580,21 @@ fn queue_values(queues: usize) -> String {
         .map(|i| format!("(($1::text[])[{i}])"))
         .collect();
     values.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn claim_texts_kept_stay_bounded_whatever_the_leases() {
+        let sql = Statements::new(&QueueTable::default());
+        let queues = ["q".to_string()];
+        for ms in 1..=300 {
+            sql.claim(&queues, 1, Duration::from_millis(ms));
+        }
+        let kept = sql.claims.lock().unwrap_or_else(PoisonError::into_inner);
+        assert_eq!(kept.values().map(Vec::len).sum::<usize>(), CLAIM_TEXTS_KEPT);
+        assert_eq!(kept.len(), CLAIM_TEXTS_KEPT);
+    }
 }
