@@ -1,5 +1,6 @@
 //! Jobs, leases and the parameters of each operation.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -493,6 +494,7 @@ impl NewJob {
                 format!("arrays and objects nest deeper than {MAX_PAYLOAD_NESTING} levels"),
             ));
         }
+        validate_json("payload", &self.payload)?;
         if self.serial_key.is_some() && self.cursor_key.is_some() {
             return Err(Error::invalid(
                 "key",
@@ -561,6 +563,56 @@ fn nesting(v: &Value) -> usize {
         }
     }
     below(v, 0)
+}
+
+/// Checks JSON a store is to keep (a payload, a result, a key state, a progress report): no
+/// NUL character in any string or object key, which PostgreSQL's `jsonb` cannot store.
+/// `what` names it in the error.
+pub fn validate_json(what: &'static str, v: &Value) -> Result<()> {
+    if holds_nul(v) {
+        return Err(Error::invalid(
+            what,
+            "holds a NUL character (\\u0000), which PostgreSQL cannot store",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether any string or object key in `v` holds a NUL character. Recursion (no allocation)
+/// goes 32 levels deep; below that a stack of its own takes over, so no nesting depth
+/// overflows the thread's.
+fn holds_nul(v: &Value) -> bool {
+    fn walk(v: &Value, depth: usize) -> bool {
+        match v {
+            Value::String(s) => s.contains('\0'),
+            _ if depth >= 32 => walk_deep(v),
+            Value::Array(a) => a.iter().any(|c| walk(c, depth + 1)),
+            Value::Object(o) => o
+                .iter()
+                .any(|(k, c)| k.contains('\0') || walk(c, depth + 1)),
+            _ => false,
+        }
+    }
+    fn walk_deep(v: &Value) -> bool {
+        let mut left = vec![v];
+        while let Some(v) = left.pop() {
+            match v {
+                Value::String(s) if s.contains('\0') => return true,
+                Value::Array(a) => left.extend(a.iter()),
+                Value::Object(o) => {
+                    for (k, c) in o {
+                        if k.contains('\0') {
+                            return true;
+                        }
+                        left.push(c);
+                    }
+                }
+                _ => {}
+            }
+        }
+        false
+    }
+    walk(v, 0)
 }
 
 /// Checks a serial or cursor key: 1 to [`MAX_KEY_LEN`] bytes, no control characters.
@@ -930,6 +982,23 @@ impl Failure {
             None => Ok(()),
         }
     }
+
+    /// The message as stores record it: each NUL character, which PostgreSQL's `text` cannot
+    /// hold, replaced by U+FFFD (the replacement character), so that a handler's error is
+    /// always recorded.
+    ///
+    /// ```
+    /// use pq_api::Failure;
+    /// assert_eq!(Failure::new("a\0b").recorded_error(), "a\u{fffd}b");
+    /// assert_eq!(Failure::new("plain").recorded_error(), "plain");
+    /// ```
+    pub fn recorded_error(&self) -> Cow<'_, str> {
+        if self.error.contains('\0') {
+            Cow::Owned(self.error.replace('\0', "\u{fffd}"))
+        } else {
+            Cow::Borrowed(&self.error)
+        }
+    }
 }
 
 /// A job done: the parameters of [`QueueStore::complete_many`](crate::QueueStore::complete_many).
@@ -976,6 +1045,18 @@ impl Done {
     pub fn key_state(mut self, state: Value) -> Self {
         self.key_state = Some(state);
         self
+    }
+
+    /// Checks what it records ([`validate_json`]); stores call this for every completion of
+    /// a call before they change anything.
+    pub fn validate(&self) -> Result<()> {
+        if let Some(result) = &self.result {
+            validate_json("result", result)?;
+        }
+        if let Some(state) = &self.key_state {
+            validate_json("key_state", state)?;
+        }
+        Ok(())
     }
 }
 
@@ -1099,4 +1180,32 @@ impl QueueStats {
 /// A duration in whole microseconds, the resolution PostgreSQL keeps; saturates at `i64::MAX`.
 pub fn micros(d: Duration) -> i64 {
     i64::try_from(d.as_micros()).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::holds_nul;
+
+    #[test]
+    fn nul_characters_are_found_at_any_depth_in_strings_and_keys() {
+        let nest =
+            |inner, depth: usize| (0..depth).fold(inner, |v, i| json!({ format!("k{i}"): [v] }));
+        for depth in [0, 1, 31, 32, 33, 200] {
+            assert!(
+                holds_nul(&nest(json!("a\u{0}"), depth)),
+                "string at {depth}"
+            );
+            assert!(
+                holds_nul(&nest(json!({"a\u{0}": 1}), depth)),
+                "key at {depth}"
+            );
+            assert!(
+                !holds_nul(&nest(json!({"a\\u0000": "b"}), depth)),
+                "none at {depth}"
+            );
+        }
+        assert!(!holds_nul(&json!([1, true, null, 2.5, "plain"])));
+    }
 }

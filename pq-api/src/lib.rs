@@ -58,7 +58,9 @@ mod worker;
 /// The argument checks every store runs before it changes anything, so that every store
 /// refuses the same input with the same [`Error::InvalidArgument`].
 pub mod validate {
-    pub use crate::job::{validate_delay, validate_key, validate_lease, validate_queue_name};
+    pub use crate::job::{
+        validate_delay, validate_json, validate_key, validate_lease, validate_queue_name,
+    };
     pub use crate::queue::validate_setting;
 }
 

@@ -32,7 +32,8 @@ pub trait QueueStore: Send + Sync + Debug {
     ///
     /// # Contract
     /// - Atomic: if any job is invalid ([`NewJob::validate`]) or the store fails, none is
-    ///   stored, and the error is returned (`put_many_is_atomic`).
+    ///   stored, and the error is returned (`put_many_is_atomic`). A payload holding a NUL
+    ///   character is invalid (`put_rejects_payloads_holding_nul_characters`).
     /// - A job without `run_at` is ready at once; one whose `run_at` lies ahead is
     ///   [`JobState::Scheduled`] and not claimable until then (`scheduled_job_is_not_claimable_before_its_time`).
     ///   Relative times count from the store's clock at the put; every time option takes a
@@ -117,6 +118,9 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   as the key's state (`key_state_is_handed_on_and_saved_on_complete`).
     /// - A job put with [`NewJob::keep_history`] leaves a [`FinishedJob`] record with
     ///   [`Done::result`] (`completed_job_is_kept_in_history_when_asked`).
+    /// - A completion that cannot be kept ([`Done::validate`]: a NUL character in its result
+    ///   or key state) gets [`Error::InvalidArgument`](crate::Error::InvalidArgument) and no
+    ///   job of the call changes (`completions_and_progress_holding_nul_characters_are_rejected`).
     async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>>;
 
     /// Records a failed attempt.
@@ -129,7 +133,8 @@ pub trait QueueStore: Send + Sync + Debug {
     /// - Otherwise (out of attempts, or giving up: `failing_with_give_up_fails_the_job_at_once`)
     ///   it becomes [`JobState::Failed`], stays for inspection, and is never claimed again
     ///   until [`QueueStore::retry`] (`fail_without_attempts_left_leaves_the_job_failed`).
-    /// - Either way `last_error` records `failure.error`.
+    /// - Either way `last_error` records `failure.error`, each NUL character replaced by
+    ///   U+FFFD ([`Failure::recorded_error`]; `a_failure_message_holding_nul_characters_is_recorded`).
     /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing
     ///   (`stale_lease_changes_nothing`).
     async fn fail(&self, lease: &Lease, failure: Failure) -> Result<JobState>;
@@ -203,7 +208,9 @@ pub trait QueueStore: Send + Sync + Debug {
     ///
     /// # Contract
     /// - The value replaces the one before; it survives a failed attempt and a release
-    ///   (`progress_is_kept_across_attempts`).
+    ///   (`progress_is_kept_across_attempts`). One holding a NUL character gets
+    ///   [`Error::InvalidArgument`](crate::Error::InvalidArgument) and changes nothing
+    ///   (`completions_and_progress_holding_nul_characters_are_rejected`).
     /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost), a cancelled job
     ///   [`Error::Cancelled`](crate::Error::Cancelled); nothing changes.
     async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()>;

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use chrono::{TimeDelta, Utc};
 use pq_api::{
-    Claim, ClaimedJob, Error, Failure, JobState, Lease, NewJob, QueueStore, QueueStoreExt,
+    Claim, ClaimedJob, Done, Error, Failure, JobState, Lease, NewJob, QueueStore, QueueStoreExt,
 };
 use serde_json::json;
 
@@ -283,4 +283,68 @@ pub async fn expired_but_unreclaimed_lease_still_completes_its_job(store: Arc<dy
     let done = store.complete_many(&[job.lease.into()]).await.unwrap();
     assert_eq!(done, vec![id]);
     assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+}
+
+/// A failure message holding NUL characters (PostgreSQL's `text` cannot store one) is
+/// recorded with each replaced by U+FFFD, the replacement character: a handler's error
+/// never leaves its failure unrecorded.
+pub async fn a_failure_message_holding_nul_characters_is_recorded(store: Arc<dyn QueueStore>) {
+    let id = store.put("q", &json!(1)).await.unwrap();
+    let job = claim_one(&*store, LONG_LEASE).await;
+    let state = store
+        .fail(&job.lease, Failure::new("bad \u{0} byte\u{0}").give_up())
+        .await
+        .unwrap();
+    assert_eq!(state, JobState::Failed);
+    let failed = store.job(id).await.unwrap();
+    assert_eq!(
+        failed.last_error.as_deref(),
+        Some("bad \u{fffd} byte\u{fffd}")
+    );
+}
+
+/// A completion's result or key state, or a progress report, holding a NUL character
+/// (PostgreSQL's `jsonb` cannot store one) is rejected before anything changes: no job of the
+/// call is completed, and each can still be completed.
+pub async fn completions_and_progress_holding_nul_characters_are_rejected(
+    store: Arc<dyn QueueStore>,
+) {
+    let a = store.put("q", &json!(1)).await.unwrap();
+    let b = store.put("q", &json!(2)).await.unwrap();
+    let claimed = store
+        .claim(&Claim::new(["q"]).limit(2).lease(LONG_LEASE))
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    let (first, second) = (claimed[0].lease, claimed[1].lease);
+    let bad = json!({"s": "a\u{0}b"});
+    let bad_result = vec![
+        Done::new(first).result(json!("ok")),
+        Done::new(second).result(bad.clone()),
+    ];
+    let bad_state = vec![Done::new(first), Done::new(second).key_state(bad.clone())];
+    for (done, what) in [(bad_result, "result"), (bad_state, "key_state")] {
+        let err = store.complete_many(&done).await.unwrap_err();
+        assert!(
+            matches!(err, Error::InvalidArgument { what: w, .. } if w == what),
+            "{err:?}"
+        );
+    }
+    let err = store.set_progress(&second, bad).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Error::InvalidArgument {
+                what: "progress",
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    assert_eq!(store.stats("q").await.unwrap().running, 2);
+    let done = store
+        .complete_many(&[Done::new(first), Done::new(second)])
+        .await
+        .unwrap();
+    assert_eq!(done, vec![a, b]);
 }

@@ -294,3 +294,31 @@ pub async fn put_rejects_payloads_nested_past_the_limit(store: Arc<dyn QueueStor
     assert_eq!(claimed.len(), 1, "only the job within the limit was put");
     assert_eq!((claimed[0].id(), &*claimed[0].job.payload), (id, &deepest));
 }
+
+/// A payload holding a NUL character, in a string or an object's key (PostgreSQL's `jsonb`
+/// cannot store one), is rejected before anything is stored, whatever else the call puts;
+/// the escaped text `\u0000` is an ordinary string.
+pub async fn put_rejects_payloads_holding_nul_characters(store: Arc<dyn QueueStore>) {
+    let deep = (0..100).fold(json!("a\u{0}"), |inner, _| json!([inner]));
+    for bad in [json!({"s": "a\u{0}b"}), json!({"a\u{0}": 1}), deep] {
+        let jobs = vec![
+            NewJob::from_json("q", json!(1)),
+            NewJob::from_json("q", bad),
+        ];
+        let err = store.put_many(jobs).await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                Error::InvalidArgument {
+                    what: "payload",
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+    assert_eq!(store.stats("q").await.unwrap().total(), 0);
+    let escaped = json!({"s": "a\\u0000b"});
+    let id = store.put("q", &escaped).await.unwrap();
+    assert_eq!(*store.job(id).await.unwrap().payload, escaped);
+}

@@ -812,6 +812,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn complete_many(&self, done: &[Done]) -> Result<Vec<JobId>> {
+        done.iter().try_for_each(Done::validate)?;
         let now = now();
         let mut freed = false;
         let mut completed = Vec::with_capacity(done.len());
@@ -850,7 +851,7 @@ impl QueueStore for MemoryStore {
             inner.free_key(key, lease.job_id.0, None);
             inner.unseat(&queue, lease.job_id.0, Some(lease.token));
             inner.update(lease.job_id.0, |e| {
-                e.job.last_error = Some(failure.error);
+                e.job.last_error = Some(failure.recorded_error().into_owned());
                 if !failure.give_up && e.job.attempts < e.job.max_attempts {
                     e.stored = Stored::Queued;
                     e.job.run_at = failure
@@ -948,6 +949,7 @@ impl QueueStore for MemoryStore {
     }
 
     async fn set_progress(&self, lease: &Lease, progress: Value) -> Result<()> {
+        pq_api::validate::validate_json("progress", &progress)?;
         let mut inner = self.lock();
         inner.held(lease)?;
         inner.update(lease.job_id.0, |e| e.job.progress = Some(progress));

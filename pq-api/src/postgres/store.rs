@@ -294,6 +294,7 @@ impl<D: Driver> PgStore<D> {
 
     /// [`QueueStore::complete_many`] on `conn`, a connection or transaction of the caller's.
     pub async fn complete_many_in(&self, conn: &mut D::Conn, done: &[Done]) -> Result<Vec<JobId>> {
+        done.iter().try_for_each(Done::validate)?;
         if done.is_empty() {
             return Ok(Vec::new());
         }
@@ -357,7 +358,7 @@ impl<D: Driver> PgStore<D> {
             Param::Int8(lease.token),
             Param::Time(at),
             Param::Int8(within),
-            Param::Text(&failure.error),
+            Param::Text(&failure.recorded_error()),
             Param::Bool(!failure.give_up),
         ];
         let cells = D::column(conn, &self.inner.sql.fail, &params, Kind::Text).await?;
@@ -621,6 +622,7 @@ impl<D: Driver> QueueStore for PgStore<D> {
     }
 
     async fn set_progress(&self, lease: &Lease, progress: serde_json::Value) -> Result<()> {
+        crate::validate::validate_json("progress", &progress)?;
         let text = serde_json::to_string(&progress)?;
         let params = [
             Param::Int8(lease.job_id.0),
