@@ -565,7 +565,9 @@ impl TaskContext {
     }
 
     /// Records `result` in the job's history record when it completes (kept only for jobs put
-    /// with [`NewJob::keep_history`]).
+    /// with [`NewJob::keep_history`]). A result no store can keep (a NUL character in a
+    /// string or key, [`validate_json`](crate::validate::validate_json)) fails the job's
+    /// attempt once the handler returns.
     pub fn set_result(&self, result: Value) {
         self.record().0 = Some(result);
     }

@@ -887,7 +887,18 @@ impl JobRun {
             Err(Interrupted::LeaseLost | Interrupted::TimedOut) => return Outcome::Settled,
         };
         match result {
-            Ok(Ok(Completion::Pending)) => Outcome::Succeeded(record.done(), self.meter.clone()),
+            Ok(Ok(Completion::Pending)) => {
+                let done = record.done();
+                match done.validate() {
+                    Ok(()) => Outcome::Succeeded(done, self.meter.clone()),
+                    // What no store can keep fails this job's attempt, not the batch of
+                    // completions it would have joined.
+                    Err(e) => {
+                        let e = TaskError::new(e.to_string());
+                        Box::pin(self.record_failure(&lease, attempt, retry, e)).await
+                    }
+                }
+            }
             Ok(Ok(Completion::Committed)) => {
                 Counters::bump(&self.shared.counts.processed, 1);
                 self.meter.completed(1);

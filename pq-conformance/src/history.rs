@@ -174,3 +174,41 @@ pub async fn worker_keeps_the_handlers_result_in_history(store: Arc<dyn QueueSto
     assert_eq!(record.result, Some(json!({"n": 7})));
     assert_eq!(record.serial_key.as_deref(), Some("tenant-1"));
 }
+
+/// A handler's result that no store can keep (a NUL character: PostgreSQL's `jsonb` cannot
+/// hold one) fails its own attempt, saying why; the jobs completed beside it keep theirs.
+pub async fn a_result_that_cannot_be_kept_fails_only_its_own_job(store: Arc<dyn QueueStore>) {
+    use crate::worker::{registry, Work};
+    use pq_api::{JobState, NewJob, Task, Worker};
+    let registry = registry::<Work, _, _>(|n, cx| async move {
+        cx.set_result(if n == 3 {
+            json!({"s": "a\u{0}b"})
+        } else {
+            json!(n)
+        });
+        Ok(())
+    });
+    let jobs: Vec<NewJob> = (0..8)
+        .map(|n| {
+            Work { n }
+                .to_job()
+                .unwrap()
+                .keep_history(HOUR)
+                .max_attempts(1)
+        })
+        .collect();
+    let ids = store.put_many(jobs).await.unwrap();
+    let status = Worker::new(store.clone(), registry)
+        .concurrency(8)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.failed), (7, 1), "{status:?}");
+    let bad = store.job(ids[3]).await.unwrap();
+    assert_eq!(bad.state, JobState::Failed);
+    let error = bad.last_error.unwrap_or_default();
+    assert!(error.contains("result") && error.contains("NUL"), "{error}");
+    for (n, id) in ids.iter().enumerate().filter(|(n, _)| *n != 3) {
+        assert_eq!(store.finished(*id).await.unwrap().result, Some(json!(n)));
+    }
+}

@@ -311,6 +311,7 @@ macro_rules! __worker_cases {
             keys::worker_threads_key_state_through_a_keys_jobs,
             keys::draining_worker_runs_every_keyed_job,
             history::worker_keeps_the_handlers_result_in_history,
+            history::a_result_that_cannot_be_kept_fails_only_its_own_job,
         );
     };
 }
