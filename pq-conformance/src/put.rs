@@ -280,19 +280,21 @@ pub async fn put_rejects_payloads_nested_past_the_limit(store: Arc<dyn QueueStor
         ))
         .await
         .unwrap_err();
-    assert!(
-        matches!(
-            err,
-            Error::InvalidArgument {
-                what: "payload",
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert!(refuses_the_payload(&err), "{err:?}");
     let claimed = store.claim(&Claim::new(["q"])).await.unwrap();
     assert_eq!(claimed.len(), 1, "only the job within the limit was put");
     assert_eq!((claimed[0].id(), &*claimed[0].job.payload), (id, &deepest));
+}
+
+/// Whether `err` refuses a job for its payload.
+fn refuses_the_payload(err: &Error) -> bool {
+    matches!(
+        err,
+        Error::InvalidArgument {
+            what: "payload",
+            ..
+        }
+    )
 }
 
 /// A payload holding a NUL character, in a string or an object's key (PostgreSQL's `jsonb`
@@ -306,16 +308,7 @@ pub async fn put_rejects_payloads_holding_nul_characters(store: Arc<dyn QueueSto
             NewJob::from_json("q", bad),
         ];
         let err = store.put_many(jobs).await.unwrap_err();
-        assert!(
-            matches!(
-                err,
-                Error::InvalidArgument {
-                    what: "payload",
-                    ..
-                }
-            ),
-            "{err:?}"
-        );
+        assert!(refuses_the_payload(&err), "{err:?}");
     }
     assert_eq!(store.stats("q").await.unwrap().total(), 0);
     let escaped = json!({"s": "a\\u0000b"});
