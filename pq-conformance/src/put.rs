@@ -52,10 +52,11 @@ pub async fn put_many_is_atomic(store: Arc<dyn QueueStore>) {
     assert_eq!(store.stats("q").await.unwrap().total(), 0);
 }
 
-/// Empty, over-long and control-character queue names are rejected and nothing is stored.
+/// Empty, over-long and control-character queue names (a NUL among them) are rejected and
+/// nothing is stored; asking after such a queue finds nothing.
 pub async fn put_rejects_bad_queue_names(store: Arc<dyn QueueStore>) {
     let long = "x".repeat(MAX_QUEUE_NAME_LEN + 1);
-    for name in ["", long.as_str(), "a\nb"] {
+    for name in ["", long.as_str(), "a\nb", "a\u{0}b"] {
         let err = store.put(name, &json!(1)).await.unwrap_err();
         assert!(
             matches!(
@@ -68,7 +69,10 @@ pub async fn put_rejects_bad_queue_names(store: Arc<dyn QueueStore>) {
             "{err:?}"
         );
         assert_eq!(store.stats(name).await.unwrap().total(), 0);
+        assert_eq!(store.purge(name).await.unwrap(), 0);
+        assert_eq!(store.key_state(name, "k").await.unwrap(), None);
     }
+    assert_eq!(store.key_state("q", "a\u{0}").await.unwrap(), None);
     let longest = "y".repeat(MAX_QUEUE_NAME_LEN);
     store.put(&longest, &json!(1)).await.unwrap();
     assert_eq!(store.stats(&longest).await.unwrap().ready, 1);

@@ -814,6 +814,9 @@ impl<D: Driver> QueueStore for PgStore<D> {
     }
 
     async fn stats(&self, queue: &str) -> Result<QueueStats> {
+        if unstorable(queue) {
+            return Ok(QueueStats::default());
+        }
         let mut c = self.conn(Lane::Rest).await?;
         let rows = D::counts(&mut c, &self.inner.sql.stats, &[Param::Text(queue)]).await?;
         self.keep(c);
@@ -825,6 +828,9 @@ impl<D: Driver> QueueStore for PgStore<D> {
     }
 
     async fn purge(&self, queue: &str) -> Result<u64> {
+        if unstorable(queue) {
+            return Ok(0);
+        }
         let n = self
             .column(&self.inner.sql.purge, &[Param::Text(queue)])
             .await?;
@@ -832,6 +838,9 @@ impl<D: Driver> QueueStore for PgStore<D> {
     }
 
     async fn key_state(&self, queue: &str, key: &str) -> Result<Option<serde_json::Value>> {
+        if unstorable(queue) || unstorable(key) {
+            return Ok(None);
+        }
         let params = [Param::Text(queue), Param::Text(key)];
         let state: Vec<String> = self.column(&self.inner.sql.key_state, &params).await?;
         Ok(state.first().map(|s| serde_json::from_str(s)).transpose()?)
@@ -845,6 +854,9 @@ impl<D: Driver> QueueStore for PgStore<D> {
     }
 
     async fn history(&self, queue: &str, limit: u32) -> Result<Vec<FinishedJob>> {
+        if unstorable(queue) {
+            return Ok(Vec::new());
+        }
         let mut c = self.conn(Lane::Rest).await?;
         let params = [Param::Text(queue), Param::Int8(i64::from(limit))];
         let rows = D::finished(&mut c, &self.inner.sql.history, &params).await?;
@@ -871,6 +883,13 @@ impl<D: Driver> QueueStore for PgStore<D> {
             .wait(queues, timeout, FALLBACK_POLL, next_run)
             .await
     }
+}
+
+/// Whether `name` (a queue's, a key's) holds a NUL character, which no text column can: no
+/// row has it, so what asks for one gets the empty answer without a statement (the server
+/// would refuse the parameter), as from the memory store.
+fn unstorable(name: &str) -> bool {
+    name.contains('\0')
 }
 
 /// Runs a task of type `T` on a connection of driver `D` inside an open transaction: how a
