@@ -102,12 +102,17 @@ async fn a_keys_jobs_put_together_wait_hidden_and_run_in_order() {
         assert_eq!(names(&got), ["-9", "a0", "b0", "c0"]);
         assert_eq!(
             hidden(&check, &table).await,
-            6,
-            "each claim shows its key's next"
+            9,
+            "a claim leaves its key's next hidden"
         );
         for j in &got {
             store.complete(&j.lease).await.unwrap();
         }
+        assert_eq!(
+            hidden(&check, &table).await,
+            6,
+            "each completion shows its key's next"
+        );
         let rest = drain(&store).await;
         assert_eq!(
             rest,

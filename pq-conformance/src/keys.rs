@@ -485,3 +485,47 @@ pub async fn extend_keeps_a_key_held_and_release_and_purge_free_it(store: Arc<dy
     assert_eq!(claimed.len(), 1, "the purge freed the key");
     assert_eq!(claimed[0].id(), fresh);
 }
+
+/// A running job cancelled keeps its key until its lease runs out; then the key's next job
+/// (put with it, in one call) runs.
+pub async fn a_cancelled_running_jobs_key_passes_on_once_its_lease_ends(
+    store: Arc<dyn QueueStore>,
+) {
+    let put = store
+        .put_many(vec![keyed("q", "k", 0), keyed("q", "k", 1)])
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(300);
+    let first = store
+        .claim(&Claim::new(["q"]).limit(10).lease(lease))
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), vec![put[0]]);
+    store.cancel(put[0]).await.unwrap();
+    assert!(
+        store.claim(&claim_all("q")).await.unwrap().is_empty(),
+        "the cancelled job holds its key while its lease lasts"
+    );
+    tokio::time::sleep(lease * 2).await;
+    let next = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&next), vec![put[1]]);
+}
+
+/// A job whose lease runs out with no attempts left holds its key no longer: the key's next
+/// job (put with it, in one call) runs, and the expired one is not retried.
+pub async fn an_expired_job_without_attempts_left_passes_its_key_on(store: Arc<dyn QueueStore>) {
+    let put = store
+        .put_many(vec![keyed("q", "k", 0).max_attempts(1), keyed("q", "k", 1)])
+        .await
+        .unwrap();
+    let first = store
+        .claim(&Claim::new(["q"]).limit(10).lease(SHORT_LEASE))
+        .await
+        .unwrap();
+    assert_eq!(ids(&first), vec![put[0]]);
+    let_short_lease_expire().await;
+    let next = store.claim(&claim_all("q")).await.unwrap();
+    assert_eq!(ids(&next), vec![put[1]]);
+    store.complete(&next[0].lease).await.unwrap();
+    assert!(store.claim(&claim_all("q")).await.unwrap().is_empty());
+}

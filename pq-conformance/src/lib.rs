@@ -233,6 +233,8 @@ macro_rules! suite {
             keys::serial_key_runs_one_job_at_a_time_in_order,
             keys::keys_do_not_hold_up_other_jobs,
             keys::expired_lease_frees_the_key,
+            keys::a_cancelled_running_jobs_key_passes_on_once_its_lease_ends,
+            keys::an_expired_job_without_attempts_left_passes_its_key_on,
             keys::racing_claimers_never_run_two_jobs_of_one_key,
             keys::cursor_key_keeps_one_pending_job,
             keys::cursor_keys_pending_job_outlives_others_and_goes_with_cancel_and_purge,

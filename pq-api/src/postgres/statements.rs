@@ -45,6 +45,7 @@ mod files {
     pub(super) const EXTEND: &str = include_str!("sql/extend.sql");
     pub(super) const RELEASE: &str = include_str!("sql/release.sql");
     pub(super) const CANCEL: &str = include_str!("sql/cancel.sql");
+    pub(super) const SHOW_NEXT: &str = include_str!("sql/show_next.sql");
     pub(super) const RETRY: &str = include_str!("sql/retry.sql");
     pub(super) const JOB: &str = include_str!("sql/job.sql");
     pub(super) const LIST_JOBS: &str = include_str!("sql/list_jobs.sql");
@@ -458,8 +459,18 @@ impl Statements {
         let key_freed_notify = statement(KEY_FREED_NOTIFY, &vars);
         let mut with_notify = vars.to_vec();
         with_notify.push(("key_freed_notify", key_freed_notify.as_str()));
+        // The statements that end a job's turn, each showing the next of its group from its
+        // own CTE of ended jobs.
+        let ending = |file: &str, ended: &str| -> Arc<str> {
+            let mut with = with_next.clone();
+            with.push(("ended", ended));
+            let shown = statement(SHOW_NEXT, &with);
+            let mut with = with_notify.clone();
+            with.push(("shown", shown.as_str()));
+            Arc::from(statement(file, &with))
+        };
         let s = |file: &str| -> Arc<str> { Arc::from(statement(file, &vars)) };
-        let candidates = statement(CLAIM_CANDIDATES, &vars);
+        let candidates = statement(CLAIM_CANDIDATES, &with_next);
         let mut claim_vars = with_next.clone();
         claim_vars.push(("candidates", candidates.as_str()));
         let unique_parts: Vec<(&str, String)> = ["held", "unique_filter", "periods", "refused"]
@@ -496,10 +507,10 @@ impl Statements {
             insert_cursor_unique: insert(&on_conflict, true, false),
             claim: Arc::from(statement(CLAIM, &claim_vars)),
             claims: Arc::default(),
-            complete: Arc::from(statement(COMPLETE, &with_notify)),
-            fail: Arc::from(statement(FAIL, &with_notify)),
+            complete: ending(COMPLETE, "done"),
+            fail: ending(FAIL, "f"),
             extend: s(EXTEND),
-            release: s(RELEASE),
+            release: ending(RELEASE, "r"),
             cancel: Arc::from(statement(CANCEL, &with_next)),
             lease_cancelled: s(LEASE_CANCELLED),
             progress: s(PROGRESS),

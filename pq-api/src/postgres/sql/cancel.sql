@@ -1,8 +1,8 @@
 -- Cancels a job: $1 int8 id → its state before (no row: unknown id). A job that is not
 -- running is removed; a running one becomes cancelled (stored as failed, cancelled_at set,
 -- run_at the time) and its holder is told through the channel (chr(1) and the id). Its key
--- and its concurrency place stay held until its lease runs out. A queued keyed job removed
--- shows the next of its key, priority and deadline, as a claim does (claim.sql).
+-- and its concurrency place stay held until its lease runs out. A keyed job cancelled, queued
+-- or running, shows the next of its key, priority and deadline (show_next.sql).
 WITH target AS (
   SELECT id, {state} AS state, queue, key, priority, expected_at, hides
   FROM {jobs} WHERE id = $1::int8 FOR UPDATE
@@ -11,7 +11,7 @@ WITH target AS (
   FROM target AS c CROSS JOIN LATERAL (
     {next_in_group}
   ) AS n
-  WHERE c.hides AND c.state <> 'running' AND t.id = n.id AND (t.hidden OR NOT t.hides)
+  WHERE c.hides AND t.id = n.id AND (t.hidden OR NOT t.hides)
 ), gone AS (
   DELETE FROM {jobs} AS t USING target
   WHERE t.id = target.id AND target.state <> 'running'

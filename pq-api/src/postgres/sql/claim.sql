@@ -17,9 +17,11 @@
 -- rows, expects to scan the whole index, and above jit_above_cost spends ~100 ms compiling
 -- every claim.
 --
--- `shown`: a claimed job that hides others of its key (insert_hidden.sql) hands that on to the
--- next queued job of its key, priority and deadline, shown if it was hidden; so every hidden
--- job has a shown, queued job before it that will, in turn, show the next.
+-- A claim shows no job: whatever ends a claimed job that hides others (complete, fail, release,
+-- cancel) shows the next of its group; until then the next waits hidden, and should the
+-- claimed job's lease run out first, the claim that finds it expired takes that next job in
+-- its place (claim_candidates.sql, `via`): a job claimed so is shown, and takes over hiding
+-- the rest of its group.
 WITH lease AS (
   SELECT ('x' || substr(md5(gen_random_uuid()::text), 1, 16))::bit(64)::int8 AS token
 ), q AS (
@@ -45,13 +47,13 @@ WITH lease AS (
   ) AS room
   FROM q WHERE q.concurrency IS NOT NULL OR q.rate IS NOT NULL
 ), cand AS (
-  SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (
+  SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at, c.via FROM (
     SELECT c.* FROM q CROSS JOIN LATERAL (
       {candidates}
     ) AS c
     WHERE q.concurrency IS NULL AND q.rate IS NULL
     UNION ALL
-    SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at FROM (
+    SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at, c.via FROM (
       SELECT c.*, r.room,
              row_number() OVER (PARTITION BY c.queue ORDER BY c.priority DESC,
                c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC) AS n
@@ -64,7 +66,7 @@ WITH lease AS (
   ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC
   LIMIT {limit}
 ), picked AS (
-  SELECT c.id, c.queue, c.run_at AS prev_run_at FROM cand AS c
+  SELECT c.id, c.queue, c.run_at AS prev_run_at, c.via FROM cand AS c
   LEFT JOIN LATERAL (
     SELECT true AS free FROM {keys} AS k
     WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
@@ -76,19 +78,15 @@ WITH lease AS (
 ), claimed AS (
   UPDATE {jobs} AS t SET state = 'running', attempts = t.attempts + 1,
          lease_token = (SELECT token FROM lease),
-         run_at = statement_timestamp() + {lease} * interval '1 microsecond'
+         run_at = statement_timestamp() + {lease} * interval '1 microsecond',
+         hidden = false, hides = t.hides OR picked.via
   FROM picked WHERE t.id = picked.id
+    AND (NOT picked.via OR (t.state = 'queued' AND t.hidden))
   RETURNING t.*, picked.prev_run_at
 ), taken AS (
   UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at
   FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
   RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state
-), shown AS (
-  UPDATE {jobs} AS t SET hidden = false, hides = true
-  FROM claimed AS c CROSS JOIN LATERAL (
-    {next_in_group}
-  ) AS n
-  WHERE c.hides AND t.id = n.id AND (t.hidden OR NOT t.hides)
 ), placed AS (
   SELECT p.id, p.queue, row_number() OVER (PARTITION BY p.queue ORDER BY p.id) AS n
   FROM picked AS p JOIN room AS r ON r.name = p.queue

@@ -1,8 +1,8 @@
 -- Records a failed attempt: $1 int8 id, $2 int8 token, $3 timestamptz retry_at,
 -- $4 int8 retry_in µs, $5 text error, $6 bool retry (false: give up) → state. The job waits
 -- for its retry while attempts are left and $6 allows it, else it is failed; its key and its
--- place under its queue's concurrency limit are freed; if a job waits behind the freed key,
--- its queue is notified (woken).
+-- place under its queue's concurrency limit are freed; if it hid others, the next of its group
+-- is shown (shown); if a job waits behind the freed key, its queue is notified (woken).
 WITH f AS (
   UPDATE {jobs} SET
     state = CASE WHEN $6::bool AND attempts < max_attempts THEN 'queued' ELSE 'failed' END,
@@ -11,7 +11,9 @@ WITH f AS (
                   ELSE statement_timestamp() END,
     last_error = $5::text
   WHERE id = $1::int8 AND lease_token = $2::int8 AND state = 'running'
-  RETURNING id, queue, key, lease_token, {state} AS state
+  RETURNING id, queue, key, lease_token, {state} AS state, priority, expected_at, hides
+), shown AS (
+  {shown}
 ), freed AS (
   UPDATE {keys} AS k SET running_id = NULL, running_until = NULL
   FROM f WHERE f.key IS NOT NULL AND k.queue = f.queue AND k.key = f.key AND k.running_id = f.id
