@@ -183,3 +183,25 @@ async fn prune_shows_the_jobs_of_a_key_whose_first_job_plain_sql_removed() {
         assert_eq!(order, ["k1", "k2"]);
     }
 }
+
+#[tokio::test]
+async fn prune_leaves_hidden_the_next_jobs_of_a_key_whose_first_job_runs() {
+    let check = pool().await;
+    for (store, table) in stores().await {
+        store
+            .put_many(vec![job("k", 0), job("k", 1), job("k", 2)])
+            .await
+            .unwrap();
+        let running = store.claim(&claim()).await.unwrap();
+        assert_eq!(names(&running), ["k0"]);
+        store.prune().await.unwrap();
+        assert_eq!(
+            hidden(&check, &table).await,
+            2,
+            "the running job shows the next when it ends"
+        );
+        store.complete(&running[0].lease).await.unwrap();
+        let order: Vec<String> = drain(&store).await.into_iter().flatten().collect();
+        assert_eq!(order, ["k1", "k2"]);
+    }
+}

@@ -1,8 +1,8 @@
 -- Shows the first queued job of up to $1 int4 keys whose first queued job (in claim order,
--- serial keys only) is hidden → n int8, the jobs shown. pq's own statements never leave a
--- key so (each shows the next job whenever it takes the first, see migration_7.sql); plain
--- SQL that removes or changes the job others waited behind can, and this undoes it. Run by
--- prune.
+-- serial keys only) is hidden while no live lease holds the key → n int8, the jobs shown.
+-- pq's own statements never leave a key so (whatever ends the job that hides others shows the
+-- next, and a claim takes the next in an expired holder's place, see claim.sql); plain SQL
+-- that removes or changes the job others waited behind can, and this undoes it. Run by prune.
 WITH stranded AS (
   SELECT f.id FROM {keys} AS k CROSS JOIN LATERAL (
     SELECT j.id, j.hidden FROM {jobs} AS j
@@ -12,6 +12,7 @@ WITH stranded AS (
     LIMIT 1
   ) AS f
   WHERE f.hidden
+    AND NOT (k.running_id IS NOT NULL AND k.running_until > statement_timestamp())
   LIMIT $1::int4
 ), shown AS (
   UPDATE {jobs} AS t SET hidden = false, hides = true FROM stranded AS s WHERE t.id = s.id RETURNING 1
