@@ -87,19 +87,29 @@ pub async fn keys_do_not_hold_up_other_jobs(store: Arc<dyn QueueStore>) {
         .is_empty());
 }
 
-/// A key is freed when its job's lease expires, fails or is released: the next job of the
-/// key may then be claimed.
-pub async fn expired_lease_frees_the_key(store: Arc<dyn QueueStore>) {
+/// Puts `first` and a second job of key `k` in one call, claims `first` on a short lease and
+/// lets it run out; the ids put and the claim.
+async fn first_of_two_expired(
+    store: &dyn QueueStore,
+    first: NewJob,
+) -> (Vec<JobId>, Vec<pq_api::ClaimedJob>) {
     let put = store
-        .put_many(vec![keyed("q", "k", 0), keyed("q", "k", 1)])
+        .put_many(vec![first, keyed("q", "k", 1)])
         .await
         .unwrap();
-    let first = store
+    let claimed = store
         .claim(&Claim::new(["q"]).limit(10).lease(SHORT_LEASE))
         .await
         .unwrap();
-    assert_eq!(ids(&first), vec![put[0]]);
+    assert_eq!(ids(&claimed), vec![put[0]]);
     let_short_lease_expire().await;
+    (put, claimed)
+}
+
+/// A key is freed when its job's lease expires, fails or is released: the next job of the
+/// key may then be claimed.
+pub async fn expired_lease_frees_the_key(store: Arc<dyn QueueStore>) {
+    let (put, first) = first_of_two_expired(&*store, keyed("q", "k", 0)).await;
     // The expired job's `run_at` is now its lease expiry, later than the other job's.
     let next = store.claim(&claim_all("q")).await.unwrap();
     assert_eq!(ids(&next), vec![put[1]]);
@@ -514,16 +524,7 @@ pub async fn a_cancelled_running_jobs_key_passes_on_once_its_lease_ends(
 /// A job whose lease runs out with no attempts left holds its key no longer: the key's next
 /// job (put with it, in one call) runs, and the expired one is not retried.
 pub async fn an_expired_job_without_attempts_left_passes_its_key_on(store: Arc<dyn QueueStore>) {
-    let put = store
-        .put_many(vec![keyed("q", "k", 0).max_attempts(1), keyed("q", "k", 1)])
-        .await
-        .unwrap();
-    let first = store
-        .claim(&Claim::new(["q"]).limit(10).lease(SHORT_LEASE))
-        .await
-        .unwrap();
-    assert_eq!(ids(&first), vec![put[0]]);
-    let_short_lease_expire().await;
+    let (put, _) = first_of_two_expired(&*store, keyed("q", "k", 0).max_attempts(1)).await;
     let next = store.claim(&claim_all("q")).await.unwrap();
     assert_eq!(ids(&next), vec![put[1]]);
     store.complete(&next[0].lease).await.unwrap();
