@@ -511,7 +511,7 @@ impl Statements {
             fail: ending(FAIL, "f"),
             extend: s(EXTEND),
             release: ending(RELEASE, "r"),
-            cancel: Arc::from(statement(CANCEL, &with_next)),
+            cancel: ending(CANCEL, "target"),
             lease_cancelled: s(LEASE_CANCELLED),
             progress: s(PROGRESS),
             configure_queue: s(CONFIGURE_QUEUE),

@@ -7,11 +7,7 @@ WITH target AS (
   SELECT id, {state} AS state, queue, key, priority, expected_at, hides
   FROM {jobs} WHERE id = $1::int8 FOR UPDATE
 ), shown AS (
-  UPDATE {jobs} AS t SET hidden = false, hides = true
-  FROM target AS c CROSS JOIN LATERAL (
-    {next_in_group}
-  ) AS n
-  WHERE c.hides AND t.id = n.id AND (t.hidden OR NOT t.hides)
+  {shown}
 ), gone AS (
   DELETE FROM {jobs} AS t USING target
   WHERE t.id = target.id AND target.state <> 'running'
