@@ -8,14 +8,12 @@
 -- scan; a limited one the second, which keeps no more candidates than `room`, the free
 -- places it could lock in `free` (claim_candidates.sql holds the scan both branches run).
 --
--- A keyed job is a candidate if no other job holds its key (tested first: it is the cheaper
--- probe, and rules out every waiting job of a held key) and it heads its key's claimable
--- jobs; `picked` then locks the key's row, re-checked at its latest version, which makes the
--- check race-free, as `free` does for places (FOR NO KEY UPDATE: a put of the key holds its
--- row FOR KEY SHARE, which must not make claims skip the key). The head test is a boolean subquery, not
--- `(SELECT id …) = j.id`: the planner guesses an equality with a subquery passes 0.5% of
--- rows, expects to scan the whole index, and above jit_above_cost spends ~100 ms compiling
--- every claim.
+-- A keyed job is a candidate if the scan can lock its key's row while no other job holds the
+-- key, and it heads its key's claimable jobs (claim_candidates.sql); `taken` then records the
+-- claimed job on that row, found by the row's ctid, which the lock keeps from moving. The
+-- head test is a boolean subquery, not `(SELECT id …) = j.id`: the planner guesses an
+-- equality with a subquery passes 0.5% of rows, expects to scan the whole index, and above
+-- jit_above_cost spends ~100 ms compiling every claim.
 --
 -- A claim shows no job: whatever ends a claimed job that hides others (complete, fail, release,
 -- cancel) shows the next of its group; until then the next waits hidden, and should the
@@ -47,13 +45,13 @@ WITH lease AS (
   ) AS room
   FROM q WHERE q.concurrency IS NOT NULL OR q.rate IS NOT NULL
 ), cand AS (
-  SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at, c.via FROM (
+  SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at, c.via, c.kctid FROM (
     SELECT c.* FROM q CROSS JOIN LATERAL (
       {candidates}
     ) AS c
     WHERE q.concurrency IS NULL AND q.rate IS NULL
     UNION ALL
-    SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at, c.via FROM (
+    SELECT c.id, c.queue, c.key, c.priority, c.expected_at, c.run_at, c.via, c.kctid FROM (
       SELECT c.*, r.room,
              row_number() OVER (PARTITION BY c.queue ORDER BY c.priority DESC,
                c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC) AS n
@@ -65,31 +63,21 @@ WITH lease AS (
   ) AS c
   ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC
   LIMIT {limit}
-), picked AS (
-  SELECT c.id, c.queue, c.run_at AS prev_run_at, c.via FROM cand AS c
-  LEFT JOIN LATERAL (
-    SELECT true AS free FROM {keys} AS k
-    WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
-      AND (k.running_id IS NULL OR k.running_id = c.id
-           OR k.running_until <= statement_timestamp())
-    FOR NO KEY UPDATE SKIP LOCKED
-  ) AS h ON true
-  WHERE c.key IS NULL OR h.free
 ), claimed AS (
   UPDATE {jobs} AS t SET state = 'running', attempts = t.attempts + 1,
          lease_token = (SELECT token FROM lease),
          run_at = statement_timestamp() + {lease} * interval '1 microsecond',
          hidden = false, hides = t.hides OR picked.via
-  FROM picked WHERE t.id = picked.id
+  FROM cand AS picked WHERE t.id = picked.id
     AND (NOT picked.via OR (t.state = 'queued' AND t.hidden))
-  RETURNING t.*, picked.prev_run_at
+  RETURNING t.*, picked.run_at AS prev_run_at, picked.kctid
 ), taken AS (
   UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at
-  FROM claimed AS c WHERE c.key IS NOT NULL AND k.queue = c.queue AND k.key = c.key
+  FROM claimed AS c WHERE k.ctid = c.kctid
   RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state
 ), placed AS (
   SELECT p.id, p.queue, row_number() OVER (PARTITION BY p.queue ORDER BY p.id) AS n
-  FROM picked AS p JOIN room AS r ON r.name = p.queue
+  FROM cand AS p JOIN room AS r ON r.name = p.queue
 ), seated AS (
   UPDATE {slots} AS l SET job_id = c.id, token = (SELECT token FROM lease),
          until = CASE WHEN l.kind = 'c' THEN c.run_at
