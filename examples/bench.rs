@@ -650,16 +650,36 @@ async fn compare(
         }
     }
     r.add(name, "put_many x1000", median(batches), "jobs/s");
-    for (concurrency, samples) in COMPARE_CONCURRENCY.iter().zip(worked) {
+    let mut unkeyed = None;
+    for (&concurrency, samples) in COMPARE_CONCURRENCY.iter().zip(worked) {
+        let jps = median(samples);
+        if concurrency == args.concurrency {
+            unkeyed = Some(jps);
+        }
         r.add(
             name,
             format!("worker, concurrency {concurrency}"),
-            median(samples),
+            jps,
             "jobs/s",
         );
     }
     if args.keyed > 0 {
-        keyed(store, table, name, args, r).await?;
+        let (interleaved, clustered) = keyed(store, table, name, args, r).await?;
+        // Each keyed layout beside the unkeyed worker at the keyed phases' concurrency.
+        if let Some(unkeyed) = unkeyed.filter(|&u| u > 0.0) {
+            r.add(
+                name,
+                "round-robin / unkeyed worker",
+                interleaved / unkeyed,
+                "ratio",
+            );
+            r.add(
+                name,
+                "key after key / unkeyed worker",
+                clustered / unkeyed,
+                "ratio",
+            );
+        }
     }
     Ok(())
 }
@@ -1064,47 +1084,65 @@ async fn backlog(
 const KEYS: usize = 1_000;
 
 /// The worker over `args.keyed` jobs behind [`KEYS`] serial keys, queued key after key
-/// (`clustered`) or round-robin (`interleaved`); each job still runs exactly once.
+/// (`clustered`) or round-robin (`interleaved`); each job still runs exactly once. Both
+/// layouts run in each of `args.rounds` rounds, one after the other; each figure is the
+/// median of its rounds, returned as (interleaved, clustered).
 async fn keyed(
     store: &Arc<dyn QueueStore>,
     table: Option<&QueueTable>,
     name: &str,
     args: &Args,
     r: &mut Report,
-) -> Result<(), BoxError> {
+) -> Result<(f64, f64), BoxError> {
     let n = args.keyed;
     let per_key = n.div_ceil(KEYS);
-    for (layout, key_of) in [
-        (
-            "interleaved",
-            Box::new(|i: usize| i % KEYS) as Box<dyn Fn(usize) -> usize>,
-        ),
-        ("clustered", Box::new(move |i: usize| i / per_key)),
-    ] {
-        store.purge(QUEUE).await?;
-        let mut start = 0;
-        while start < n {
-            let end = (start + PUT_MANY_BATCH).min(n);
-            let batch = (start..end)
-                .map(|i| {
-                    Ok(Noop { n: i }
-                        .to_job()?
-                        .serial_key(format!("k{}", key_of(i))))
-                })
-                .collect::<Result<Vec<_>, BoxError>>()?;
-            store.put_many(batch).await?;
-            start = end;
+    let mut interleaved = Vec::with_capacity(args.rounds);
+    let mut clustered = Vec::with_capacity(args.rounds);
+    for round in 0..args.rounds {
+        for (layout, key_of) in [
+            (
+                "interleaved",
+                Box::new(|i: usize| i % KEYS) as Box<dyn Fn(usize) -> usize>,
+            ),
+            ("clustered", Box::new(move |i: usize| i / per_key)),
+        ] {
+            store.purge(QUEUE).await?;
+            let mut start = 0;
+            while start < n {
+                let end = (start + PUT_MANY_BATCH).min(n);
+                let batch = (start..end)
+                    .map(|i| {
+                        Ok(Noop { n: i }
+                            .to_job()?
+                            .serial_key(format!("k{}", key_of(i))))
+                    })
+                    .collect::<Result<Vec<_>, BoxError>>()?;
+                store.put_many(batch).await?;
+                start = end;
+            }
+            settle(table, args.url.as_deref()).await?;
+            let label = format!("{name} keyed end-to-end ({layout}, round {})", round + 1);
+            let jps = work_off(store, label, n, args).await?.rate;
+            match layout {
+                "interleaved" => interleaved.push(jps),
+                _ => clustered.push(jps),
+            }
         }
-        settle(table, args.url.as_deref()).await?;
-        let label = format!("{name} keyed end-to-end ({layout})");
-        let jps = work_off(store, label, n, args).await?.rate;
-        let metric = match layout {
-            "interleaved" => "end-to-end: behind 1k keys, interleaved",
-            _ => "end-to-end: behind 1k keys, clustered",
-        };
-        r.add(name, metric, jps, "jobs/s");
     }
-    Ok(())
+    let (interleaved, clustered) = (median(interleaved), median(clustered));
+    r.add(
+        name,
+        "end-to-end: behind 1k keys, interleaved",
+        interleaved,
+        "jobs/s",
+    );
+    r.add(
+        name,
+        "end-to-end: behind 1k keys, clustered",
+        clustered,
+        "jobs/s",
+    );
+    Ok((interleaved, clustered))
 }
 
 /// The ceiling of `put_many`: the shared insert statement on `conns` plain connections
