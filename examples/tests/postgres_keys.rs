@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use pq_api::postgres::QueueTable;
 use pq_api::{Claim, ClaimedJob, NewJob, QueueStore, QueueStoreExt};
 use pq_conformance::postgres::{database_url, fresh_schema};
@@ -204,4 +204,117 @@ async fn prune_leaves_hidden_the_next_jobs_of_a_key_whose_first_job_runs() {
         let order: Vec<String> = drain(&store).await.into_iter().flatten().collect();
         assert_eq!(order, ["k1", "k2"]);
     }
+}
+
+/// What the wait statement answers for queue `q` of `table` (when a job may next be
+/// claimable), and its plan, run.
+async fn next_run(pool: &PgPool, table: &QueueTable) -> (Option<DateTime<Utc>>, String) {
+    let sql = pq_api::postgres::Statements::new(table).next_run(1);
+    let queues = vec!["q".to_string()];
+    let at: Option<DateTime<Utc>> = sqlx::query_scalar(AssertSqlSafe(sql.clone()))
+        .bind(&queues)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let plan: Vec<String> = sqlx::query_scalar(AssertSqlSafe(format!(
+        "EXPLAIN (ANALYZE, BUFFERS, COSTS OFF) {sql}"
+    )))
+    .bind(&queues)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    (at, plan.join("\n"))
+}
+
+/// The pages a plan read, from its top node's `Buffers:` line.
+fn pages_read(plan: &str) -> u64 {
+    let line = plan
+        .lines()
+        .find(|l| l.trim_start().starts_with("Buffers:"))
+        .unwrap_or_else(|| panic!("no buffers in\n{plan}"));
+    line.split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(_, n)| n.parse::<u64>().unwrap())
+        .sum()
+}
+
+#[tokio::test]
+async fn a_keys_next_run_counts_every_priority_deadline_and_lease_and_reads_few_pages() {
+    let check = pool().await;
+    let (_store, table) = stores().await.remove(0);
+    let t = table.qualified();
+    let keys = t.replace("\"jobs\"", "\"jobs_keys\"");
+    let base: DateTime<Utc> = "2100-01-01T00:00:00Z".parse().unwrap();
+    let at = |minutes: i64| base + chrono::Duration::minutes(minutes);
+    // Key `big`: 20,000 jobs from 60 minutes on, of two priorities, one in ten with a
+    // deadline. Key `a`: its first job in claim order (priority 9) is due later than its
+    // other one. Key `d`: its earliest job has a deadline.
+    let fill = format!(
+        "INSERT INTO {t} (queue, payload, key, priority, run_at, expected_at) \
+         SELECT 'q', '{{}}', 'big', (i % 2) * 5, $1 + interval '1 hour' + i * interval '1 second', \
+                CASE WHEN i % 10 = 0 THEN $1 + interval '5 hours' + i * interval '1 second' END \
+         FROM generate_series(1, 20000) AS i; \
+         INSERT INTO {t} (queue, payload, key, priority, run_at, expected_at) VALUES \
+           ('q', '{{}}', 'a', 9, $1 + interval '3 hours', NULL), \
+           ('q', '{{}}', 'a', 0, $1 + interval '40 minutes', NULL), \
+           ('q', '{{}}', 'd', 0, $1 + interval '20 minutes', $1 + interval '6 hours'), \
+           ('q', '{{}}', 'd', 0, $1 + interval '2 hours', NULL); \
+         INSERT INTO {keys} (queue, key) VALUES ('q', 'big'), ('q', 'a'), ('q', 'd'); \
+         ANALYZE {t}; ANALYZE {keys};"
+    );
+    for statement in fill.split("; ") {
+        let q = sqlx::query(AssertSqlSafe(statement.to_string()));
+        let q = if statement.contains("$1") {
+            q.bind(base)
+        } else {
+            q
+        };
+        q.execute(&check).await.unwrap();
+    }
+    let (next, plan) = next_run(&check, &table).await;
+    assert_eq!(next, Some(at(20)), "a job with a deadline");
+    assert!(
+        !plan.contains(&format!("Seq Scan on {} ", table.table())),
+        "{plan}"
+    );
+    // Two probes to step from one (key, priority) to the next, two for each one's earliest
+    // job: a handful of pages a key, however long its backlog.
+    assert!(pages_read(&plan) < 150, "{plan}");
+
+    let delete = format!("DELETE FROM {t} WHERE key = 'd' AND expected_at IS NOT NULL");
+    sqlx::query(AssertSqlSafe(delete))
+        .execute(&check)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_run(&check, &table).await.0,
+        Some(at(40)),
+        "a job behind one of a higher priority due later"
+    );
+
+    let lease = format!(
+        "UPDATE {keys} SET running_id = 1, running_until = $1 + interval '50 minutes' \
+         WHERE key = 'a'"
+    );
+    sqlx::query(AssertSqlSafe(lease))
+        .bind(base)
+        .execute(&check)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_run(&check, &table).await.0,
+        Some(at(50)),
+        "not before the key's lease runs out"
+    );
+
+    let delete = format!("DELETE FROM {t} WHERE key = 'a'");
+    sqlx::query(AssertSqlSafe(delete))
+        .execute(&check)
+        .await
+        .unwrap();
+    assert_eq!(
+        next_run(&check, &table).await.0,
+        Some(at(60) + chrono::Duration::seconds(1)),
+        "the earliest of a long backlog"
+    );
 }

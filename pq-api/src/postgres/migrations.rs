@@ -29,6 +29,8 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let notify_fn = table.object(&name("notify"));
     let key_idx = quote(&name("key"));
     let key_run_idx = quote(&name("key_run_at"));
+    let key_run_idx_qualified = table.object(&name("key_run_at"));
+    let key_deadline_idx = quote(&name("key_deadline"));
     let pending_idx = quote(&name("cursor_pending"));
     let history_idx = quote(&name("history_queue"));
     let history_keep_idx = quote(&name("history_keep"));
@@ -57,6 +59,8 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ("notify_fn", notify_fn.as_str()),
         ("key_idx", key_idx.as_str()),
         ("key_run_idx", key_run_idx.as_str()),
+        ("key_run_idx_qualified", key_run_idx_qualified.as_str()),
+        ("key_deadline_idx", key_deadline_idx.as_str()),
         ("pending_idx", pending_idx.as_str()),
         ("history_idx", history_idx.as_str()),
         ("history_keep_idx", history_keep_idx.as_str()),
@@ -119,6 +123,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             8,
             "freed keys notified by the statements that free them",
             include_str!("sql/migration_8.sql"),
+        ),
+        step(
+            9,
+            "one key index fewer: next run times from the key index",
+            include_str!("sql/migration_9.sql"),
         ),
     ]
 }
