@@ -226,6 +226,17 @@ async fn next_run(pool: &PgPool, table: &QueueTable) -> (Option<DateTime<Utc>>, 
     (at, plan.join("\n"))
 }
 
+/// Runs `statement`, with `base` as `$1` if it has one.
+async fn run_at_base(pool: &PgPool, statement: &str, base: DateTime<Utc>) {
+    let q = sqlx::query(AssertSqlSafe(statement.to_string()));
+    let q = if statement.contains("$1") {
+        q.bind(base)
+    } else {
+        q
+    };
+    q.execute(pool).await.unwrap();
+}
+
 /// The pages a plan read, from its top node's `Buffers:` line.
 fn pages_read(plan: &str) -> u64 {
     let line = plan
@@ -263,13 +274,7 @@ async fn a_keys_next_run_counts_every_priority_deadline_and_lease_and_reads_few_
          ANALYZE {t}; ANALYZE {keys};"
     );
     for statement in fill.split("; ") {
-        let q = sqlx::query(AssertSqlSafe(statement.to_string()));
-        let q = if statement.contains("$1") {
-            q.bind(base)
-        } else {
-            q
-        };
-        q.execute(&check).await.unwrap();
+        run_at_base(&check, statement, base).await;
     }
     let (next, plan) = next_run(&check, &table).await;
     assert_eq!(next, Some(at(20)), "a job with a deadline");
@@ -281,40 +286,29 @@ async fn a_keys_next_run_counts_every_priority_deadline_and_lease_and_reads_few_
     // job: a handful of pages a key, however long its backlog.
     assert!(pages_read(&plan) < 150, "{plan}");
 
-    let delete = format!("DELETE FROM {t} WHERE key = 'd' AND expected_at IS NOT NULL");
-    sqlx::query(AssertSqlSafe(delete))
-        .execute(&check)
-        .await
-        .unwrap();
-    assert_eq!(
-        next_run(&check, &table).await.0,
-        Some(at(40)),
-        "a job behind one of a higher priority due later"
-    );
-
-    let lease = format!(
-        "UPDATE {keys} SET running_id = 1, running_until = $1 + interval '50 minutes' \
-         WHERE key = 'a'"
-    );
-    sqlx::query(AssertSqlSafe(lease))
-        .bind(base)
-        .execute(&check)
-        .await
-        .unwrap();
-    assert_eq!(
-        next_run(&check, &table).await.0,
-        Some(at(50)),
-        "not before the key's lease runs out"
-    );
-
-    let delete = format!("DELETE FROM {t} WHERE key = 'a'");
-    sqlx::query(AssertSqlSafe(delete))
-        .execute(&check)
-        .await
-        .unwrap();
-    assert_eq!(
-        next_run(&check, &table).await.0,
-        Some(at(60) + chrono::Duration::seconds(1)),
-        "the earliest of a long backlog"
-    );
+    // Each change in turn, with what the wait statement must then answer.
+    let steps = [
+        (
+            format!("DELETE FROM {t} WHERE key = 'd' AND expected_at IS NOT NULL"),
+            at(40),
+            "a job behind one of a higher priority due later",
+        ),
+        (
+            format!(
+                "UPDATE {keys} SET running_id = 1, running_until = $1 + interval '50 minutes' \
+                 WHERE key = 'a'"
+            ),
+            at(50),
+            "not before the key's lease runs out",
+        ),
+        (
+            format!("DELETE FROM {t} WHERE key = 'a'"),
+            at(60) + chrono::Duration::seconds(1),
+            "the earliest of a long backlog",
+        ),
+    ];
+    for (change, expected, what) in steps {
+        run_at_base(&check, &change, base).await;
+        assert_eq!(next_run(&check, &table).await.0, Some(expected), "{what}");
+    }
 }
