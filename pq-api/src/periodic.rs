@@ -301,7 +301,8 @@ impl Scheduler {
 
     /// Puts each entry's job at each of its ticks until stopped. A tick is put when its time
     /// comes on this process's clock; if the store fails, it is tried again every second
-    /// until the entry's next tick is due, which then takes its place. A job an entry cannot
+    /// until the entry's next tick is due, which then takes its place (the ticks that passed
+    /// meanwhile are not put late: `a_tick_the_store_refused_gives_way_to_the_next`). A job an entry cannot
     /// make is logged and its tick skipped. Returns once stopped, or at once with no entries.
     pub async fn run(self) -> Result<()> {
         let mut stop = self.stop.subscribe();

@@ -54,7 +54,11 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   (`a_unique_job_holds_its_key_while_active`), or for a period after it was put,
     ///   completed or not (`a_unique_job_holds_its_key_for_its_period`), as its scope says;
     ///   also among the jobs of one call and between concurrent callers
-    ///   (`racing_puts_of_a_unique_key_add_one_job`).
+    ///   (`racing_puts_of_a_unique_key_add_one_job`). A key put again once its period ended is
+    ///   held by the new job for a period of its own
+    ///   (`a_unique_key_put_after_its_period_ended_is_held_again`); a job held while active
+    ///   frees its key once cancelled, or once its last lease ran out with no attempts left
+    ///   (`a_cancelled_or_lapsed_unique_job_frees_its_key`).
     /// - A job keeps its time limit ([`NewJob::timeout`]) to the microsecond
     ///   (`a_job_keeps_its_time_limit`).
     async fn put_many(&self, jobs: Vec<NewJob>) -> Result<Vec<JobId>>;
@@ -166,7 +170,8 @@ pub trait QueueStore: Send + Sync + Debug {
     /// # Contract
     /// - `attempts` goes back down by one; the job is [`JobState::Scheduled`] until `delay`
     ///   has passed, then claimable (`snoozed_job_waits_without_counting_the_attempt`).
-    /// - Its key is freed, as by a release.
+    /// - Its key, and its place under the queue's concurrency limit, are freed at once, as by
+    ///   a release, whatever the delay (`a_snoozed_job_frees_its_key_and_its_place`).
     /// - A lost lease gets [`Error::LeaseLost`](crate::Error::LeaseLost) and changes nothing;
     ///   a `delay` above [`MAX_DURATION`](crate::MAX_DURATION) is rejected.
     async fn snooze(&self, lease: &Lease, delay: Duration) -> Result<()>;
@@ -183,7 +188,9 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   heartbeat, or sooner through [`QueueStore::cancel_requested`]
     ///   (`cancel_stops_a_running_job_and_keeps_it_cancelled`). Its key and its place under
     ///   the queue's concurrency limit stay taken until its lease runs out, so that nothing
-    ///   runs beside a handler still stopping.
+    ///   runs beside a handler still stopping
+    ///   (`a_cancelled_running_jobs_key_passes_on_once_its_lease_ends`,
+    ///   `a_cancelled_running_job_keeps_its_place_until_its_lease_ends`).
     /// - An unknown id gets [`Error::NotFound`](crate::Error::NotFound)
     ///   (`unknown_job_ids_are_not_found`).
     async fn cancel(&self, id: JobId) -> Result<()>;
@@ -221,13 +228,15 @@ pub trait QueueStore: Send + Sync + Debug {
     ///
     /// # Contract
     /// - A paused queue's jobs are not claimed and do not wake waiters; running ones finish;
-    ///   resuming wakes waiters at once (`a_paused_queue_is_not_claimed_until_resumed`).
+    ///   resuming wakes waiters at once (`a_paused_queue_is_not_claimed_until_resumed`). Nor
+    ///   are its jobs whose leases ran out (`a_paused_queue_holds_its_expired_jobs_too`).
     /// - With a concurrency limit of `n`, at most `n` of the queue's jobs run under live leases
     ///   at once, however many claim at once (`concurrency_limit_caps_running_jobs`,
     ///   `racing_claimers_never_exceed_the_concurrency_limit`); completing, failing or
     ///   releasing one, or its lease expiring, makes room, and waiters are woken.
     /// - With a rate limit of `n` per period, at most `n` of the queue's jobs are claimed in
-    ///   any window of that period (`rate_limit_caps_starts_per_period`).
+    ///   any window of that period (`rate_limit_caps_starts_per_period`). A queue with both
+    ///   limits keeps to both (`a_queue_with_both_limits_keeps_to_the_tighter`).
     /// - A bad queue name or setting ([`QueueSetting::validate`]) is rejected; nothing changes
     ///   (`queue_settings_are_validated`).
     async fn configure_queue(&self, queue: &str, setting: QueueSetting) -> Result<()>;
@@ -255,8 +264,9 @@ pub trait QueueStore: Send + Sync + Debug {
     ///   (`throughput_adds_up_what_workers_report`). A bad queue name is rejected.
     async fn record_throughput(&self, tallies: &[Tally]) -> Result<()>;
 
-    /// The per-minute records of the last `since` (the minute `since` ago included), oldest
-    /// first, then by queue. Records older than [`THROUGHPUT_KEPT`](crate::THROUGHPUT_KEPT)
+    /// The per-minute records of the last `since` (the minute `since` ago included, so a
+    /// `since` of zero gives the current minute's: `throughput_includes_the_minute_since_ago`),
+    /// oldest first, then by queue. Records older than [`THROUGHPUT_KEPT`](crate::THROUGHPUT_KEPT)
     /// are removed by [`QueueStore::prune`].
     async fn throughput(&self, since: Duration) -> Result<Vec<Throughput>>;
 
@@ -269,7 +279,11 @@ pub trait QueueStore: Send + Sync + Debug {
     ///
     /// # Contract
     /// - Failed and cancelled jobs go once their retention has passed, not before
-    ///   (`prune_removes_ended_jobs_after_their_retention`).
+    ///   (`prune_removes_ended_jobs_after_their_retention`), counted from when they failed or
+    ///   were cancelled, not from their put (`prune_counts_retention_from_when_a_job_ended`).
+    /// - History records go once past their `keep_until`
+    ///   (`prune_removes_history_records_past_their_keep_until`); uniqueness periods still
+    ///   running stay (`pruning_keeps_unique_periods_that_run_on`).
     /// - A key's record goes once no job has the key and it holds no state; a job put with the
     ///   key at the same time keeps it, and its jobs run (`prune_forgets_idle_keys_only`,
     ///   `racing_puts_and_prunes_lose_no_key`).
@@ -315,7 +329,8 @@ pub trait QueueStore: Send + Sync + Debug {
 
     /// Removes the history records whose `keep_until` has passed; returns how many went
     /// (`cleanup_history_removes_expired_records`). It also forgets the uniqueness keys whose
-    /// period ([`Unique::For`](crate::Unique::For)) has ended, which hold nothing any more.
+    /// period ([`Unique::For`](crate::Unique::For)) has ended, which hold nothing any more, and
+    /// only those (`pruning_keeps_unique_periods_that_run_on`).
     async fn cleanup_history(&self) -> Result<u64>;
 
     /// Waits until a job may have become claimable in `queues`, or `timeout` passes.

@@ -227,6 +227,11 @@ impl WorkerHandle {
 ///   (`failing_handler_is_retried_until_max_attempts`, `failed_attempt_is_scheduled_by_the_backoff`,
 ///   `panicking_handler_is_a_failed_attempt`); a retry delay past what a store can record is
 ///   clamped (`retry_delay_past_the_limit_is_recorded`);
+/// - a handler past its time limit is told and, unless it succeeds within the grace, its
+///   attempt fails (`a_handler_past_its_time_limit_is_told_and_its_attempt_fails`,
+///   `a_handler_ignoring_its_time_limit_is_dropped_after_the_grace`,
+///   `a_handler_that_succeeds_in_the_grace_after_its_time_limit_completes_its_job`); a job's
+///   own limit overrides its task's (`a_jobs_own_time_limit_overrides_its_tasks_either_way`);
 /// - a payload that is no task, or whose args do not decode, fails at once with a clear
 ///   error (`undecodable_or_unknown_jobs_fail_with_a_clear_error`); a task this worker does
 ///   not know is handed back ([`UnknownTasks`]; `unknown_task_is_handed_back_for_another_worker`);
@@ -392,7 +397,8 @@ impl Worker {
     /// How often the worker adds what it finished to the store's per-minute throughput record
     /// ([`QueueStore::record_throughput`]; the dashboard's chart). Default
     /// [`DEFAULT_REPORT_EVERY`]: one small statement per period, off the jobs' path, and one
-    /// more as the worker stops. Zero never reports.
+    /// more as the worker stops (`a_stopping_worker_reports_what_it_finished`). Zero never
+    /// reports.
     pub fn report_every(mut self, every: Duration) -> Self {
         self.report_every = every;
         self

@@ -675,3 +675,138 @@ pub async fn throughput_adds_up_what_workers_report(store: Arc<dyn QueueStore>) 
     sorted.sort();
     assert_eq!(order, sorted, "oldest first, then by queue");
 }
+
+/// A queue with a concurrency limit and a rate limit keeps to both: a claim takes no more
+/// than the tighter of the two allows, whichever it is.
+pub async fn a_queue_with_both_limits_keeps_to_the_tighter(store: Arc<dyn QueueStore>) {
+    put_n(&*store, "conc", 6).await;
+    put_n(&*store, "rate", 6).await;
+    for (queue, concurrency, rate) in [("conc", 2, 3), ("rate", 3, 2)] {
+        store
+            .configure_queue(queue, QueueSetting::Concurrency(Some(concurrency)))
+            .await
+            .unwrap();
+        store
+            .configure_queue(queue, QueueSetting::Rate(Some(Rate::new(rate, HOUR))))
+            .await
+            .unwrap();
+    }
+    let both = config(&*store, "conc").await;
+    assert_eq!(
+        (both.concurrency, both.rate),
+        (Some(2), Some(Rate::new(3, HOUR))),
+        "the store keeps both"
+    );
+    let claim = |queue: &'static str| Claim::new([queue]).limit(10).lease(LONG_LEASE);
+    let conc = store.claim(&claim("conc")).await.unwrap();
+    assert_eq!(conc.len(), 2, "the concurrency limit is the tighter");
+    let done: Vec<Done> = conc.iter().map(|j| j.lease.into()).collect();
+    store.complete_many(&done).await.unwrap();
+    let conc = store.claim(&claim("conc")).await.unwrap();
+    assert_eq!(
+        conc.len(),
+        1,
+        "room to run two, but one start left this hour"
+    );
+    store.complete(&conc[0].lease).await.unwrap();
+    assert!(store.claim(&claim("conc")).await.unwrap().is_empty());
+
+    let rate = store.claim(&claim("rate")).await.unwrap();
+    assert_eq!(rate.len(), 2, "the rate limit is the tighter");
+}
+
+/// A cancelled running job keeps its place under its queue's concurrency limit until its
+/// lease runs out, so nothing runs beside a handler still stopping; then the place is free.
+pub async fn a_cancelled_running_job_keeps_its_place_until_its_lease_ends(
+    store: Arc<dyn QueueStore>,
+) {
+    let ids = put_n(&*store, "q", 2).await;
+    store
+        .configure_queue("q", QueueSetting::Concurrency(Some(1)))
+        .await
+        .unwrap();
+    let lease = Duration::from_millis(500);
+    let running = store
+        .claim(&Claim::new(["q"]).lease(lease))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(running.id(), ids[0]);
+    store.cancel(ids[0]).await.unwrap();
+    let claim = Claim::new(["q"]).limit(10).lease(LONG_LEASE);
+    assert!(
+        store.claim(&claim).await.unwrap().is_empty(),
+        "its place stays taken while its lease lasts"
+    );
+    tokio::time::sleep(lease + Duration::from_millis(100)).await;
+    let next = store.claim(&claim).await.unwrap();
+    assert_eq!(next.iter().map(|j| j.id()).collect::<Vec<_>>(), [ids[1]]);
+}
+
+/// A paused queue keeps every job, its expired leases' included: none is claimed again until
+/// the queue is resumed.
+pub async fn a_paused_queue_holds_its_expired_jobs_too(store: Arc<dyn QueueStore>) {
+    let id = store.put("q", &json!("lapses")).await.unwrap();
+    store
+        .claim(&Claim::new(["q"]).lease(SHORT_LEASE))
+        .await
+        .unwrap();
+    store.pause("q").await.unwrap();
+    let_short_lease_expire().await;
+    let claim = Claim::new(["q"]).lease(LONG_LEASE);
+    assert!(store.claim(&claim).await.unwrap().is_empty(), "paused");
+    store.resume("q").await.unwrap();
+    let again = store.claim(&claim).await.unwrap();
+    assert_eq!(again.iter().map(|j| j.id()).collect::<Vec<_>>(), [id]);
+    assert_eq!(again[0].job.attempts, 2);
+}
+
+/// A failed job's retention counts from when it failed, not from when it was put: one put
+/// long before it failed is kept its whole retention after.
+pub async fn prune_counts_retention_from_when_a_job_ended(store: Arc<dyn QueueStore>) {
+    let keep = Duration::from_millis(500);
+    store
+        .configure_queue("q", QueueSetting::Retention(Some(keep)))
+        .await
+        .unwrap();
+    let id = store.put("q", &json!("old")).await.unwrap();
+    tokio::time::sleep(keep + Duration::from_millis(100)).await;
+    let job = store
+        .claim(&Claim::new(["q"]).lease(LONG_LEASE))
+        .await
+        .unwrap()
+        .remove(0);
+    store
+        .fail(&job.lease, Failure::new("late").give_up())
+        .await
+        .unwrap();
+    assert_eq!(store.prune().await.unwrap().jobs, 0, "it failed just now");
+    assert_eq!(store.job(id).await.unwrap().state, JobState::Failed);
+    tokio::time::sleep(keep + Duration::from_millis(100)).await;
+    assert_eq!(
+        store.prune().await.unwrap().jobs,
+        1,
+        "its retention has passed"
+    );
+}
+
+/// The records of the last `since` include the whole minute `since` ago: asked for the last
+/// zero seconds, the store returns the current minute's record.
+pub async fn throughput_includes_the_minute_since_ago(store: Arc<dyn QueueStore>) {
+    use pq_api::Tally;
+    // A minute may turn between a report and the read; two tries cannot both straddle one.
+    let mut seen = Vec::new();
+    for attempt in 0..2 {
+        let queue = format!("edge{attempt}");
+        store
+            .record_throughput(&[Tally::new(&queue, 1, 0)])
+            .await
+            .unwrap();
+        let records = store.throughput(Duration::ZERO).await.unwrap();
+        seen.push(records.iter().any(|r| r.queue == queue));
+    }
+    assert!(
+        seen.contains(&true),
+        "the current minute is left out: {seen:?}"
+    );
+}

@@ -212,3 +212,28 @@ pub async fn a_result_that_cannot_be_kept_fails_only_its_own_job(store: Arc<dyn 
         assert_eq!(store.finished(*id).await.unwrap().result, Some(json!(n)));
     }
 }
+
+/// Pruning removes history records past their `keep_until`, as `cleanup_history` does, and
+/// keeps the rest.
+pub async fn prune_removes_history_records_past_their_keep_until(store: Arc<dyn QueueStore>) {
+    let ids = store
+        .put_many(vec![
+            NewJob::from_json("q", json!(1)).keep_history(Duration::from_millis(1)),
+            NewJob::from_json("q", json!(2)).keep_history(HOUR),
+        ])
+        .await
+        .unwrap();
+    let claimed = store
+        .claim(&Claim::new(["q"]).limit(2).lease(LONG_LEASE))
+        .await
+        .unwrap();
+    let done: Vec<Done> = claimed.iter().map(|j| j.lease.into()).collect();
+    assert_eq!(store.complete_many(&done).await.unwrap().len(), 2);
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    assert_eq!(store.prune().await.unwrap().history, 1);
+    assert!(matches!(
+        store.finished(ids[0]).await,
+        Err(Error::NotFound(_))
+    ));
+    assert_eq!(store.finished(ids[1]).await.unwrap().id, ids[1]);
+}

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pq_api::{
-    Claim, Done, Error, Failure, JobId, NewJob, QueueStore, QueueStoreExt, StopMode, Task, Worker,
+    Claim, Done, Error, Failure, JobId, JobState, NewJob, QueueStore, QueueStoreExt, StopMode,
+    Task, Worker,
 };
 use serde_json::{json, Value};
 
@@ -529,4 +530,28 @@ pub async fn an_expired_job_without_attempts_left_passes_its_key_on(store: Arc<d
     assert_eq!(ids(&next), vec![put[1]]);
     store.complete(&next[0].lease).await.unwrap();
     assert!(store.claim(&claim_all("q")).await.unwrap().is_empty());
+}
+
+/// A job snoozed for a while frees its key and its place under the queue's concurrency limit
+/// at once, as a release does: the key's next job runs while it waits.
+pub async fn a_snoozed_job_frees_its_key_and_its_place(store: Arc<dyn QueueStore>) {
+    let ids = store
+        .put_many(vec![keyed("q", "k", 1), keyed("q", "k", 2)])
+        .await
+        .unwrap();
+    store
+        .configure_queue("q", pq_api::QueueSetting::Concurrency(Some(1)))
+        .await
+        .unwrap();
+    let claim = Claim::new(["q"]).limit(10).lease(LONG_LEASE);
+    let first = store.claim(&claim).await.unwrap().remove(0);
+    assert_eq!(first.id(), ids[0]);
+    store.snooze(&first.lease, HOUR).await.unwrap();
+    let next = store.claim(&claim).await.unwrap();
+    assert_eq!(
+        next.iter().map(|j| j.id()).collect::<Vec<_>>(),
+        [ids[1]],
+        "the key and the place are free while the first job waits"
+    );
+    assert_eq!(store.job(ids[0]).await.unwrap().state, JobState::Scheduled);
 }

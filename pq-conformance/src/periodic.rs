@@ -120,3 +120,33 @@ pub async fn a_missed_tick_is_made_up_only_when_asked(store: Arc<dyn QueueStore>
         vec![(tick.with_timezone(&Utc), 1)]
     );
 }
+
+/// A scheduler whose store failed its puts for a while puts, once the store answers, only
+/// the tick then due: the ticks that passed meanwhile are not put late, one by one.
+pub async fn a_tick_the_store_refused_gives_way_to_the_next(store: Arc<dyn QueueStore>) {
+    // Start a tenth of a second into a second, so that this case and the scheduler count
+    // their ticks from the same second.
+    let into = Utc::now().timestamp_subsec_millis();
+    tokio::time::sleep(Duration::from_millis(u64::from(1100 - into.min(999)))).await;
+    let start = Utc::now();
+    let blips: Arc<dyn QueueStore> =
+        Arc::new(crate::worker::Blips::new(store.clone(), 0, 0).failing_puts(2));
+    let scheduler = Scheduler::new(blips).entry(ticking()).unwrap();
+    let handle = scheduler.handle();
+    let run = tokio::spawn(scheduler.run());
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    handle.stop();
+    run.await.unwrap().unwrap();
+
+    let ticks: Vec<_> = ticks(&*store, "ticks").await.into_keys().collect();
+    // The first two ticks' puts were refused (the second one's a retry of the first, folded
+    // into it): the first tick put is the third after the start.
+    let third = DateTime::from_timestamp(start.timestamp() + 3, 0).unwrap();
+    assert_eq!(ticks.first(), Some(&third), "{ticks:?}");
+    assert!(
+        ticks
+            .windows(2)
+            .all(|w| w[1] - w[0] == TimeDelta::seconds(1)),
+        "no tick skipped once the store answered: {ticks:?}"
+    );
+}

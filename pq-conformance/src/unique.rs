@@ -203,3 +203,79 @@ pub async fn put_rejects_bad_uniqueness_keys(store: Arc<dyn QueueStore>) {
     let done: Done = claimed.lease.into();
     assert_eq!(store.complete_many(&[done]).await.unwrap(), vec![serial]);
 }
+
+/// A key put again once its period has ended starts a period of its own: the new job holds
+/// the key from then on, as the first did.
+pub async fn a_unique_key_put_after_its_period_ended_is_held_again(store: Arc<dyn QueueStore>) {
+    let period = Duration::from_millis(300);
+    let put = || store.put_job(job("q", "k", Unique::For(period)));
+    let first = put().await.unwrap();
+    tokio::time::sleep(period + Duration::from_millis(100)).await;
+    let second = put().await.unwrap();
+    assert_ne!(second, first, "the first period has ended");
+    assert_eq!(
+        put().await.unwrap(),
+        second,
+        "the second job holds the key for a period of its own"
+    );
+    let claimed = store.claim(&Claim::new(["q"]).limit(2)).await.unwrap();
+    for c in &claimed {
+        store.complete(&c.lease).await.unwrap();
+    }
+    assert_eq!(
+        put().await.unwrap(),
+        second,
+        "completed, still within its period"
+    );
+}
+
+/// A running job unique while active frees its key the moment it is cancelled, though its
+/// lease runs on; so does one whose last lease ran out with no attempts left.
+pub async fn a_cancelled_or_lapsed_unique_job_frees_its_key(store: Arc<dyn QueueStore>) {
+    let put = |key: &'static str| store.put_job(job("q", key, Unique::WhileActive).max_attempts(1));
+    let first = put("k").await.unwrap();
+    let running = store
+        .claim(&Claim::new(["q"]).lease(LONG_LEASE))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(running.id(), first);
+    store.cancel(first).await.unwrap();
+    assert_eq!(store.job(first).await.unwrap().state, JobState::Cancelled);
+    assert_ne!(put("k").await.unwrap(), first, "freed once cancelled");
+
+    let lapsing = put("lapsed").await.unwrap();
+    let claimed = store
+        .claim(&Claim::new(["q"]).limit(10).lease(crate::SHORT_LEASE))
+        .await
+        .unwrap();
+    assert!(claimed.iter().any(|c| c.id() == lapsing));
+    crate::let_short_lease_expire().await;
+    assert_eq!(store.job(lapsing).await.unwrap().state, JobState::Failed);
+    assert_ne!(
+        put("lapsed").await.unwrap(),
+        lapsing,
+        "freed once its last lease ran out"
+    );
+}
+
+/// Pruning and history clean-up forget only periods that have ended: a key whose period runs
+/// on stays held through them, its job long completed.
+pub async fn pruning_keeps_unique_periods_that_run_on(store: Arc<dyn QueueStore>) {
+    let first = store
+        .put_job(job("q", "day", Unique::For(HOUR)))
+        .await
+        .unwrap();
+    let claimed = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
+    store.complete(&claimed.lease).await.unwrap();
+    store.prune().await.unwrap();
+    store.cleanup_history().await.unwrap();
+    assert_eq!(
+        store
+            .put_job(job("q", "day", Unique::For(HOUR)))
+            .await
+            .unwrap(),
+        first,
+        "held for the rest of its hour"
+    );
+}

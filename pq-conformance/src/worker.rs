@@ -537,6 +537,80 @@ pub async fn a_handler_ignoring_its_time_limit_is_dropped_after_the_grace(
     assert_eq!(job.last_error.as_deref(), Some("timed out after 100ms"));
 }
 
+/// A job's own time limit overrides its task's, longer or shorter: a job given more time
+/// than its task's default finishes in it; one given less is held to that.
+pub async fn a_jobs_own_time_limit_overrides_its_tasks_either_way(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Limited, _, _>(|n, _cx| async move {
+        if n == 0 {
+            // Past the task's 200 ms, within the job's own second.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            return Ok(());
+        }
+        std::future::pending().await
+    });
+    let longer = Limited { n: 0 }.to_job().unwrap().timeout("3s");
+    let shorter = Limited { n: 1 }.to_job().unwrap().timeout("100ms");
+    let ids = store.put_many(vec![longer, shorter]).await.unwrap();
+    let status = Worker::new(store.clone(), reg)
+        .concurrency(2)
+        .abort_grace(Duration::from_millis(100))
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.retried), (1, 1));
+    assert!(
+        store.job(ids[0]).await.is_err(),
+        "completed within its own limit"
+    );
+    let job = store.job(ids[1]).await.unwrap();
+    assert_eq!(job.last_error.as_deref(), Some("timed out after 100ms"));
+}
+
+/// A handler told it ran past its time limit that then succeeds within the worker's grace has
+/// done its work: its job is completed, not failed.
+pub async fn a_handler_that_succeeds_in_the_grace_after_its_time_limit_completes_its_job(
+    store: Arc<dyn QueueStore>,
+) {
+    let reg = registry::<Limited, _, _>(|_n, cx| async move {
+        assert_eq!(cx.cancelled().await, Cancelled::Timeout);
+        Ok(())
+    });
+    let id = store
+        .put_job(Limited { n: 0 }.to_job().unwrap())
+        .await
+        .unwrap();
+    let status = Worker::new(store.clone(), reg)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.retried, status.failed), (1, 0, 0));
+    assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+}
+
+/// A worker that stops reports what it finished since its last report, however long its
+/// report period: nothing it did is missing from the store's throughput record.
+pub async fn a_stopping_worker_reports_what_it_finished(store: Arc<dyn QueueStore>) {
+    let reg = registry::<Work, _, _>(|n, _cx| async move {
+        if n == 3 {
+            return Err(TaskError::new("no").give_up());
+        }
+        Ok(())
+    });
+    put_work(&*store, &works(4)).await;
+    let status = Worker::new(store.clone(), reg)
+        .report_every(HOUR)
+        .run_until_drained()
+        .await
+        .unwrap();
+    assert_eq!((status.processed, status.failed), (3, 1));
+    let records = store.throughput(Duration::from_secs(120)).await.unwrap();
+    let sum = records
+        .iter()
+        .filter(|r| r.queue == Work::QUEUE)
+        .fold((0, 0), |(c, f), r| (c + r.completed, f + r.failed));
+    assert_eq!(sum, (3, 1), "{records:?}");
+}
+
 /// A handler asking to be retried later than any store can record is retried as late as one
 /// can, its error recorded: never left to rerun at every lease expiry.
 pub async fn retry_delay_past_the_limit_is_recorded(store: Arc<dyn QueueStore>) {
@@ -626,8 +700,9 @@ pub async fn a_store_call_that_never_answers_is_given_up_and_tried_again(
 /// A store that fails the first `n` calls of `fail` and of `complete_many` as unavailable,
 /// after letting the first `hang` calls of `complete_many` hang for good.
 #[derive(Debug)]
-struct Blips {
+pub(crate) struct Blips {
     inner: Arc<dyn QueueStore>,
+    put: std::sync::atomic::AtomicU32,
     fail: std::sync::atomic::AtomicU32,
     complete: std::sync::atomic::AtomicU32,
     refused: std::sync::atomic::AtomicU32,
@@ -638,16 +713,23 @@ struct Blips {
 }
 
 impl Blips {
-    fn new(inner: Arc<dyn QueueStore>, n: u32, hang: u32) -> Self {
+    pub(crate) fn new(inner: Arc<dyn QueueStore>, n: u32, hang: u32) -> Self {
         use std::sync::atomic::AtomicU32;
         Blips {
             inner,
+            put: AtomicU32::new(0),
             fail: AtomicU32::new(n),
             complete: AtomicU32::new(n),
             refused: AtomicU32::new(0),
             hang: AtomicU32::new(hang),
             hang_extend: AtomicU32::new(0),
         }
+    }
+
+    /// Fails the first `n` calls of `put_many` too.
+    pub(crate) fn failing_puts(self, n: u32) -> Self {
+        self.put.store(n, std::sync::atomic::Ordering::SeqCst);
+        self
     }
 
     /// Lets the first `n` calls of `extend` hang for good too.
@@ -677,6 +759,7 @@ impl Blips {
 #[async_trait]
 impl QueueStore for Blips {
     async fn put_many(&self, jobs: Vec<NewJob>) -> pq_api::Result<Vec<JobId>> {
+        self.blip(&self.put)?;
         self.inner.put_many(jobs).await
     }
     async fn claim(&self, claim: &Claim) -> pq_api::Result<Vec<ClaimedJob>> {
@@ -857,7 +940,7 @@ pub async fn lost_lease_cancels_the_handler_and_drops_its_outcome(store: Arc<dyn
 }
 
 /// Cancelling a running job tells its handler, through `cancelled()`, that it was cancelled,
-/// within a second (long before the next heartbeat); whatever it returns then, the job stays
+/// within a second (long before the next heartbeat, and after the first one has passed); whatever it returns then, the job stays
 /// cancelled, and the worker counts it.
 pub async fn cancelling_a_running_job_tells_its_handler_within_a_second(
     store: Arc<dyn QueueStore>,
@@ -880,6 +963,8 @@ pub async fn cancelling_a_running_job_tells_its_handler_within_a_second(
             .heartbeat(Duration::from_secs(20)),
     );
     assert_eq!(rx.recv().await.unwrap(), None, "the handler started");
+    // Past the first heartbeat, which comes early: only the hint can tell it now.
+    tokio::time::sleep(Duration::from_millis(800)).await;
     let cancelled_at = Instant::now();
     store.cancel(ids[0]).await.unwrap();
     let (why, told_at) = rx.recv().await.unwrap().unwrap();
