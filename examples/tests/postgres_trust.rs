@@ -21,6 +21,8 @@ use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio::time::Instant;
 
+mod support;
+
 async fn pool(size: u32) -> PgPool {
     PgPoolOptions::new()
         .max_connections(size)
@@ -188,6 +190,86 @@ async fn a_row_that_cannot_be_decoded_fails_alone_and_its_batch_runs() {
             .await
             .unwrap()
             .is_empty());
+    }
+}
+
+/// A job left from before the finite-times check (migration 3 added it `NOT VALID`) holding a
+/// time the check refuses is failed alone by the next migration, and the check validated: the
+/// jobs beside it run, where once every claim reaching it failed and stalled its queues.
+#[tokio::test]
+async fn a_job_from_before_the_finite_times_check_fails_alone_and_its_queue_runs() {
+    let admin = pool(2).await;
+    for driver in support::DRIVERS {
+        let table = support::fresh_table("jobs");
+        let store = driver.open(&table, 4).await;
+        let (t, name) = (table.qualified(), table.table());
+        let migrations = format!("\"{}\".\"{name}_migrations\"", table.schema());
+        let history = format!("\"{}\".\"{name}_history\"", table.schema());
+        let check = "isfinite(run_at) AND isfinite(created_at) \
+                     AND (expected_at IS NULL OR isfinite(expected_at))";
+        // The table as a store from before this fix left it: the checks not valid, a job and
+        // a history record from before them that they refuse.
+        exec(
+            &admin,
+            format!(
+                "ALTER TABLE {t} DROP CONSTRAINT \"{name}_finite_times\";
+                 ALTER TABLE {history} DROP CONSTRAINT \"{name}_history_finite_times\";
+                 INSERT INTO {t} (queue, payload, expected_at)
+                   VALUES ('probe', '{{\"task\":\"probe\",\"args\":{{}}}}', '-infinity');
+                 INSERT INTO {history} (id, queue, payload, cursor, priority, attempts,
+                   created_at, finished_at, keep_until)
+                   VALUES (1000000, 'probe', '{{}}', false, 0, 1, now(), now(), 'infinity');
+                 ALTER TABLE {t} ADD CONSTRAINT \"{name}_finite_times\" CHECK ({check}) NOT VALID;
+                 ALTER TABLE {history} ADD CONSTRAINT \"{name}_history_finite_times\"
+                   CHECK (isfinite(created_at) AND isfinite(finished_at) AND isfinite(keep_until))
+                   NOT VALID;
+                 DELETE FROM {migrations} WHERE version >= 10"
+            ),
+        )
+        .await;
+        let old = insert_returning_id(
+            &admin,
+            format!("SELECT id FROM {t} WHERE expected_at = '-infinity'"),
+        )
+        .await;
+        let good = store
+            .put_many((0..20).map(|_| Probe {}.to_job().unwrap()).collect())
+            .await
+            .unwrap();
+        drop(store);
+
+        let store = driver.open(&table, 4).await;
+        let registry = Registry::new().register::<Probe>().unwrap();
+        let status = tokio::time::timeout(
+            Duration::from_secs(30),
+            Worker::new(store.clone(), registry).run_until_drained(),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("{driver:?}: the worker drains"))
+        .unwrap();
+        assert_eq!((status.processed, status.lost), (20, 0), "{driver:?}");
+        for id in good {
+            assert!(matches!(store.job(id).await, Err(Error::NotFound(_))));
+        }
+        let job = store.job(old).await.unwrap();
+        assert_eq!((job.state, job.expected_at), (JobState::Failed, None));
+        let error = job.last_error.unwrap_or_default();
+        assert!(
+            error.contains("expected_at -infinity"),
+            "{driver:?}: {error}"
+        );
+        let kept = store.finished(JobId(1_000_000)).await.unwrap();
+        assert!(kept.keep_until > chrono::Utc::now() + chrono::TimeDelta::days(36_000));
+        let valid: Vec<bool> = sqlx::query_scalar(
+            "SELECT convalidated FROM pg_constraint
+             WHERE conrelid IN ($1::regclass, $2::regclass) AND conname LIKE '%finite_times'",
+        )
+        .bind(&t)
+        .bind(&history)
+        .fetch_all(&admin)
+        .await
+        .unwrap();
+        assert_eq!(valid, [true, true], "{driver:?}: both checks validated");
     }
 }
 

@@ -129,6 +129,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             "one key index fewer: next run times from the key index",
             include_str!("sql/migration_9.sql"),
         ),
+        step(
+            10,
+            "rows from before the finite-times checks failed, the checks validated",
+            include_str!("sql/migration_10.sql"),
+        ),
     ]
 }
 
