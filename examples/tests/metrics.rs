@@ -11,8 +11,9 @@ use pq_api::{
     QueueStore, QueueStoreExt, Registry, RunTask, StopMode, Task, TaskContext, TaskDefaults,
     TaskError, Worker,
 };
-use pq_conformance::postgres::{database_url, fresh_schema};
 use serde::{Deserialize, Serialize};
+
+mod support;
 
 fn recorder() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
@@ -52,6 +53,7 @@ macro_rules! job {
 
 job!(InMemory, "metered_memory");
 job!(InPostgres, "metered_postgres");
+job!(InDiesel, "metered_diesel");
 
 /// Puts jobs 0 to 4 of `T`, drains a worker, and checks what it reported.
 async fn check<T: RunTask + Task + Sync + From<u32>>(store: Arc<dyn QueueStore>) {
@@ -93,6 +95,12 @@ async fn check<T: RunTask + Task + Sync + From<u32>>(store: Arc<dyn QueueStore>)
     assert_eq!(value(&text, &gauge), Some(1.0), "{text}");
 }
 
+impl From<u32> for InDiesel {
+    fn from(n: u32) -> Self {
+        InDiesel { n }
+    }
+}
+
 impl From<u32> for InMemory {
     fn from(n: u32) -> Self {
         InMemory { n }
@@ -111,9 +119,9 @@ async fn the_memory_store_and_its_worker_report_every_outcome() {
 }
 
 #[tokio::test]
-async fn the_sql_store_and_its_worker_report_every_outcome() {
-    let pool = sqlx::PgPool::connect(&database_url().await).await.unwrap();
-    let table = pq_api::postgres::QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let store = pq_sqlx::SqlxStore::with_table(pool, table).await.unwrap();
-    check::<InPostgres>(Arc::new(store)).await;
+async fn the_sql_stores_and_their_workers_report_every_outcome() {
+    // A queue per driver: the process's one recorder adds up what both report.
+    let (sqlx, diesel) = (support::fresh_table("jobs"), support::fresh_table("jobs"));
+    check::<InPostgres>(support::Driver::Sqlx.open(&sqlx, 4).await).await;
+    check::<InDiesel>(support::Driver::Diesel.open(&diesel, 4).await).await;
 }

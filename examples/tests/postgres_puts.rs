@@ -6,36 +6,19 @@ use std::sync::Arc;
 
 use pq_api::postgres::QueueTable;
 use pq_api::{JobId, NewJob, QueueStore, QueueStoreExt};
-use pq_conformance::postgres::{database_url, fresh_schema};
-use pq_diesel::DieselStore;
-use pq_sqlx::SqlxStore;
 use serde_json::json;
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
+mod support;
+
 async fn pool() -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(8)
-        .connect(&database_url().await)
-        .await
-        .expect("connect")
+    support::pool(8).await
 }
 
 /// A store of each driver, each on a fresh schema.
 async fn stores() -> Vec<(Arc<dyn QueueStore>, QueueTable)> {
-    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let sqlx_store = SqlxStore::with_table(pool().await, sqlx_table.clone())
-        .await
-        .unwrap();
-    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let diesel_pool = DieselStore::pool(&database_url().await, 8).unwrap();
-    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
-        .await
-        .unwrap();
-    vec![
-        (Arc::new(sqlx_store), sqlx_table),
-        (Arc::new(diesel_store), diesel_table),
-    ]
+    let stores = support::stores(8).await;
+    stores.into_iter().map(|(_, s, t)| (s, t)).collect()
 }
 
 /// Puts `jobs` at once, one `put_job` call each from its own task; the answers in order.

@@ -16,6 +16,8 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
+mod support;
+
 async fn pool() -> PgPool {
     PgPoolOptions::new()
         .max_connections(8)
@@ -157,6 +159,9 @@ async fn both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statem
     );
 }
 
+/// The plan of the claim's text, which both drivers send byte for byte
+/// (`both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statement`): checked
+/// once, on the server.
 #[tokio::test]
 async fn claim_is_served_by_the_claim_index_not_a_scan() {
     let store = store().await;
@@ -199,44 +204,104 @@ async fn claim_is_served_by_the_claim_index_not_a_scan() {
     }
 }
 
+/// Claims `rounds` times in a transaction rolled back, on one connection of each store, and
+/// returns, per driver, how often that connection planned the claim generically and for its
+/// parameters; `between` runs on the store's table after the first `rounds / 2` rounds.
+async fn claim_plans_on_one_connection(
+    rounds: usize,
+    fill: &[NewJob],
+    between: Option<&str>,
+) -> Vec<(support::Driver, i64, i64)> {
+    use diesel_async::SimpleAsyncConnection;
+    let admin = pool().await;
+    let claim = Claim::new(["q"]).limit(16);
+    let mut out = Vec::new();
+    for driver in support::DRIVERS {
+        let table = support::fresh_table("pq_jobs");
+        let t = table.qualified();
+        let sql = pq_api::postgres::Statements::new(&table).claim_in_transaction(
+            &["q".to_string()],
+            16,
+            pq_api::DEFAULT_LEASE,
+        );
+        let between = between.map(|b| b.replace("{t}", &t));
+        let (generic, custom) = match driver {
+            support::Driver::Sqlx => {
+                let store = driver.sqlx(&table, 2).await;
+                if !fill.is_empty() {
+                    store.put_many(fill.to_vec()).await.unwrap();
+                }
+                exec_sql(&admin, format!("ANALYZE {t}")).await;
+                let mut conn = store.pool().acquire().await.unwrap();
+                for round in 0..rounds {
+                    if round == rounds / 2 {
+                        if let Some(b) = &between {
+                            exec_sql(&admin, b.clone()).await;
+                        }
+                    }
+                    let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
+                    store.claim_in(&mut tx, &claim).await.unwrap();
+                    tx.rollback().await.unwrap();
+                }
+                sqlx::query_as(
+                    "SELECT generic_plans, custom_plans FROM pg_prepared_statements \
+                     WHERE statement = $1",
+                )
+                .bind(&sql)
+                .fetch_one(&mut *conn)
+                .await
+                .unwrap()
+            }
+            support::Driver::Diesel => {
+                let url = database_url().await;
+                let diesel_pool = DieselStore::pool(&url, 1).unwrap();
+                let store = DieselStore::with_table(diesel_pool.clone(), table.clone())
+                    .await
+                    .unwrap();
+                if !fill.is_empty() {
+                    store.put_many(fill.to_vec()).await.unwrap();
+                }
+                exec_sql(&admin, format!("ANALYZE {t}")).await;
+                let mut conn = diesel_pool.get().await.unwrap();
+                for round in 0..rounds {
+                    if round == rounds / 2 {
+                        if let Some(b) = &between {
+                            exec_sql(&admin, b.clone()).await;
+                        }
+                    }
+                    conn.batch_execute("BEGIN").await.unwrap();
+                    store.claim_in(&mut conn, &claim).await.unwrap();
+                    conn.batch_execute("ROLLBACK").await.unwrap();
+                }
+                drop(conn);
+                let counts = diesel_plan_counts(&diesel_pool, &sql).await;
+                (counts[0].generic_plans, counts[0].custom_plans)
+            }
+        };
+        out.push((driver, generic, custom));
+    }
+    out
+}
+
+async fn exec_sql(pool: &PgPool, sql: String) {
+    sqlx::raw_sql(AssertSqlSafe(sql))
+        .execute(pool)
+        .await
+        .unwrap();
+}
+
 #[tokio::test]
 async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
-    let store = store().await;
-    let jobs = (0..1000).map(|n| NewJob::new("q", &json!(n)).unwrap());
-    store.put_many(jobs.collect()).await.unwrap();
-    sqlx::query(AssertSqlSafe(format!(
-        "ANALYZE {}",
-        store.table().qualified()
-    )))
-    .execute(store.pool())
-    .await
-    .unwrap();
-    let mut conn = store.pool().acquire().await.unwrap();
-    let sql = pq_api::postgres::Statements::new(store.table()).claim_in_transaction(
-        &["q".to_string()],
-        16,
-        pq_api::DEFAULT_LEASE,
-    );
-    for _ in 0..12 {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-        store
-            .claim_in(&mut tx, &Claim::new(["q"]).limit(16))
-            .await
-            .unwrap();
-        tx.rollback().await.unwrap();
+    let fill: Vec<NewJob> = (0..1000)
+        .map(|n| NewJob::new("q", &json!(n)).unwrap())
+        .collect();
+    for (driver, generic, custom) in claim_plans_on_one_connection(12, &fill, None).await {
+        // Without parameters, PostgreSQL makes one plan and keeps it.
+        assert!(
+            custom == 0 && generic == 12,
+            "{driver:?}: generic {generic}, custom {custom}"
+        );
     }
-    let (generic, custom): (i64, i64) = sqlx::query_as(
-        "SELECT generic_plans, custom_plans FROM pg_prepared_statements WHERE statement = $1",
-    )
-    .bind(&sql)
-    .fetch_one(&mut *conn)
-    .await
-    .unwrap();
-    // Without parameters, PostgreSQL makes one plan and keeps it.
-    assert!(
-        custom == 0 && generic == 12,
-        "generic {generic}, custom {custom}"
-    );
 }
 
 /// A claim prepared on a connection while its queue was empty is not planned again for each
@@ -245,38 +310,15 @@ async fn a_connection_stops_planning_the_claim_after_its_first_executions() {
 /// claim afresh, as long as running it.)
 #[tokio::test]
 async fn a_connection_does_not_plan_the_claim_again_once_a_backlog_has_grown() {
-    let store = store().await;
-    let mut conn = store.pool().acquire().await.unwrap();
-    let claim = Claim::new(["q"]).limit(16);
-    for _ in 0..6 {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-        store.claim_in(&mut tx, &claim).await.unwrap();
-        tx.rollback().await.unwrap();
+    let backlog = "INSERT INTO {t} (queue, payload) \
+                   SELECT 'q', '{}'::jsonb FROM generate_series(1, 20000); ANALYZE {t};";
+    for (driver, generic, custom) in claim_plans_on_one_connection(16, &[], Some(backlog)).await {
+        assert_eq!(
+            (generic, custom),
+            (16, 0),
+            "{driver:?}: claims planned afresh once the backlog grew"
+        );
     }
-    const CUSTOM_PLANS: &str = "SELECT COALESCE(sum(custom_plans), 0)::int8 \
-        FROM pg_prepared_statements WHERE statement LIKE '%FOR UPDATE OF j SKIP LOCKED%'";
-    let before: i64 = sqlx::query_scalar(CUSTOM_PLANS)
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    let t = store.table().qualified();
-    sqlx::raw_sql(AssertSqlSafe(format!(
-        "INSERT INTO {t} (queue, payload) SELECT 'q', '{{}}'::jsonb FROM generate_series(1, 20000); \
-         ANALYZE {t};"
-    )))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    for _ in 0..10 {
-        let mut tx = sqlx::Connection::begin(&mut *conn).await.unwrap();
-        assert_eq!(store.claim_in(&mut tx, &claim).await.unwrap().len(), 16);
-        tx.rollback().await.unwrap();
-    }
-    let after: i64 = sqlx::query_scalar(CUSTOM_PLANS)
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_eq!(after, before, "claims planned afresh once the backlog grew");
 }
 
 /// Asserts the job `id` is running, as read by the store on another connection.

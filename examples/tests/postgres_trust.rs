@@ -17,35 +17,19 @@ use pq_conformance::postgres::{database_url, fresh_schema};
 use pq_diesel::{DieselStore, DieselTask};
 use pq_sqlx::{SqlxStore, SqlxTask};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio::time::Instant;
 
 mod support;
 
 async fn pool(size: u32) -> PgPool {
-    PgPoolOptions::new()
-        .max_connections(size)
-        .connect(&database_url().await)
-        .await
-        .expect("connect")
+    support::pool(size).await
 }
 
 /// A store of each driver, each on a fresh schema, with `size` connections in its pool.
 async fn stores(size: u32) -> Vec<(Arc<dyn QueueStore>, QueueTable)> {
-    let sqlx_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let sqlx_store = SqlxStore::with_table(pool(size).await, sqlx_table.clone())
-        .await
-        .unwrap();
-    let diesel_table = QueueTable::new(&fresh_schema(), "jobs").unwrap();
-    let diesel_pool = DieselStore::pool(&database_url().await, size as usize).unwrap();
-    let diesel_store = DieselStore::with_table(diesel_pool, diesel_table.clone())
-        .await
-        .unwrap();
-    vec![
-        (Arc::new(sqlx_store), sqlx_table),
-        (Arc::new(diesel_store), diesel_table),
-    ]
+    let stores = support::stores(size).await;
+    stores.into_iter().map(|(_, s, t)| (s, t)).collect()
 }
 
 /// A store of each driver on a fresh schema, each with a registry running `T` inside the job's

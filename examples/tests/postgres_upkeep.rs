@@ -13,6 +13,8 @@ use serde_json::json;
 use sqlx::postgres::PgPoolOptions;
 use sqlx::{AssertSqlSafe, PgPool};
 
+mod support;
+
 async fn pool() -> PgPool {
     PgPoolOptions::new()
         .max_connections(8)
@@ -198,46 +200,47 @@ async fn both_stores_analyze_a_table_filled_without_statistics_unless_told_not_t
 }
 
 /// Throughput records come back only from the minutes asked for, oldest first, and `prune`
-/// removes those older than a day (`THROUGHPUT_KEPT`), keeping the rest. (One statement text
-/// serves both stores; the sqlx store runs it here.)
+/// removes those older than a day (`THROUGHPUT_KEPT`), keeping the rest: on both stores.
 #[tokio::test]
 async fn throughput_records_are_read_by_minute_and_pruned_after_a_day() {
     let pool = pool().await;
-    let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
-    let store = SqlxStore::with_table(pool.clone(), table.clone())
+    for (driver, store, table) in support::stores(4).await {
+        let records = format!("\"{}\".\"{}_throughput\"", table.schema(), table.table());
+        sqlx::query(AssertSqlSafe(format!(
+            "INSERT INTO {records} (queue, minute, completed, failed) VALUES \
+             ('q', date_trunc('minute', now()) - interval '10 minutes', 10, 0), \
+             ('q', date_trunc('minute', now()) - interval '25 hours', 25, 0)"
+        )))
+        .execute(&pool)
         .await
         .unwrap();
-    let records = format!("\"{}\".\"{}_throughput\"", table.schema(), table.table());
-    sqlx::query(AssertSqlSafe(format!(
-        "INSERT INTO {records} (queue, minute, completed, failed) VALUES \
-         ('q', date_trunc('minute', now()) - interval '10 minutes', 10, 0), \
-         ('q', date_trunc('minute', now()) - interval '25 hours', 25, 0)"
-    )))
-    .execute(&pool)
-    .await
-    .unwrap();
-    store
-        .record_throughput(&[pq_api::Tally::new("q", 1, 2)])
-        .await
-        .unwrap();
-    let completed =
-        |records: Vec<pq_api::Throughput>| records.iter().map(|r| r.completed).collect::<Vec<_>>();
-    let two_days = Duration::from_secs(2 * 24 * 3600);
-    let recent = store.throughput(Duration::from_secs(120)).await.unwrap();
-    assert_eq!(
-        recent
-            .iter()
-            .map(|r| (r.completed, r.failed))
-            .collect::<Vec<_>>(),
-        [(1, 2)]
-    );
-    assert_eq!(
-        completed(store.throughput(two_days).await.unwrap()),
-        [25, 10, 1]
-    );
-    store.prune().await.unwrap();
-    assert_eq!(
-        completed(store.throughput(two_days).await.unwrap()),
-        [10, 1]
-    );
+        store
+            .record_throughput(&[pq_api::Tally::new("q", 1, 2)])
+            .await
+            .unwrap();
+        let completed = |records: Vec<pq_api::Throughput>| {
+            records.iter().map(|r| r.completed).collect::<Vec<_>>()
+        };
+        let two_days = Duration::from_secs(2 * 24 * 3600);
+        let recent = store.throughput(Duration::from_secs(120)).await.unwrap();
+        assert_eq!(
+            recent
+                .iter()
+                .map(|r| (r.completed, r.failed))
+                .collect::<Vec<_>>(),
+            [(1, 2)],
+            "{driver:?}"
+        );
+        assert_eq!(
+            completed(store.throughput(two_days).await.unwrap()),
+            [25, 10, 1],
+            "{driver:?}"
+        );
+        store.prune().await.unwrap();
+        assert_eq!(
+            completed(store.throughput(two_days).await.unwrap()),
+            [10, 1],
+            "{driver:?}"
+        );
+    }
 }

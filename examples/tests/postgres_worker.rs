@@ -2,7 +2,7 @@
 //! killed mid-job.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
 
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +18,8 @@ use pq_sqlx::{SqlxStore, SqlxTask};
 use serde::{Deserialize, Serialize};
 use sqlx::{AssertSqlSafe, PgPool};
 use tokio::time::Instant;
+
+mod support;
 
 /// Marks an order shipped; fails after writing when asked to; with `linger`, waits to be
 /// cancelled before succeeding.
@@ -193,11 +195,27 @@ impl RunTask for Hang {
 }
 
 const CHILD_SCHEMA: &str = "PQ_TEST_CHILD_SCHEMA";
+const CHILD_DRIVER: &str = "PQ_TEST_CHILD_DRIVER";
 const CHILD_LEASE: Duration = Duration::from_secs(1);
 
-async fn hang_store(schema: &str) -> SqlxStore {
-    let table = QueueTable::new(schema, "jobs").unwrap();
-    SqlxStore::with_table(pool().await, table).await.unwrap()
+/// The store a child process works on: the driver and the schema its parent named.
+async fn child_store() -> Arc<dyn QueueStore> {
+    let schema = std::env::var(CHILD_SCHEMA).expect("started by the parent test");
+    let driver = std::env::var(CHILD_DRIVER).expect("started by the parent test");
+    let table = QueueTable::new(&schema, "jobs").unwrap();
+    support::Driver::named(&driver).open(&table, 4).await
+}
+
+/// Starts this test binary's ignored test `name` as a child process on `driver` and `schema`.
+async fn spawn_child(name: &str, driver: support::Driver, schema: &str, out: Stdio) -> Child {
+    Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", name, "--ignored", "--quiet", "--nocapture"])
+        .env("PQ_TEST_DATABASE_URL", database_url().await)
+        .env(CHILD_SCHEMA, schema)
+        .env(CHILD_DRIVER, driver.name())
+        .stdout(out)
+        .spawn()
+        .unwrap()
 }
 
 /// Not a test on its own: the worker process that
@@ -205,10 +223,8 @@ async fn hang_store(schema: &str) -> SqlxStore {
 #[tokio::test]
 #[ignore = "run as a child process by a_worker_process_killed_mid_job_loses_nothing"]
 async fn child_worker_process() {
-    let schema = std::env::var(CHILD_SCHEMA).expect("started by the parent test");
-    let store = hang_store(&schema).await;
     let registry = Registry::new().register::<Hang>().unwrap();
-    Worker::new(Arc::new(store), registry)
+    Worker::new(child_store().await, registry)
         .lease(CHILD_LEASE)
         .run()
         .await
@@ -217,16 +233,18 @@ async fn child_worker_process() {
 
 #[tokio::test]
 async fn a_worker_process_killed_mid_job_loses_nothing() {
+    for driver in support::DRIVERS {
+        a_worker_process_killed_mid_job_loses_nothing_on(driver).await;
+    }
+}
+
+async fn a_worker_process_killed_mid_job_loses_nothing_on(driver: support::Driver) {
     let schema = fresh_schema();
-    let store = Arc::new(hang_store(&schema).await);
+    let store = driver
+        .open(&QueueTable::new(&schema, "jobs").unwrap(), 4)
+        .await;
     let id = store.enqueue(&Hang).await.unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "child_worker_process", "--ignored", "--quiet"])
-        .env("PQ_TEST_DATABASE_URL", database_url().await)
-        .env(CHILD_SCHEMA, &schema)
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = spawn_child("child_worker_process", driver, &schema, Stdio::null()).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while store.job(id).await.unwrap().state != JobState::Running {
         assert!(Instant::now() < deadline, "the child claims the job");
@@ -276,12 +294,9 @@ impl RunTask for Steer {
 #[tokio::test]
 #[ignore = "run as a child process by a_pause_and_a_cancel_reach_a_worker_process_within_a_second"]
 async fn child_steered_worker_process() {
-    let schema = std::env::var(CHILD_SCHEMA).expect("started by the parent test");
-    let table = QueueTable::new(&schema, "jobs").unwrap();
-    let store = SqlxStore::with_table(pool().await, table).await.unwrap();
     let registry = Registry::new().register::<Steer>().unwrap();
     // A heartbeat far off, and a long idle wait: only notifications can be this quick.
-    Worker::new(Arc::new(store), registry)
+    Worker::new(child_store().await, registry)
         .lease(Duration::from_secs(120))
         .idle_wait(Duration::from_secs(60))
         .run()
@@ -291,23 +306,19 @@ async fn child_steered_worker_process() {
 
 #[tokio::test]
 async fn a_pause_and_a_cancel_reach_a_worker_process_within_a_second() {
+    for driver in support::DRIVERS {
+        a_pause_and_a_cancel_reach_a_worker_process_within_a_second_on(driver).await;
+    }
+}
+
+async fn a_pause_and_a_cancel_reach_a_worker_process_within_a_second_on(driver: support::Driver) {
     use std::io::BufRead;
     let schema = fresh_schema();
-    let table = QueueTable::new(&schema, "jobs").unwrap();
-    let store = SqlxStore::with_table(pool().await, table).await.unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "child_steered_worker_process",
-            "--ignored",
-            "--quiet",
-            "--nocapture",
-        ])
-        .env("PQ_TEST_DATABASE_URL", database_url().await)
-        .env(CHILD_SCHEMA, &schema)
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let store = driver
+        .open(&QueueTable::new(&schema, "jobs").unwrap(), 4)
+        .await;
+    let name = "child_steered_worker_process";
+    let mut child = spawn_child(name, driver, &schema, Stdio::piped()).await;
     let (tx, rx) = std::sync::mpsc::channel::<String>();
     let out = child.stdout.take().unwrap();
     std::thread::spawn(move || {
