@@ -338,3 +338,28 @@ DROP FUNCTION "public"."pq_jobs_key_freed"();
 DROP INDEX "public"."pq_jobs_key_run_at";
 CREATE INDEX "pq_jobs_key_deadline" ON "public"."pq_jobs" (queue, key, run_at)
   WHERE key IS NOT NULL AND expected_at IS NOT NULL AND state <> 'failed';
+
+-- migration 10: rows from before the finite-times checks failed, the checks validated
+UPDATE "public"."pq_jobs" SET
+  state = 'failed',
+  last_error = 'pq migration 10: failed for holding a time that is not finite ('
+    || concat_ws(', ',
+         CASE WHEN NOT isfinite(run_at) THEN 'run_at ' || run_at END,
+         CASE WHEN NOT isfinite(created_at) THEN 'created_at ' || created_at END,
+         CASE WHEN NOT isfinite(expected_at) THEN 'expected_at ' || expected_at END)
+    || ')' || COALESCE('; its last error: ' || last_error, ''),
+  run_at = statement_timestamp(),
+  created_at = CASE WHEN isfinite(created_at) THEN created_at ELSE statement_timestamp() END,
+  expected_at = CASE WHEN isfinite(expected_at) THEN expected_at END
+WHERE NOT (isfinite(run_at) AND isfinite(created_at)
+           AND (expected_at IS NULL OR isfinite(expected_at)));
+UPDATE "public"."pq_jobs_history" SET
+  created_at = CASE WHEN isfinite(created_at) THEN created_at ELSE statement_timestamp() END,
+  finished_at = CASE WHEN isfinite(finished_at) THEN finished_at ELSE statement_timestamp() END,
+  keep_until = CASE WHEN isfinite(keep_until) THEN keep_until
+                    WHEN keep_until > statement_timestamp()
+                    THEN statement_timestamp() + interval '100 years'
+                    ELSE statement_timestamp() END
+WHERE NOT (isfinite(created_at) AND isfinite(finished_at) AND isfinite(keep_until));
+ALTER TABLE "public"."pq_jobs" VALIDATE CONSTRAINT "pq_jobs_finite_times";
+ALTER TABLE "public"."pq_jobs_history" VALIDATE CONSTRAINT "pq_jobs_history_finite_times";
