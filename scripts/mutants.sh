@@ -2,16 +2,19 @@
 # Mutation testing of the conformance suite: how many deliberately broken stores it catches.
 #
 #   bash scripts/mutants.sh memory   # cargo-mutants on pq-memory, against its conformance run
-#   bash scripts/mutants.sh sql      # hand-written mutants of the shared SQL, against sqlx
+#   bash scripts/mutants.sh written  # the hand-written mutants (scripts/mutants.py): memory
+#                                    # store, shared SQL, PostgreSQL store, worker, by area
 #   bash scripts/mutants.sh          # both
+# Arguments after `written` go to scripts/mutants.py (`--part sql`, `--area unique`, `--list`).
 #
 # Every mutant must be caught (a test fails) or be listed with its reason: in
-# .cargo/mutants.toml (exclude_re) for cargo-mutants, in ALLOWED of scripts/sql_mutants.py for
-# the SQL ones.
+# .cargo/mutants.toml (exclude_re) for cargo-mutants, in ALLOWED of scripts/mutants.py for
+# the hand-written ones.
 # Prints the score of each part and exits non-zero if a mutant outside the lists survives.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 part="${1:-all}"
+shift || true
 status=0
 
 memory() {
@@ -34,15 +37,15 @@ memory() {
   fi
 }
 
-sql() {
-  python3 scripts/sql_mutants.py || status=1
+written() {
+  python3 scripts/mutants.py "$@" || status=1
 }
 
 mkdir -p target
 case "$part" in
   memory) memory ;;
-  sql) sql ;;
-  all) memory; sql ;;
-  *) echo "usage: scripts/mutants.sh [memory|sql|all]" >&2; exit 2 ;;
+  written) written "$@" ;;
+  all) memory; written ;;
+  *) echo "usage: scripts/mutants.sh [memory|written|all] [mutants.py options]" >&2; exit 2 ;;
 esac
 exit "$status"
