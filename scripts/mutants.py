@@ -17,6 +17,7 @@ as surviving, never as caught by something else), which keeps a run of the newer
     python3 scripts/mutants.py --part memory         # one part: memory, sql, pgstore, worker
     python3 scripts/mutants.py --area unique         # one area
     python3 scripts/mutants.py --only "text|other"   # the mutants whose name holds a text
+    python3 scripts/mutants.py --named               # the mutants that name their cases
     python3 scripts/mutants.py --list                # the mutants, by part and area
 """
 import shutil
@@ -46,7 +47,8 @@ MUTANTS = [
     ("sql", "claims", "claim takes jobs before their time", SQL + "claim_candidates.sql",
      "AND j.run_at <= statement_timestamp()", "", 0),
     ("sql", "claims", "claim takes jobs out of attempts", SQL + "claim_candidates.sql",
-     "AND (j.attempts < j.max_attempts OR s.id IS NOT NULL)", "", 0),
+     "AND (j.attempts < j.max_attempts OR s.id IS NOT NULL)", "", 0,
+     ["expired_lease_without_attempts_left_is_failed"]),
     ("sql", "claims", "claim orders priority ascending", SQL + "claim_candidates.sql",
      ORDER, "j.priority ASC, j.expected_at ASC NULLS LAST", 0),
     ("sql", "claims", "claim puts jobs without a deadline first", SQL + "claim_candidates.sql",
@@ -56,9 +58,11 @@ MUTANTS = [
     ("sql", "claims", "claim blocks on locked rows instead of skipping them", SQL + "claim_candidates.sql",
      "FOR UPDATE OF j SKIP LOCKED", "FOR UPDATE OF j", 0),
     ("sql", "keys", "a key held by another job is taken", SQL + "claim_candidates.sql",
-     "k.running_id IS NULL OR k.running_id = j.id", "true OR k.running_id = j.id", 0),
+     "k.running_id IS NULL OR k.running_id = j.id", "true OR k.running_id = j.id", 0,
+     ["serial_key_runs_one_job_at_a_time_in_order", "racing_claimers_never_run_two_jobs_of_one_key"]),
     ("sql", "keys", "an expired lease keeps its key", SQL + "claim_candidates.sql",
-     "\n         OR k.running_until <= statement_timestamp())", ")", 0),
+     "\n         OR k.running_until <= statement_timestamp())", ")", 0,
+     ["expired_lease_frees_the_key"]),
     ("sql", "leases", "fail never gives up", SQL + "fail.sql",
      "WHEN $6::bool AND attempts < max_attempts THEN 'queued'",
      "WHEN attempts < max_attempts THEN 'queued'", 0),
@@ -83,43 +87,62 @@ MUTANTS = [
     ("sql", "leases", "extend does not move the lease", SQL + "extend.sql",
      "SET run_at = statement_timestamp() + $3::int8", "SET run_at = run_at + 0 * $3::int8", 0),
     # Paused queues, limits, cancels, progress, pruning.
-    ("sql", "pause", "a paused queue is claimed", SQL + "claim.sql", "WHERE s.paused IS NOT TRUE", "WHERE true", 0),
-    ("sql", "pause", "a paused queue wakes waiters", SQL + "next_run.sql", "AND s.paused IS NOT TRUE", "", 0),
+    ("sql", "pause", "a paused queue is claimed", SQL + "claim.sql", "WHERE s.paused IS NOT TRUE", "WHERE true", 0,
+     ["a_paused_queue_is_not_claimed_until_resumed"]),
+    ("sql", "pause", "a paused queue wakes waiters", SQL + "next_run.sql", "AND s.paused IS NOT TRUE", "", 0,
+     ["a_paused_queue_is_not_claimed_until_resumed"]),
     ("sql", "limits", "a limited queue takes every candidate", SQL + "claim.sql",
-     "WHERE c.n <= c.room", "WHERE true", 0),
-    ("sql", "limits", "racing claims share a place", SQL + "claim.sql", "FOR UPDATE OF l SKIP LOCKED", "", 0),
+     "WHERE c.n <= c.room", "WHERE true", 0,
+     ["concurrency_limit_caps_running_jobs"]),
+    ("sql", "limits", "racing claims share a place", SQL + "claim.sql", "FOR UPDATE OF l SKIP LOCKED", "", 0,
+     ["racing_claimers_never_exceed_the_concurrency_limit"]),
     ("sql", "limits", "a taken place counts as free", SQL + "claim.sql",
-     "AND (l.until IS NULL OR l.until <= statement_timestamp())", "", 0),
+     "AND (l.until IS NULL OR l.until <= statement_timestamp())", "", 0,
+     ["concurrency_limit_caps_running_jobs"]),
     ("sql", "limits", "a rate place is held for no time", SQL + "claim.sql",
      "ELSE statement_timestamp() + q.rate_per * interval '1 microsecond' END",
-     "ELSE statement_timestamp() END", 0),
+     "ELSE statement_timestamp() END", 0,
+     ["rate_limit_caps_starts_per_period"]),
     ("sql", "limits", "completing keeps its place", SQL + "complete.sql",
      "SET job_id = NULL, token = NULL, until = NULL",
-     "SET job_id = l.job_id, token = l.token, until = l.until", 0),
+     "SET job_id = l.job_id, token = l.token, until = l.until", 0,
+     ["concurrency_limit_caps_running_jobs"]),
     ("sql", "limits", "failing keeps its place", SQL + "fail.sql",
      "SET job_id = NULL, token = NULL, until = NULL",
-     "SET job_id = l.job_id, token = l.token, until = l.until", 0),
+     "SET job_id = l.job_id, token = l.token, until = l.until", 0,
+     ["concurrency_limit_caps_running_jobs"]),
     ("sql", "limits", "releasing keeps its place", SQL + "release.sql",
      "SET job_id = NULL, token = NULL, until = NULL",
-     "SET job_id = l.job_id, token = l.token, until = l.until", 0),
+     "SET job_id = l.job_id, token = l.token, until = l.until", 0,
+     ["concurrency_limit_caps_running_jobs"]),
     ("sql", "limits", "extend does not move the place", SQL + "extend.sql",
-     "UPDATE {slots} AS l SET until = e.run_at", "UPDATE {slots} AS l SET until = l.until", 0),
+     "UPDATE {slots} AS l SET until = e.run_at", "UPDATE {slots} AS l SET until = l.until", 0,
+     ["concurrency_limit_caps_running_jobs"]),
     ("sql", "limits", "a full queue wakes waiters at once", SQL + "next_run.sql",
      "WHERE l.queue = qs.name AND l.kind = 'c'), 'infinity') END",
-     "WHERE l.queue = qs.name AND l.kind = 'c' AND false), '-infinity') END", 0),
-    ("sql", "cancel", "a cancelled job reads as failed", SQL + "state.sql", "ELSE 'cancelled' END", "ELSE 'failed' END", 0),
-    ("sql", "cancel", "cancelling tells no holder", SQL + "cancel.sql", "chr(1) || stopped.id::text", "'x'", 0),
-    ("sql", "progress", "progress is not saved", SQL + "progress.sql", "SET progress = $3::jsonb", "SET progress = progress", 0),
+     "WHERE l.queue = qs.name AND l.kind = 'c' AND false), '-infinity') END", 0,
+     ["concurrency_limit_caps_running_jobs"]),
+    ("sql", "cancel", "a cancelled job reads as failed", SQL + "state.sql", "ELSE 'cancelled' END", "ELSE 'failed' END", 0,
+     ["cancel_stops_a_running_job_and_keeps_it_cancelled"]),
+    ("sql", "cancel", "cancelling tells no holder", SQL + "cancel.sql", "chr(1) || stopped.id::text", "'x'", 0,
+     ["cancelling_a_running_job_tells_its_handler_within_a_second"]),
+    ("sql", "progress", "progress is not saved", SQL + "progress.sql", "SET progress = $3::jsonb", "SET progress = progress", 0,
+     ["progress_is_kept_across_attempts"]),
     ("sql", "prune", "prune ignores the retention", SQL + "prune_jobs.sql",
-     "COALESCE(s.retention, $1::int8)", "0 * COALESCE(s.retention, $1::int8)", 0),
+     "COALESCE(s.retention, $1::int8)", "0 * COALESCE(s.retention, $1::int8)", 0,
+     ["prune_removes_ended_jobs_after_their_retention"]),
     ("sql", "prune", "prune ignores a queue's retention", SQL + "prune_jobs.sql",
-     "COALESCE(s.retention, $1::int8)", "$1::int8", 0),
-    ("sql", "keys", "a put does not lock its key's record", SQL + "insert.sql", "FOR KEY SHARE)", ")", 0),
+     "COALESCE(s.retention, $1::int8)", "$1::int8", 0,
+     ["prune_removes_ended_jobs_after_their_retention"]),
+    ("sql", "keys", "a put does not lock its key's record", SQL + "insert.sql", "FOR KEY SHARE)", ")", 0,
+     ["racing_puts_and_prunes_lose_no_key"]),
     ("sql", "prune", "the key sweep removes keys with jobs", SQL + "migration_5.sql",
      "AND NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.queue = u.q",
-     "AND true OR NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.queue = u.q", 0),
+     "AND true OR NOT EXISTS (SELECT 1 FROM {jobs} AS j WHERE j.queue = u.q", 0,
+     ["prune_forgets_idle_keys_only", "racing_puts_and_prunes_lose_no_key"]),
     ("sql", "keys", "retry leaves its key forgotten", SQL + "retry.sql",
-     "WHERE r.key IS NOT NULL", "WHERE false", 0),
+     "WHERE r.key IS NOT NULL", "WHERE false", 0,
+     ["prune_forgets_idle_keys_only"]),
 ]
 
 # The newer areas: unique jobs, periodic jobs, pauses, concurrency and rate limits, cancelling
@@ -379,7 +402,8 @@ def main():
     part, area, only = arg("--part"), arg("--area"), arg("--only")
     chosen = [m for m in MUTANTS
               if (not part or m[0] == part) and (not area or m[1] == area)
-              and any(o in m[2] for o in only.split("|"))]
+              and any(o in m[2] for o in only.split("|"))
+              and (len(m) > 7 or "--named" not in sys.argv)]
     if "--list" in sys.argv:
         for m in chosen:
             mutate(open(m[3]).read(), m[4], m[5], m[6])  # its text is where it says

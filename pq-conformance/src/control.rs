@@ -725,7 +725,8 @@ pub async fn a_cancelled_running_job_keeps_its_place_until_its_lease_ends(
         .configure_queue("q", QueueSetting::Concurrency(Some(1)))
         .await
         .unwrap();
-    let lease = Duration::from_millis(500);
+    // Long enough for the checks below on a loaded machine; short enough to wait out.
+    let lease = Duration::from_millis(1500);
     let running = store
         .claim(&Claim::new(["q"]).lease(lease))
         .await
@@ -764,7 +765,7 @@ pub async fn a_paused_queue_holds_its_expired_jobs_too(store: Arc<dyn QueueStore
 /// A failed job's retention counts from when it failed, not from when it was put: one put
 /// long before it failed is kept its whole retention after.
 pub async fn prune_counts_retention_from_when_a_job_ended(store: Arc<dyn QueueStore>) {
-    let keep = Duration::from_millis(500);
+    let keep = Duration::from_millis(1500);
     store
         .configure_queue("q", QueueSetting::Retention(Some(keep)))
         .await

@@ -207,7 +207,8 @@ pub async fn put_rejects_bad_uniqueness_keys(store: Arc<dyn QueueStore>) {
 /// A key put again once its period has ended starts a period of its own: the new job holds
 /// the key from then on, as the first did.
 pub async fn a_unique_key_put_after_its_period_ended_is_held_again(store: Arc<dyn QueueStore>) {
-    let period = Duration::from_millis(300);
+    // Long enough for the checks within the second period on a loaded machine.
+    let period = Duration::from_millis(1500);
     let put = || store.put_job(job("q", "k", Unique::For(period)));
     let first = put().await.unwrap();
     tokio::time::sleep(period + Duration::from_millis(100)).await;
