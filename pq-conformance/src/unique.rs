@@ -260,8 +260,8 @@ pub async fn a_cancelled_or_lapsed_unique_job_frees_its_key(store: Arc<dyn Queue
     );
 }
 
-/// Pruning and history clean-up forget only periods that have ended: a key whose period runs
-/// on stays held through them, its job long completed.
+/// Pruning (which cleans up history too) forgets only periods that have ended: a key whose
+/// period runs on stays held through it, its job long completed.
 pub async fn pruning_keeps_unique_periods_that_run_on(store: Arc<dyn QueueStore>) {
     let first = store
         .put_job(job("q", "day", Unique::For(HOUR)))
@@ -270,7 +270,6 @@ pub async fn pruning_keeps_unique_periods_that_run_on(store: Arc<dyn QueueStore>
     let claimed = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
     store.complete(&claimed.lease).await.unwrap();
     store.prune().await.unwrap();
-    store.cleanup_history().await.unwrap();
     assert_eq!(
         store
             .put_job(job("q", "day", Unique::For(HOUR)))
