@@ -62,7 +62,7 @@ MUTANTS = [
      ["serial_key_runs_one_job_at_a_time_in_order", "racing_claimers_never_run_two_jobs_of_one_key"]),
     ("sql", "keys", "an expired lease keeps its key", SQL + "claim_candidates.sql",
      "\n         OR k.running_until <= statement_timestamp())", ")", 0,
-     ["expired_lease_frees_the_key"]),
+     ["expired_lease_frees_the_key", "an_expired_job_without_attempts_left_passes_its_key_on"]),
     ("sql", "leases", "fail never gives up", SQL + "fail.sql",
      "WHEN $6::bool AND attempts < max_attempts THEN 'queued'",
      "WHEN attempts < max_attempts THEN 'queued'", 0),

@@ -233,8 +233,11 @@ pub async fn a_unique_key_put_after_its_period_ended_is_held_again(store: Arc<dy
 /// A running job unique while active frees its key the moment it is cancelled, though its
 /// lease runs on; so does one whose last lease ran out with no attempts left.
 pub async fn a_cancelled_or_lapsed_unique_job_frees_its_key(store: Arc<dyn QueueStore>) {
-    let put = |key: &'static str| store.put_job(job("q", key, Unique::WhileActive).max_attempts(1));
-    let first = put("k").await.unwrap();
+    // The cancelled job has attempts left: only its cancellation frees its key.
+    let put = |key: &'static str, attempts: u32| {
+        store.put_job(job("q", key, Unique::WhileActive).max_attempts(attempts))
+    };
+    let first = put("k", 3).await.unwrap();
     let running = store
         .claim(&Claim::new(["q"]).lease(LONG_LEASE))
         .await
@@ -243,9 +246,9 @@ pub async fn a_cancelled_or_lapsed_unique_job_frees_its_key(store: Arc<dyn Queue
     assert_eq!(running.id(), first);
     store.cancel(first).await.unwrap();
     assert_eq!(store.job(first).await.unwrap().state, JobState::Cancelled);
-    assert_ne!(put("k").await.unwrap(), first, "freed once cancelled");
+    assert_ne!(put("k", 3).await.unwrap(), first, "freed once cancelled");
 
-    let lapsing = put("lapsed").await.unwrap();
+    let lapsing = put("lapsed", 1).await.unwrap();
     let claimed = store
         .claim(&Claim::new(["q"]).limit(10).lease(crate::SHORT_LEASE))
         .await
@@ -254,7 +257,7 @@ pub async fn a_cancelled_or_lapsed_unique_job_frees_its_key(store: Arc<dyn Queue
     crate::let_short_lease_expire().await;
     assert_eq!(store.job(lapsing).await.unwrap().state, JobState::Failed);
     assert_ne!(
-        put("lapsed").await.unwrap(),
+        put("lapsed", 1).await.unwrap(),
         lapsing,
         "freed once its last lease ran out"
     );
