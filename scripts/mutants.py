@@ -57,10 +57,10 @@ MUTANTS = [
      ["expired_lease_without_attempts_left_is_failed"]),
     ("sql", "claims", "claim orders priority ascending", SQL + "claim_candidates.sql",
      ORDER, "j.priority ASC, j.expected_at ASC NULLS LAST", 0,
-     ["claim_follows_contract_order"]),
+     ["claim_follows_contract_order", "claim_one_at_a_time_follows_contract_order"]),
     ("sql", "claims", "claim puts jobs without a deadline first", SQL + "claim_candidates.sql",
      ORDER, "j.priority DESC, j.expected_at ASC NULLS FIRST", 0,
-     ["claim_follows_contract_order"]),
+     ["claim_follows_contract_order", "claim_one_at_a_time_follows_contract_order"]),
     ("sql", "claims", "claim returns its rows latest first", SQL + "claim.sql",
      "prev_run_at ASC, id ASC", "prev_run_at DESC, id ASC", 0,
      ["claim_follows_contract_order", "expired_jobs_are_claimed_in_order_with_waiting_ones"]),
@@ -71,7 +71,8 @@ MUTANTS = [
      ["serial_key_runs_one_job_at_a_time_in_order", "racing_claimers_never_run_two_jobs_of_one_key"]),
     ("sql", "keys", "an expired lease keeps its key", SQL + "claim_candidates.sql",
      "\n         OR k.running_until <= statement_timestamp())", ")", 0,
-     ["expired_lease_frees_the_key", "an_expired_job_without_attempts_left_passes_its_key_on"]),
+     ["expired_lease_frees_the_key", "an_expired_job_without_attempts_left_passes_its_key_on",
+      "a_cancelled_running_jobs_key_passes_on_once_its_lease_ends"]),
     ("sql", "leases", "fail never gives up", SQL + "fail.sql",
      "WHEN $6::bool AND attempts < max_attempts THEN 'queued'",
      "WHEN attempts < max_attempts THEN 'queued'", 0,
@@ -79,7 +80,17 @@ MUTANTS = [
     ("sql", "leases", "release counts the attempt", SQL + "release.sql",
      "attempts = GREATEST(attempts - 1, 0)", "attempts = attempts", 0,
      ["release_hands_the_job_back_without_counting_the_attempt"]),
-    ("sql", "cancel", "cancel removes running jobs", SQL + "cancel.sql", "target.state <> 'running'", "true", 0,
+    # Both CTEs touch a running job's row if only `gone` is widened, and PostgreSQL then keeps
+    # one of the two changes, which it does not say: the mutant removes it and stops nothing.
+    ("sql", "cancel", "cancel removes running jobs", SQL + "cancel.sql",
+     "target.state <> 'running'\n  RETURNING t.id\n), stopped AS (\n"
+     "  UPDATE {jobs} AS t SET state = 'failed', cancelled_at = statement_timestamp(),\n"
+     "         run_at = statement_timestamp()\n"
+     "  FROM target WHERE t.id = target.id AND target.state = 'running'",
+     "true\n  RETURNING t.id\n), stopped AS (\n"
+     "  UPDATE {jobs} AS t SET state = 'failed', cancelled_at = statement_timestamp(),\n"
+     "         run_at = statement_timestamp()\n"
+     "  FROM target WHERE t.id = target.id AND false", 0,
      ["cancel_stops_a_running_job_and_keeps_it_cancelled"]),
     ("sql", "leases", "retry keeps the attempts", SQL + "retry.sql",
      "SET state = 'queued', attempts = 0", "SET state = 'queued'", 0,

@@ -208,8 +208,8 @@ pub async fn wait_does_not_wake_for_a_job_out_of_attempts(store: Arc<dyn QueueSt
     assert!(start.elapsed() >= Duration::from_millis(300));
 }
 
-/// wait wakes for the earliest job coming due, whether it has a key or not, however late the
-/// others are.
+/// wait wakes for the earliest job coming due, whether it has a key or not, and in whichever of
+/// the queues waited on, however late the others are.
 pub async fn wait_wakes_for_the_earliest_job_keyed_or_not(store: Arc<dyn QueueStore>) {
     let soon = Duration::from_millis(500);
     for keyed_first in [false, true] {
@@ -235,4 +235,14 @@ pub async fn wait_wakes_for_the_earliest_job_keyed_or_not(store: Arc<dyn QueueSt
             "keyed first {keyed_first}: woke after {took:?}"
         );
     }
+    let jobs = vec![
+        NewJob::from_json("late", json!(3)).run_at(crate::HOUR),
+        NewJob::from_json("soon", json!(4)).run_at(soon),
+    ];
+    store.put_many(jobs).await.unwrap();
+    let start = Instant::now();
+    let both = vec!["late".to_string(), "soon".to_string()];
+    assert!(store.wait(&both, LONG_WAIT).await.unwrap());
+    let took = start.elapsed();
+    assert!(took < PROMPT, "two queues: woke after {took:?}");
 }
