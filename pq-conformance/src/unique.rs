@@ -13,6 +13,18 @@ fn job(queue: &str, key: &str, scope: Unique) -> NewJob {
     NewJob::from_json(queue, json!({"key": key})).unique(key, scope)
 }
 
+/// Puts a job of queue `q` unique by `day` for an hour, claims and completes it: its id.
+async fn completed_day_job(store: &dyn QueueStore) -> pq_api::JobId {
+    let id = store
+        .put_job(job("q", "day", Unique::For(HOUR)))
+        .await
+        .unwrap();
+    let claimed = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
+    assert_eq!(claimed.id(), id);
+    store.complete(&claimed.lease).await.unwrap();
+    id
+}
+
 /// A job unique while pending holds its key until it first starts: a put of the key meanwhile
 /// adds nothing and returns its id; once it runs (and while it waits for a retry) the key is
 /// free. Other keys, and the same key in another queue, are not held.
@@ -109,12 +121,7 @@ pub async fn a_unique_job_holds_its_key_while_active(store: Arc<dyn QueueStore>)
 /// A job unique for a period holds its key for that long after it was put, whatever becomes
 /// of it: completed, it still holds it; once the period ends, the key is free.
 pub async fn a_unique_job_holds_its_key_for_its_period(store: Arc<dyn QueueStore>) {
-    let first = store
-        .put_job(job("q", "day", Unique::For(HOUR)))
-        .await
-        .unwrap();
-    let claimed = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
-    store.complete(&claimed.lease).await.unwrap();
+    let first = completed_day_job(&*store).await;
     assert!(store.job(first).await.is_err(), "completed and gone");
     assert_eq!(
         store
@@ -266,12 +273,7 @@ pub async fn a_cancelled_or_lapsed_unique_job_frees_its_key(store: Arc<dyn Queue
 /// Pruning (which cleans up history too) forgets only periods that have ended: a key whose
 /// period runs on stays held through it, its job long completed.
 pub async fn pruning_keeps_unique_periods_that_run_on(store: Arc<dyn QueueStore>) {
-    let first = store
-        .put_job(job("q", "day", Unique::For(HOUR)))
-        .await
-        .unwrap();
-    let claimed = store.claim(&Claim::new(["q"])).await.unwrap().remove(0);
-    store.complete(&claimed.lease).await.unwrap();
+    let first = completed_day_job(&*store).await;
     store.prune().await.unwrap();
     assert_eq!(
         store
