@@ -227,7 +227,7 @@ async fn claim_plans_on_one_connection(
         let between = between.map(|b| b.replace("{t}", &t));
         let (generic, custom) = match driver {
             support::Driver::Sqlx => {
-                let store = driver.sqlx(&table, 2).await;
+                let store = support::sqlx_store(&table, 2).await;
                 if !fill.is_empty() {
                     store.put_many(fill.to_vec()).await.unwrap();
                 }

@@ -29,7 +29,7 @@ impl Driver {
     /// Opens (creating or upgrading) `table` through this driver, on a pool of `connections`.
     pub async fn open(self, table: &QueueTable, connections: u32) -> Arc<dyn QueueStore> {
         match self {
-            Driver::Sqlx => Arc::new(self.sqlx(table, connections).await),
+            Driver::Sqlx => Arc::new(sqlx_store(table, connections).await),
             Driver::Diesel => {
                 let size = usize::try_from(connections).unwrap();
                 let pool = DieselStore::pool(&database_url().await, size).unwrap();
@@ -53,13 +53,13 @@ impl Driver {
             .find(|d| d.name() == name)
             .unwrap_or_else(|| panic!("no driver {name:?}"))
     }
+}
 
-    /// The sqlx store on `table`, for what only it has.
-    pub async fn sqlx(self, table: &QueueTable, connections: u32) -> SqlxStore {
-        SqlxStore::with_table(pool(connections).await, table.clone())
-            .await
-            .unwrap()
-    }
+/// The sqlx store on `table`, for what only it has (its pool, its `claim_in`).
+pub async fn sqlx_store(table: &QueueTable, connections: u32) -> SqlxStore {
+    SqlxStore::with_table(pool(connections).await, table.clone())
+        .await
+        .unwrap()
 }
 
 /// A table of `name` in a fresh schema of its own.
