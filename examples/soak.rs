@@ -98,7 +98,8 @@ async fn sample(pool: &PgPool, at: Duration) -> Result<Sample, sqlx::Error> {
                 (SELECT count(*) FROM pq_jobs_keys), \
                 (SELECT count(*) FROM pq_jobs_history), \
                 (SELECT count(*) FROM pq_jobs_unique), \
-                pg_total_relation_size('pq_jobs') / 1024",
+                (SELECT sum(pg_total_relation_size(relid))::int8 \
+                 FROM pg_partition_tree('pq_jobs')) / 1024",
     )
     .fetch_one(pool)
     .await?;

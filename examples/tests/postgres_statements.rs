@@ -130,8 +130,18 @@ async fn both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statem
         .unwrap();
     scenario(&diesel_store).await;
 
-    let from_sqlx = statements_of(&pool, &sqlx_table).await;
-    let from_diesel = statements_of(&pool, &diesel_table).await;
+    // The stores' upkeep (the statistics check after a claim) runs in tasks of their own: its
+    // statements are recorded once those tasks are done.
+    let mut from_sqlx = statements_of(&pool, &sqlx_table).await;
+    let mut from_diesel = statements_of(&pool, &diesel_table).await;
+    for _ in 0..100 {
+        if from_sqlx == from_diesel {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        from_sqlx = statements_of(&pool, &sqlx_table).await;
+        from_diesel = statements_of(&pool, &diesel_table).await;
+    }
     assert!(
         from_sqlx.len() >= 17,
         "too few statements recorded: {from_sqlx:#?}"
@@ -150,13 +160,20 @@ async fn both_stores_send_byte_identical_sql_and_claim_is_one_skip_locked_statem
                 && q.contains("lease_token = (SELECT token FROM lease)")
         })
         .collect();
-    assert_eq!(claims.len(), 1, "{claims:#?}");
-    let claim = claims[0];
-    assert!(claim.starts_with("WITH lease AS"));
-    assert!(
-        !claim.trim_end().trim_end_matches(';').contains(';'),
-        "one statement"
+    // The claim without limits, and the one that keeps them (the scenario limits a queue).
+    assert_eq!(claims.len(), 2, "{claims:#?}");
+    assert_eq!(
+        claims.iter().filter(|c| c.contains("_slots")).count(),
+        1,
+        "one keeps the limits: {claims:#?}"
     );
+    for claim in claims {
+        assert!(claim.starts_with("WITH lease AS"));
+        assert!(
+            !claim.trim_end().trim_end_matches(';').contains(';'),
+            "one statement"
+        );
+    }
 }
 
 /// The plan of the claim's text, which both drivers send byte for byte
@@ -184,22 +201,36 @@ async fn claim_is_served_by_the_claim_index_not_a_scan() {
         .unwrap();
     let statements = pq_api::postgres::Statements::new(store.table());
     // The claim has no parameters: its one plan, for its queues, must be served by the
-    // indexes.
+    // indexes of the partition that holds the jobs (the first), in both of its forms.
+    let queues = |q: &str| [q.to_string()];
+    let lease = Duration::from_secs(60);
     for queue in ["big", "keyed"] {
-        let sql = statements.claim(&[queue.to_string()], 10, Duration::from_secs(60));
-        let mut tx = store.pool().begin().await.unwrap();
-        let plan: Vec<String> =
-            sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")))
-                .fetch_all(&mut *tx)
-                .await
-                .unwrap();
-        tx.rollback().await.unwrap();
-        let plan = plan.join("\n");
-        assert!(plan.contains("Index Scan using pq_jobs_claim"), "{plan}");
-        // No scan of the jobs table (the keys table may be scanned while it is tiny).
-        assert!(!plan.contains("Seq Scan on pq_jobs "), "{plan}");
-        if queue == "keyed" {
-            assert!(plan.contains("Index Scan using pq_jobs_key on"), "{plan}");
+        for sql in [
+            statements.claim(&queues(queue), 10, lease),
+            statements.claim_unlimited(&queues(queue), 10, lease, false),
+        ] {
+            let mut tx = store.pool().begin().await.unwrap();
+            let plan: Vec<String> =
+                sqlx::query_scalar(AssertSqlSafe(format!("EXPLAIN (ANALYZE, COSTS OFF) {sql}")))
+                    .fetch_all(&mut *tx)
+                    .await
+                    .unwrap();
+            tx.rollback().await.unwrap();
+            let plan = plan.join("\n");
+            // The claim index of the partition, as PostgreSQL names it from the columns.
+            assert!(
+                plan.contains("Index Scan using pq_jobs_part_0_queue_priority_expected_at_run_at"),
+                "{plan}"
+            );
+            // No scan of the partition holding the jobs (empty ones and the keys table may be
+            // scanned while they are tiny).
+            assert!(!plan.contains("Seq Scan on pq_jobs_part_0 "), "{plan}");
+            if queue == "keyed" {
+                assert!(
+                    plan.contains("Index Scan using pq_jobs_part_0_queue_key_priority"),
+                    "{plan}"
+                );
+            }
         }
     }
 }
@@ -219,10 +250,12 @@ async fn claim_plans_on_one_connection(
     for driver in support::DRIVERS {
         let table = support::fresh_table("pq_jobs");
         let t = table.qualified();
-        let sql = pq_api::postgres::Statements::new(&table).claim_in_transaction(
+        // The claim a queue without limits gets.
+        let sql = pq_api::postgres::Statements::new(&table).claim_unlimited(
             &["q".to_string()],
             16,
             pq_api::DEFAULT_LEASE,
+            true,
         );
         let between = between.map(|b| b.replace("{t}", &t));
         let (generic, custom) = match driver {
@@ -378,7 +411,7 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .unwrap();
     let table = QueueTable::new(&fresh_schema(), "pq_jobs").unwrap();
     let sql = pq_api::postgres::Statements::new(&table);
-    let own = sql.claim(&["q".to_string()], 1, pq_api::DEFAULT_LEASE);
+    let own = sql.claim_unlimited(&["q".to_string()], 1, pq_api::DEFAULT_LEASE, false);
     assert!(own.contains(ASYNC));
     let sqlx_store = SqlxStore::with_table(pool.clone(), table.clone())
         .await
@@ -402,10 +435,11 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
         .unwrap();
     diesel_store.put_many(jobs()).await.unwrap();
     claim_running(&diesel_store).await;
-    let own = pq_api::postgres::Statements::new(&diesel_table).claim(
+    let own = pq_api::postgres::Statements::new(&diesel_table).claim_unlimited(
         &["q".to_string()],
         1,
         pq_api::DEFAULT_LEASE,
+        false,
     );
     assert_eq!(diesel_plan_counts(&diesel_pool, &own).await.len(), 1);
 
@@ -413,19 +447,22 @@ async fn a_stores_own_claim_commits_asynchronously_and_a_claim_in_a_transaction_
     // explicit one that set it on, the setting shows. (Set explicitly: the test server may
     // run with it off.)
     let other = self::pool().await;
-    let mut tx = other.begin().await.unwrap();
-    sync_commit_on(&mut tx).await;
-    let rows = sqlx::query(AssertSqlSafe(sql.claim(
-        &["q".to_string()],
-        1,
-        Duration::from_secs(30),
-    )))
-    .fetch_all(&mut *tx)
-    .await
-    .unwrap();
-    assert_eq!(rows.len(), 1);
-    assert_eq!(sync_commit(&mut tx).await, "off");
-    tx.rollback().await.unwrap();
+    let queues = ["q".to_string()];
+    let lease = Duration::from_secs(30);
+    for text in [
+        sql.claim(&queues, 1, lease),
+        sql.claim_unlimited(&queues, 1, lease, false),
+    ] {
+        let mut tx = other.begin().await.unwrap();
+        sync_commit_on(&mut tx).await;
+        let rows = sqlx::query(AssertSqlSafe(text))
+            .fetch_all(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(sync_commit(&mut tx).await, "off");
+        tx.rollback().await.unwrap();
+    }
 
     // In the caller's transaction, on either driver: as the caller set it.
     let mut tx = other.begin().await.unwrap();

@@ -119,10 +119,12 @@ async fn diesel_keeps_its_statements_prepared_and_stops_planning_the_claim() {
             16
         );
     }
-    let sql = pq_api::postgres::Statements::new(&table).claim(
+    // The claim of a queue without limits.
+    let sql = pq_api::postgres::Statements::new(&table).claim_unlimited(
         &["q".to_string()],
         16,
         pq_api::DEFAULT_LEASE,
+        false,
     );
     let counts = diesel_plan_counts(&diesel_pool, &sql).await;
     let [c] = counts.as_slice() else {

@@ -141,6 +141,24 @@ impl SqlxStore {
         self
     }
 
+    /// Takes a rotation step of the jobs table's partitions, on a connection of the pool,
+    /// after every `jobs` jobs this store puts or claims (default
+    /// [`Rotating::DEFAULT_EVERY`](pq_api::postgres::Rotating::DEFAULT_EVERY); 0 never does):
+    /// each step empties the drained partitions with `TRUNCATE`, so that a snapshot held
+    /// elsewhere cannot slow claims. See [`Rotating`](pq_api::postgres::Rotating) for why and
+    /// how often.
+    ///
+    /// ```no_run
+    /// # async fn demo(pool: sqlx::PgPool) -> pq_api::Result<()> {
+    /// // Leave the partitions to another store's upkeep.
+    /// let store = pq_sqlx::SqlxStore::new(pool).await?.rotate_every(0);
+    /// # Ok(()) }
+    /// ```
+    pub fn rotate_every(self, jobs: u64) -> Self {
+        self.store.rotate_every(jobs);
+        self
+    }
+
     /// Makes the store's own claims wait for their WAL flush, as the session's
     /// `synchronous_commit` is set. By default they do not: a claim is acknowledged before its WAL
     /// reaches the disk, and a server crash can lose only the claim itself, the job then

@@ -47,6 +47,21 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let slot_notify_fn = table.object(&name("slot_freed"));
     let sweep_keys_fn = table.object(&name("sweep_keys"));
     let throughput = table.object(&name("throughput"));
+    let rotation = table.object(&name("rotation"));
+    let part_fn = table.object(&name("current_part"));
+    let rotate_fn = table.object(&name("rotate"));
+    let unpartitioned = quote(&name("unpartitioned"));
+    let unpartitioned_qualified = table.object(&name("unpartitioned"));
+    let pkey = quote(&name("pkey"));
+    let key_idx_qualified = table.object(&name("key"));
+    let pending_idx_qualified = table.object(&name("cursor_pending"));
+    let key_deadline_idx_qualified = table.object(&name("key_deadline"));
+    let unique_idx_qualified = table.object(&name("unique_key"));
+    let ended_idx_qualified = table.object(&name("ended"));
+    let parts: Vec<String> = ["part_0", "part_1", "part_2", "part_3", "part_cursor"]
+        .iter()
+        .map(|p| table.object(&name(p)))
+        .collect();
     let vars = [
         ("jobs", jobs.as_str()),
         ("keys", keys.as_str()),
@@ -77,6 +92,25 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ("slot_notify_fn", slot_notify_fn.as_str()),
         ("sweep_keys_fn", sweep_keys_fn.as_str()),
         ("throughput", throughput.as_str()),
+        ("rotation", rotation.as_str()),
+        ("part_fn", part_fn.as_str()),
+        ("rotate_fn", rotate_fn.as_str()),
+        ("unpartitioned", unpartitioned.as_str()),
+        ("unpartitioned_qualified", unpartitioned_qualified.as_str()),
+        ("pkey", pkey.as_str()),
+        ("key_idx_qualified", key_idx_qualified.as_str()),
+        ("pending_idx_qualified", pending_idx_qualified.as_str()),
+        (
+            "key_deadline_idx_qualified",
+            key_deadline_idx_qualified.as_str(),
+        ),
+        ("unique_idx_qualified", unique_idx_qualified.as_str()),
+        ("ended_idx_qualified", ended_idx_qualified.as_str()),
+        ("part_0", parts[0].as_str()),
+        ("part_1", parts[1].as_str()),
+        ("part_2", parts[2].as_str()),
+        ("part_3", parts[3].as_str()),
+        ("part_cursor", parts[4].as_str()),
     ];
     let step = |version, description, file| Migration {
         version,
@@ -133,6 +167,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
             10,
             "rows from before the finite-times checks failed, the checks validated",
             include_str!("sql/migration_10.sql"),
+        ),
+        step(
+            11,
+            "jobs in rotating partitions, each truncated once drained",
+            include_str!("sql/migration_11.sql"),
         ),
     ]
 }

@@ -32,4 +32,4 @@ pub use rows::{
 pub use statements::{begin_bounded, Statements, CLAIM_TEXTS_KEPT, HANDLER_IDLE_TIMEOUT};
 pub use store::{PgStore, RunIn, Transactional};
 pub use table::{QueueTable, MAX_SCHEMA_LEN, MAX_TABLE_LEN};
-pub use upkeep::{Analyzing, Upkeep, Vacuuming};
+pub use upkeep::{Analyzing, Rotating, Upkeep, Vacuuming};

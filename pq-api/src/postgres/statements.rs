@@ -6,6 +6,7 @@
 //! `pq-sqlx` and `pq-diesel` send these exact strings, so the two stores run byte-identical
 //! SQL; `pq-api/tests/golden/statements.sql` holds them rendered for the default table.
 
+use super::upkeep::Rotating;
 #[cfg(doc)]
 use super::upkeep::{Analyzing, Vacuuming};
 use std::collections::HashMap;
@@ -31,6 +32,8 @@ mod files {
     pub(super) const NEXT_IN_GROUP: &str = include_str!("sql/next_in_group.sql");
     pub(super) const KEY_FREED_NOTIFY: &str = include_str!("sql/key_freed_notify.sql");
     pub(super) const CLAIM: &str = include_str!("sql/claim.sql");
+    pub(super) const ROTATE: &str = include_str!("sql/rotate.sql");
+    pub(super) const CLAIM_UNLIMITED: &str = include_str!("sql/claim_unlimited.sql");
     pub(super) const CLAIM_CANDIDATES: &str = include_str!("sql/claim_candidates.sql");
     pub(super) const LEASE_CANCELLED: &str = include_str!("sql/lease_cancelled.sql");
     pub(super) const PROGRESS: &str = include_str!("sql/progress.sql");
@@ -92,7 +95,16 @@ fn part(file: &str, name: &str) -> String {
 }
 
 /// Rendered claim texts by limit, lease µs and how the claim commits, then by queues.
-type ClaimTexts = HashMap<(u32, i64, Commit), Vec<(Vec<String>, Arc<str>)>>;
+type ClaimTexts = HashMap<(u32, i64, Commit, Limits), Vec<(Vec<String>, Arc<str>)>>;
+
+/// Which claim a text is: [`Statements::claim`] or [`Statements::claim_unlimited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Limits {
+    /// `claim.sql`: keeps the queues' limits.
+    Kept,
+    /// `claim_unlimited.sql`: for queues without limits.
+    None,
+}
 
 /// How a claim's transaction commits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -128,6 +140,9 @@ pub struct Statements {
     /// The claim, with `{queues}`, `{limit}` and `{commit}` still to fill in: see
     /// [`Statements::claim`].
     claim: Arc<str>,
+    /// The claim for queues without limits, with the same still to fill in: see
+    /// [`Statements::claim_unlimited`].
+    claim_unlimited: Arc<str>,
     /// Claim texts already filled in; shared by clones.
     claims: Arc<Mutex<ClaimTexts>>,
     /// `$1 int8[]` ids, `$2 int8[]` tokens, `$3 text[]` results (JSON or null), `$4 text[]` key
@@ -209,6 +224,9 @@ pub struct Statements {
     /// under half the rows it holds, with over 1,000 held; skipped if the role does not own
     /// the table (no parameters; a simple query). See [`Analyzing`].
     pub analyze_if_stale: Arc<str>,
+    /// One rotation step of the jobs table's partitions → `n int4`, the partitions emptied
+    /// (no parameters; a simple query). See [`Rotating`].
+    pub rotate: Arc<str>,
 }
 
 impl Statements {
@@ -253,7 +271,45 @@ impl Statements {
     /// assert!(std::sync::Arc::ptr_eq(&text, &sql.claim(&queues, 32, Duration::from_secs(30))));
     /// ```
     pub fn claim(&self, queues: &[String], limit: u32, lease: Duration) -> Arc<str> {
-        self.claim_text(queues, limit, lease, Commit::Async)
+        self.claim_text(queues, limit, lease, Commit::Async, Limits::Kept)
+    }
+
+    /// The claim of [`Statements::claim`] for queues without limits: it claims the same jobs,
+    /// but neither locks, counts nor takes a limited queue's places, and is planned in half
+    /// the time. Should a queue it claims from have a concurrency or rate limit, it claims
+    /// nothing and returns one marker row: id 0, no lease token (see
+    /// [`Statements::is_limited_marker`]); the caller then claims with [`Statements::claim`].
+    ///
+    /// `in_transaction` chooses the commit as [`Statements::claim_in_transaction`] does.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use pq_api::postgres::{QueueTable, Statements};
+    /// let sql = Statements::new(&QueueTable::default());
+    /// let text = sql.claim_unlimited(&["q".to_string()], 8, Duration::from_secs(30), false);
+    /// assert!(text.contains("LIMIT 8"));
+    /// assert!(!text.contains("_slots"));
+    /// assert!(text.contains("synchronous_commit"));
+    /// ```
+    pub fn claim_unlimited(
+        &self,
+        queues: &[String],
+        limit: u32,
+        lease: Duration,
+        in_transaction: bool,
+    ) -> Arc<str> {
+        let commit = if in_transaction {
+            Commit::AsSet
+        } else {
+            Commit::Async
+        };
+        self.claim_text(queues, limit, lease, commit, Limits::None)
+    }
+
+    /// Whether a row of [`Statements::claim_unlimited`] (its id and lease token) is the marker
+    /// saying a queue claimed from has limits.
+    pub fn is_limited_marker(id: i64, token: Option<i64>) -> bool {
+        id == 0 && token.is_none()
     }
 
     /// The claim of [`Statements::claim`] for a statement inside a transaction of the
@@ -269,7 +325,7 @@ impl Statements {
     /// assert!(!text.contains("synchronous_commit"));
     /// ```
     pub fn claim_in_transaction(&self, queues: &[String], limit: u32, lease: Duration) -> Arc<str> {
-        self.claim_text(queues, limit, lease, Commit::AsSet)
+        self.claim_text(queues, limit, lease, Commit::AsSet, Limits::Kept)
     }
 
     fn claim_text(
@@ -278,9 +334,10 @@ impl Statements {
         limit: u32,
         lease: Duration,
         commit: Commit,
+        limits: Limits,
     ) -> Arc<str> {
         let lease_us = i64::try_from(lease.as_micros()).unwrap_or(i64::MAX);
-        let key = (limit, lease_us, commit);
+        let key = (limit, lease_us, commit, limits);
         let mut kept = self.claims.lock().unwrap_or_else(PoisonError::into_inner);
         let found = kept
             .get(&key)
@@ -292,8 +349,12 @@ impl Statements {
             Commit::Async => ASYNC_COMMIT,
             Commit::AsSet => "",
         };
+        let template = match limits {
+            Limits::Kept => &self.claim,
+            Limits::None => &self.claim_unlimited,
+        };
         let text: Arc<str> = Arc::from(
-            self.claim
+            template
                 .replace("{queues}", &queue_literals(queues))
                 .replace("{limit}", &limit.to_string())
                 .replace("{lease}", &lease_us.to_string())
@@ -429,6 +490,9 @@ impl Statements {
         let slots = table.object(&format!("{}_slots", table.table()));
         let sweep_keys_fn = table.object(&format!("{}_sweep_keys", table.table()));
         let throughput = table.object(&format!("{}_throughput", table.table()));
+        let rotation = table.object(&format!("{}_rotation", table.table()));
+        let rotate_fn = table.object(&format!("{}_rotate", table.table()));
+        let full_bytes = Rotating::FULL_BYTES.to_string();
         let channel_name = table.channel();
         let channel = format!("\"{channel_name}\"");
         let state = statement(STATE, &[]);
@@ -446,6 +510,9 @@ impl Statements {
             ("slots", slots.as_str()),
             ("sweep_keys_fn", sweep_keys_fn.as_str()),
             ("throughput", throughput.as_str()),
+            ("rotation", rotation.as_str()),
+            ("rotate_fn", rotate_fn.as_str()),
+            ("full_bytes", full_bytes.as_str()),
             ("channel", channel.as_str()),
             ("channel_name", channel_name.as_str()),
             ("state", state.as_str()),
@@ -506,6 +573,7 @@ impl Statements {
             insert_unique: insert("", true, false),
             insert_cursor_unique: insert(&on_conflict, true, false),
             claim: Arc::from(statement(CLAIM, &claim_vars)),
+            claim_unlimited: Arc::from(statement(CLAIM_UNLIMITED, &claim_vars)),
             claims: Arc::default(),
             complete: ending(COMPLETE, "done"),
             fail: ending(FAIL, "f"),
@@ -537,6 +605,7 @@ impl Statements {
             vacuum: s(VACUUM),
             may_vacuum: s(MAY_VACUUM),
             analyze_if_stale: s(ANALYZE_IF_STALE),
+            rotate: s(ROTATE),
         }
     }
 }

@@ -10,8 +10,8 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -48,7 +48,31 @@ const PRUNE_BATCH: i32 = 1000;
 
 /// How a claim's statement commits: [`Statements::claim`] for the store's own claims,
 /// [`Statements::claim_in_transaction`] for claims on a caller's connection.
-type ClaimText = fn(&Statements, &[String], u32, Duration) -> Arc<str>;
+/// How long a store claims from a set of queues with the claim that keeps limits, once the
+/// claim without them found one of those queues limited, before trying it again.
+const LIMITED_FOR: Duration = Duration::from_secs(5);
+
+/// The queue sets a store last found limited, and until when it takes them to be.
+#[derive(Debug, Default)]
+struct LimitedQueues(Mutex<Vec<(Vec<String>, Instant)>>);
+
+impl LimitedQueues {
+    fn is_limited(&self, queues: &[String]) -> bool {
+        let now = Instant::now();
+        let mut sets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        sets.retain(|(_, until)| *until > now);
+        sets.iter().any(|(q, _)| q.as_slice() == queues)
+    }
+
+    fn mark(&self, queues: &[String]) {
+        let until = Instant::now() + LIMITED_FOR;
+        let mut sets = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        match sets.iter_mut().find(|(q, _)| q.as_slice() == queues) {
+            Some(set) => set.1 = until,
+            None => sets.push((queues.to_vec(), until)),
+        }
+    }
+}
 
 /// The PostgreSQL store on driver `D`. Cloning gives another handle on the same store.
 ///
@@ -94,6 +118,8 @@ struct Inner<D: Driver> {
     synchronous_claims: AtomicBool,
     /// Single puts waiting to be sent together ([`group`](super::group)).
     group: Group,
+    /// Queue sets claimed with the claim that keeps limits ([`Statements::claim_unlimited`]).
+    limited: LimitedQueues,
 }
 
 impl<D: Driver> PgStore<D> {
@@ -112,6 +138,7 @@ impl<D: Driver> PgStore<D> {
                 retention: AtomicI64::new(micros(DEFAULT_RETENTION)),
                 synchronous_claims: AtomicBool::new(false),
                 group: Group::default(),
+                limited: LimitedQueues::default(),
             }),
         }
     }
@@ -130,6 +157,12 @@ impl<D: Driver> PgStore<D> {
     /// does): see [`Vacuuming`](super::Vacuuming).
     pub fn vacuum_every(&self, claimed_jobs: u64) {
         self.inner.upkeep.vacuuming.set_every(claimed_jobs);
+    }
+
+    /// Takes a rotation step of the jobs table's partitions after every `jobs` jobs this store
+    /// puts or claims (0 never does): see [`Rotating`](super::Rotating).
+    pub fn rotate_every(&self, jobs: u64) {
+        self.inner.upkeep.rotating.set_every(jobs);
     }
 
     /// Checks the planner statistics while the store claims, and analyzes the table when they
@@ -194,6 +227,16 @@ impl<D: Driver> PgStore<D> {
         let rows = freeing(insert, jobs).await?;
         let ids = a.ids(rows)?;
         crate::metrics::record_put(a.queue.iter().map(String::as_str));
+        let driver = &self.inner.driver;
+        self.inner
+            .upkeep
+            .after_put(ids.len(), &self.inner.sql, |text| {
+                let (driver, text) = (driver.clone(), text.clone());
+                async move {
+                    let mut c = driver.acquire().await?;
+                    D::batch(&mut c, &text).await
+                }
+            });
         Ok(ids)
     }
 
@@ -288,8 +331,7 @@ impl<D: Driver> PgStore<D> {
     /// commits as the caller's transaction (or session) is set to
     /// ([`Statements::claim_in_transaction`]).
     pub async fn claim_in(&self, conn: &mut D::Conn, claim: &Claim) -> Result<Vec<ClaimedJob>> {
-        self.claim_on(conn, claim, Statements::claim_in_transaction)
-            .await
+        self.claim_on(conn, claim, true).await
     }
 
     /// [`QueueStore::complete_many`] on `conn`, a connection or transaction of the caller's.
@@ -304,21 +346,61 @@ impl<D: Driver> PgStore<D> {
         Ok(completed_in_order(done, scalars::<i64>(cells)?))
     }
 
-    /// Claims on `conn` with the claim text `text` gives. Each row becomes a job as it is
-    /// read; a row that cannot be decoded is failed at once, in its own statement, and the
-    /// rest are handed out ([`Undecodable`]).
+    /// Claims on `conn`, committing as the session is set to if `in_transaction`, else
+    /// without waiting for the WAL flush ([`Statements::claim`]). Queues the store has not
+    /// found limited are claimed from without the limits machinery
+    /// ([`Statements::claim_unlimited`]); should that claim find a limit, the claim that
+    /// keeps limits runs instead, and is used for those queues for a while.
     async fn claim_on(
         &self,
         conn: &mut D::Conn,
         claim: &Claim,
-        text: ClaimText,
+        in_transaction: bool,
     ) -> Result<Vec<ClaimedJob>> {
         claim.validate()?;
         let queues = claim.distinct_queues();
-        let sql = text(&self.inner.sql, &queues, claim.limit, claim.lease);
-        let mut jobs = Vec::with_capacity(usize::try_from(claim.limit.min(256)).unwrap_or(0));
+        let sql = &self.inner.sql;
+        let kept = |sql: &Statements| {
+            if in_transaction {
+                sql.claim_in_transaction(&queues, claim.limit, claim.lease)
+            } else {
+                sql.claim(&queues, claim.limit, claim.lease)
+            }
+        };
+        let jobs = if self.inner.limited.is_limited(&queues) {
+            self.claim_rows(conn, &kept(sql), claim.limit).await?.0
+        } else {
+            let text = sql.claim_unlimited(&queues, claim.limit, claim.lease, in_transaction);
+            match self.claim_rows(conn, &text, claim.limit).await? {
+                (_, true) => {
+                    self.inner.limited.mark(&queues);
+                    self.claim_rows(conn, &kept(sql), claim.limit).await?.0
+                }
+                (jobs, false) => jobs,
+            }
+        };
+        self.upkeep_after_claim(jobs.len());
+        Ok(jobs)
+    }
+
+    /// Runs the claim `sql` on `conn`: the jobs claimed, and whether it returned the marker
+    /// of a limited queue ([`Statements::is_limited_marker`]). Each row becomes a job as it
+    /// is read; a row that cannot be decoded is failed at once, in its own statement, and the
+    /// rest are handed out ([`Undecodable`]).
+    async fn claim_rows(
+        &self,
+        conn: &mut D::Conn,
+        sql: &Arc<str>,
+        limit: u32,
+    ) -> Result<(Vec<ClaimedJob>, bool)> {
+        let mut jobs = Vec::with_capacity(usize::try_from(limit.min(256)).unwrap_or(0));
         let mut bad = Vec::new();
+        let mut limited = false;
         let mut each = |id: i64, token: Option<i64>, row: Result<JobRow<'_>>| {
+            if Statements::is_limited_marker(id, token) {
+                limited = true;
+                return;
+            }
             match (row.and_then(JobRow::into_claimed), token) {
                 (Ok(job), _) => jobs.push(job),
                 (Err(error), Some(token)) => bad.push(Undecodable {
@@ -334,14 +416,13 @@ impl<D: Driver> PgStore<D> {
                 }
             }
         };
-        D::jobs(conn, &sql, &[], &mut each).await?;
+        D::jobs(conn, sql, &[], &mut each).await?;
         for row in bad {
             if let Err(e) = self.fail_on(conn, &row.lease, row.failure()).await {
                 row.not_failed(&e);
             }
         }
-        self.upkeep_after_claim(jobs.len());
-        Ok(jobs)
+        Ok((jobs, limited))
     }
 
     /// Records a failed attempt on `conn`: [`QueueStore::fail`].
@@ -549,12 +630,8 @@ impl<D: Driver> QueueStore for PgStore<D> {
 
     async fn claim(&self, claim: &Claim) -> Result<Vec<ClaimedJob>> {
         let mut c = self.conn(Lane::Claim).await?;
-        let text: ClaimText = if self.inner.synchronous_claims.load(Ordering::Relaxed) {
-            Statements::claim_in_transaction
-        } else {
-            Statements::claim
-        };
-        let claimed = self.claim_on(&mut c, claim, text).await?;
+        let in_transaction = self.inner.synchronous_claims.load(Ordering::Relaxed);
+        let claimed = self.claim_on(&mut c, claim, in_transaction).await?;
         self.keep(c);
         Ok(claimed)
     }

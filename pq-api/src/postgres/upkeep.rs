@@ -331,14 +331,118 @@ impl Pacer for Analyzing {
     }
 }
 
-/// A SQL store's background upkeep of its jobs table, started after its claims: the vacuum
-/// ([`Vacuuming`]) and the statistics check ([`Analyzing`]).
+/// When a store takes a rotation step of its jobs table's partitions
+/// ([`Statements::rotate`]): after every [`Rotating::DEFAULT_EVERY`] jobs it puts or claims by
+/// default, one step at a time per store, and never more than a tenth of the time.
+///
+/// Why: the jobs table is split into rotating partitions (`migration_11.sql`). A step truncates
+/// each partition other than the current one that holds no job, which removes at once every row
+/// version its jobs left, even while a transaction somewhere holds a snapshot that keeps
+/// `VACUUM` from removing them; and once the current partition has grown to
+/// [`Rotating::FULL_BYTES`], it makes the next one current. Claims then step over the versions
+/// of at most the jobs of a few partitions, however long a snapshot is held. The measurements
+/// are in `docs/design.md`, "Storage a held snapshot cannot slow".
+///
+/// ```
+/// use pq_api::postgres::Rotating;
+/// use std::time::Duration;
+///
+/// let r = Rotating::new(100);
+/// assert!(!r.counted(60));
+/// assert!(r.counted(60)); // 120 jobs: a step now
+/// assert!(!r.counted(500)); // one at a time
+/// r.finished(Duration::from_millis(1));
+///
+/// let off = Rotating::new(0);
+/// assert!(!off.counted(1_000_000));
+/// ```
+#[derive(Debug)]
+pub struct Rotating {
+    every: AtomicU64,
+    counted: AtomicU64,
+    duty: Duty,
+}
+
+impl Default for Rotating {
+    fn default() -> Self {
+        Rotating::new(Rotating::DEFAULT_EVERY)
+    }
+}
+
+impl Rotating {
+    /// Jobs put or claimed between steps by default.
+    pub const DEFAULT_EVERY: u64 = 5_000;
+    /// The size of the current partition (its rows, not its indexes) at which the next one
+    /// becomes current.
+    pub const FULL_BYTES: i64 = 8 << 20;
+
+    /// Takes a step after every `every` jobs put or claimed; 0 never does.
+    pub fn new(every: u64) -> Self {
+        Rotating {
+            every: AtomicU64::new(every),
+            counted: AtomicU64::new(0),
+            duty: Duty::default(),
+        }
+    }
+
+    /// Changes how many jobs come between steps; 0 stops them.
+    pub fn set_every(&self, every: u64) {
+        self.every.store(every, Ordering::Relaxed);
+    }
+
+    /// Counts `n` jobs just put or claimed. True means take a step now: the caller then owns
+    /// it and must call [`Rotating::finished`] once it has run, failed or not.
+    pub fn counted(&self, n: usize) -> bool {
+        let every = self.every.load(Ordering::Relaxed);
+        let n = u64::try_from(n).unwrap_or(u64::MAX);
+        if every == 0 || n == 0 {
+            return false;
+        }
+        let total = self
+            .counted
+            .fetch_add(n, Ordering::Relaxed)
+            .saturating_add(n);
+        if total < every || !self.duty.start() {
+            return false;
+        }
+        self.counted.store(0, Ordering::Relaxed);
+        true
+    }
+
+    /// Counts `n` jobs and, if that makes a step due, runs the one `step` returns in a task of
+    /// its own on the current tokio runtime (outside one, it skips this step).
+    pub fn after_jobs<F>(self: &Arc<Self>, n: usize, step: impl FnOnce() -> F)
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        if self.counted(n) {
+            run_upkeep(self, "rotation of the jobs table's partitions", step);
+        }
+    }
+
+    /// Ends the step [`Rotating::counted`] started, which took `took`.
+    pub fn finished(&self, took: Duration) {
+        self.duty.end(took.saturating_mul(9));
+    }
+}
+
+impl Pacer for Rotating {
+    fn finished(&self, took: Duration) {
+        Rotating::finished(self, took);
+    }
+}
+
+/// A SQL store's background upkeep of its jobs table, started after its claims and puts: the
+/// vacuum ([`Vacuuming`]), the statistics check ([`Analyzing`]) and the rotation of its
+/// partitions ([`Rotating`]).
 #[derive(Debug, Default)]
 pub struct Upkeep {
     /// When the store vacuums the table.
     pub vacuuming: Arc<Vacuuming>,
     /// When the store checks the table's statistics.
     pub analyzing: Arc<Analyzing>,
+    /// When the store rotates the table's partitions.
+    pub rotating: Arc<Rotating>,
 }
 
 impl Upkeep {
@@ -363,6 +467,16 @@ impl Upkeep {
         self.vacuuming
             .after_claim(claimed, || run(&sql.vacuum), || ask(&sql.may_vacuum));
         self.analyzing.after_claim(|| run(&sql.analyze_if_stale));
+        self.rotating.after_jobs(claimed, || run(&sql.rotate));
+    }
+
+    /// After a put of `put` jobs, starts a rotation step if one is due, run as
+    /// [`Upkeep::after_claim`] runs its statements.
+    pub fn after_put<F>(&self, put: usize, sql: &Statements, run: impl Fn(&Arc<str>) -> F)
+    where
+        F: std::future::Future<Output = Result<()>> + Send + 'static,
+    {
+        self.rotating.after_jobs(put, || run(&sql.rotate));
     }
 }
 

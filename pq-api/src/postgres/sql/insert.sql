@@ -13,17 +13,20 @@
 -- A key's record is created, or locked FOR KEY SHARE if it exists, so that a prune cannot
 -- remove it before this put commits (a lock that claims and completions, which change no key
 -- column, do not wait on).
+-- Each row goes to the current rotating partition (migration_11.sql), a cursor-keyed row to
+-- the partition of cursor keys, where the index of pending cursor jobs sees all of them.
 -- {hiding} is `false, false` and {window} empty, or for rows with serial keys (and no cursor
 -- or uniqueness keys) the expressions and the window of insert_hidden.sql.
 WITH {held}ins AS (
   INSERT INTO {jobs} AS t (queue, payload, priority, run_at, expected_at, max_attempts, key,
                            cursor, keep_for, timeout, unique_key, unique_scope, hidden,
-                           hides)
+                           hides, part)
   SELECT j.queue, j.payload::jsonb, j.priority,
          COALESCE(j.run_at, statement_timestamp() + j.run_in * interval '1 microsecond'),
          COALESCE(j.expected_at, statement_timestamp() + j.expected_in * interval '1 microsecond'),
          j.max_attempts, j.key, j.cursor, j.keep_for, j.timeout, j.unique_key, j.unique_scope,
-         {hiding}
+         {hiding},
+         CASE WHEN j.cursor THEN -1 ELSE (SELECT r.current FROM {rotation} AS r) END
   FROM unnest($1::text[], $2::text[], $3::int4[], $4::timestamptz[], $5::int8[],
               $6::timestamptz[], $7::int8[], $8::int4[], $9::text[], $10::bool[], $11::int8[],
               $12::int8[], $13::text[], $14::int8[])
