@@ -15,7 +15,18 @@
 //! `--json` (the summary as JSON too), `--metrics` (a Prometheus recorder installed, so every
 //! metric pq reports is recorded, as in a service that exports them), `--sync-claims` (the SQL
 //! stores' claims wait for their WAL flush, as queues that commit every claim synchronously
-//! do), `--compare` (the comparison profile below instead of the full run).
+//! do), `--compare` (the comparison profile below instead of the full run), `--held-snapshot`
+//! (the held-snapshot scenario below instead of the full run; `--jobs` sets its total, default
+//! 1000000).
+//!
+//! The held-snapshot scenario is the condition that breaks PostgreSQL queues in production: a
+//! transaction on another connection (a long report, a forgotten session) holds its snapshot,
+//! so nothing that completed jobs leave behind may be vacuumed away. On each SQL store it puts
+//! [`SNAPSHOT_CYCLE`] jobs, has four tasks claim 100 at a time and complete them until the
+//! queue is empty, and goes on so until `--jobs` jobs went through; once with no snapshot
+//! held, then with a `REPEATABLE READ` transaction holding one the whole run. It reports each
+//! cycle's rate and mean claim time, the last cycle against the first and against the run
+//! without the snapshot, and the jobs table's size (every partition and index) at the end.
 //!
 //! The comparison profile is the workload other queues are measured with: 20,000 small jobs
 //! (`--jobs`), single puts from 1, 4, 8 and 32 tasks, `put_many` in batches of 1,000 from one
@@ -69,6 +80,10 @@ const COMPARE_JOBS: usize = 20_000;
 /// The comparison profile's single-put tasks and worker concurrencies.
 const COMPARE_PUT_TASKS: [usize; 4] = [1, 4, 8, 32];
 const COMPARE_CONCURRENCY: [u32; 2] = [8, 32];
+/// The held-snapshot scenario's jobs per cycle, and its claiming tasks and claim size.
+const SNAPSHOT_CYCLE: usize = 20_000;
+const SNAPSHOT_TASKS: usize = 4;
+const SNAPSHOT_CLAIM: u32 = 100;
 
 #[derive(Debug, Clone)]
 struct Args {
@@ -86,6 +101,7 @@ struct Args {
     metrics: bool,
     sync_claims: bool,
     compare: bool,
+    held_snapshot: bool,
     url: Option<String>,
 }
 
@@ -106,6 +122,7 @@ fn parse_args() -> Result<Args, BoxError> {
         metrics: false,
         sync_claims: false,
         compare: false,
+        held_snapshot: false,
         url,
     };
     let mut it = std::env::args().skip(1);
@@ -127,6 +144,10 @@ fn parse_args() -> Result<Args, BoxError> {
                 args.compare = true;
                 args.jobs = COMPARE_JOBS;
                 args.single_puts = COMPARE_JOBS;
+            }
+            "--held-snapshot" => {
+                args.held_snapshot = true;
+                args.jobs = 1_000_000;
             }
             "--quick" => {
                 args.jobs = 10_000;
@@ -1319,6 +1340,197 @@ async fn ceiling(
     })
 }
 
+/// One run of the held-snapshot scenario: `args.jobs` jobs in cycles of [`SNAPSHOT_CYCLE`],
+/// with a snapshot held on another connection if `hold`. Returns each cycle's jobs/s and mean
+/// claim time (ms), and the table's size at the end (bytes).
+async fn snapshot_run(
+    store: &Arc<dyn QueueStore>,
+    table: &QueueTable,
+    url: &str,
+    name: &str,
+    args: &Args,
+    hold: bool,
+) -> Result<(Vec<(f64, f64)>, i64), BoxError> {
+    store.purge(QUEUE).await?;
+    settle(Some(table), Some(url)).await?;
+    let mut holder = PgConnection::connect(url).await?;
+    if hold {
+        // A report on other tables: the snapshot keeps every row version the runs leave.
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut holder)
+            .await?;
+        sqlx::query("SELECT count(*) FROM pg_class")
+            .execute(&mut holder)
+            .await?;
+    }
+    let cycles = args.jobs.div_ceil(SNAPSHOT_CYCLE).max(1);
+    let mut out = Vec::with_capacity(cycles);
+    for cycle in 0..cycles {
+        let from = cycle * SNAPSHOT_CYCLE;
+        let batch = jobs(from..from + SNAPSHOT_CYCLE)?;
+        for chunk in batch.chunks(PUT_MANY_BATCH) {
+            store.put_many(chunk.to_vec()).await?;
+        }
+        let claims = Arc::new(AtomicU64::new(0));
+        let claiming = Arc::new(AtomicU64::new(0));
+        let t = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..SNAPSHOT_TASKS {
+            let (store, claims, claiming) = (store.clone(), claims.clone(), claiming.clone());
+            tasks.push(tokio::spawn(async move {
+                let claim = Claim::new([QUEUE]).limit(SNAPSHOT_CLAIM);
+                let mut done = 0usize;
+                loop {
+                    let c = Instant::now();
+                    let jobs = store.claim(&claim).await?;
+                    let took = u64::try_from(c.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    claiming.fetch_add(took, Ordering::Relaxed);
+                    claims.fetch_add(1, Ordering::Relaxed);
+                    if jobs.is_empty() {
+                        return Ok::<_, BoxError>(done);
+                    }
+                    let finished: Vec<Done> = jobs.iter().map(|j| j.lease.into()).collect();
+                    done += store.complete_many(&finished).await?.len();
+                }
+            }));
+        }
+        let mut done = 0;
+        for task in tasks {
+            done += task.await??;
+        }
+        let took = t.elapsed();
+        if done != SNAPSHOT_CYCLE {
+            return Err(format!("cycle {cycle}: {done} of {SNAPSHOT_CYCLE} jobs completed").into());
+        }
+        let claim_ms = claiming.load(Ordering::Relaxed) as f64
+            / claims.load(Ordering::Relaxed).max(1) as f64
+            / 1000.0;
+        eprint!(
+            "\r  {name:<7} {} cycle {cycle:>3}/{cycles}: {:>8.0} jobs/s, claim {claim_ms:.1} ms   ",
+            if hold {
+                "held snapshot"
+            } else {
+                "no snapshot  "
+            },
+            rate(done, took)
+        );
+        out.push((rate(done, took), claim_ms));
+    }
+    expect_empty(&**store).await?;
+    let size: i64 = sqlx::query_scalar(
+        "SELECT sum(pg_total_relation_size(r))::int8 FROM \
+         (SELECT $1::regclass AS r UNION SELECT relid FROM pg_partition_tree($1::regclass)) AS t",
+    )
+    .bind(table.qualified())
+    .fetch_one(&mut holder)
+    .await?;
+    if hold {
+        sqlx::query("ROLLBACK").execute(&mut holder).await?;
+    }
+    Ok((out, size))
+}
+
+/// The held-snapshot scenario on one store (see the crate docs): both runs, their cycles
+/// printed, and the figures that compare them.
+async fn held_snapshot(
+    store: &Arc<dyn QueueStore>,
+    table: &QueueTable,
+    name: &str,
+    args: &Args,
+    r: &mut Report,
+) -> Result<(), BoxError> {
+    let url = args.url.as_deref().unwrap_or_default();
+    let (free, free_size) = snapshot_run(store, table, url, name, args, false).await?;
+    let (held, held_size) = snapshot_run(store, table, url, name, args, true).await?;
+    eprintln!();
+    println!("\n{name}: cycles of {SNAPSHOT_CYCLE} jobs, jobs/s (mean claim ms)\n");
+    println!("| cycle | no snapshot | snapshot held |");
+    println!("|---:|---:|---:|");
+    for (i, (f, h)) in free.iter().zip(&held).enumerate() {
+        println!(
+            "| {i} | {:.0} ({:.1}) | {:.0} ({:.1}) |",
+            f.0, f.1, h.0, h.1
+        );
+    }
+    // The first and last cycles' figures are the mean of up to three cycles each: one cycle
+    // lasts about a second, in which this host's speed swings.
+    let mean = |c: &[(f64, f64)]| c.iter().map(|x| x.0).sum::<f64>() / c.len().max(1) as f64;
+    let ends = |c: &[(f64, f64)]| {
+        let k = (c.len() / 2).clamp(1, 3);
+        (
+            mean(&c[..k.min(c.len())]),
+            mean(&c[c.len().saturating_sub(k)..]),
+        )
+    };
+    let (free_first, free_last) = ends(&free);
+    let (held_first, held_last) = ends(&held);
+    r.add(name, "held snapshot: first cycles", held_first, "jobs/s");
+    r.add(name, "held snapshot: last cycles", held_last, "jobs/s");
+    r.add(
+        name,
+        "held snapshot: last / first",
+        held_last / held_first,
+        "ratio",
+    );
+    r.add(name, "no snapshot: last cycles", free_last, "jobs/s");
+    r.add(
+        name,
+        "no snapshot: last / first",
+        free_last / free_first,
+        "ratio",
+    );
+    r.add(
+        name,
+        "held snapshot last / no snapshot last",
+        held_last / free_last,
+        "ratio",
+    );
+    let mb = |b: i64| b as f64 / 1_048_576.0;
+    r.add(name, "table size after, no snapshot", mb(free_size), "MB");
+    r.add(name, "table size after, snapshot held", mb(held_size), "MB");
+    Ok(())
+}
+
+/// A SQL store on a table of its own for the held-snapshot scenario: split into partitions
+/// (`partition`) if `split`, else as a store makes it.
+async fn open_snapshot_table(
+    kind: &str,
+    args: &Args,
+    split: bool,
+) -> Result<(Arc<dyn QueueStore>, QueueTable), BoxError> {
+    let url = args.url.as_deref().unwrap_or_default();
+    let schema = format!("pq_bench_{kind}_{}", if split { "split" } else { "plain" });
+    let mut admin = PgConnection::connect(url).await?;
+    sqlx::query(AssertSqlSafe(format!(
+        "DROP SCHEMA IF EXISTS {schema} CASCADE"
+    )))
+    .execute(&mut admin)
+    .await?;
+    let table = QueueTable::new(&schema, "jobs")?;
+    let store: Arc<dyn QueueStore> = match kind {
+        "sqlx" => {
+            let pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(8)
+                .connect(url)
+                .await?;
+            let store = pq_sqlx::SqlxStore::with_table(pool, table.clone()).await?;
+            if split {
+                store.partition().await?;
+            }
+            Arc::new(store)
+        }
+        _ => {
+            let pool = pq_diesel::DieselStore::pool(url, 8)?;
+            let store = pq_diesel::DieselStore::with_table(pool, table.clone()).await?;
+            if split {
+                store.partition().await?;
+            }
+            Arc::new(store)
+        }
+    };
+    Ok((store, table))
+}
+
 async fn open(
     kind: &str,
     args: &Args,
@@ -1374,7 +1586,21 @@ async fn main() -> Result<(), BoxError> {
         figures: Vec::new(),
     };
     let mut stores = Vec::new();
-    for kind in args.stores.clone() {
+    if args.held_snapshot {
+        for kind in args.stores.iter().filter(|k| *k != "memory") {
+            for split in [false, true] {
+                let (store, table) = open_snapshot_table(kind, &args, split).await?;
+                let name = format!("{kind}{}", if split { ", split" } else { "" });
+                held_snapshot(&store, &table, &name, &args, &mut r).await?;
+            }
+        }
+    }
+    for kind in args
+        .stores
+        .clone()
+        .into_iter()
+        .filter(|_| !args.held_snapshot)
+    {
         let (store, table) = open(&kind, &args).await?;
         store.purge(QUEUE).await?;
         settle(table.as_ref(), args.url.as_deref()).await?;

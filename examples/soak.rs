@@ -98,8 +98,9 @@ async fn sample(pool: &PgPool, at: Duration) -> Result<Sample, sqlx::Error> {
                 (SELECT count(*) FROM pq_jobs_keys), \
                 (SELECT count(*) FROM pq_jobs_history), \
                 (SELECT count(*) FROM pq_jobs_unique), \
-                (SELECT sum(pg_total_relation_size(relid))::int8 \
-                 FROM pg_partition_tree('pq_jobs')) / 1024",
+                (SELECT sum(pg_total_relation_size(r))::int8 FROM \
+                  (SELECT 'pq_jobs'::regclass AS r \
+                   UNION SELECT relid FROM pg_partition_tree('pq_jobs')) AS t) / 1024",
     )
     .fetch_one(pool)
     .await?;

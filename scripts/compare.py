@@ -6,7 +6,9 @@
 A and B are commits (anything `git rev-parse` takes), or `.` for the working tree as it is.
 Each is checked out in a worktree under the target directory, given the current
 `examples/hotpath.rs` (the program keeps to API every compared commit has), and built in
-release mode into the one target directory, so only what differs is compiled again.
+release mode into a target directory of its own: two checkouts of one workspace share their
+crates' build hashes, and in one target directory cargo takes the other checkout's build for
+this one's (a first build of a commit takes a few minutes; later ones reuse it).
 
 The runs alternate, A then B in one round and B then A in the next, on every store, so a host
 that speeds up or slows down during the comparison moves both sides alike. Each round gives one
@@ -51,6 +53,7 @@ def build(rev):
     """Builds the hot-path program at `rev`; returns the path of its binary."""
     os.makedirs(os.path.join(WORK, "bin"), exist_ok=True)
     env = dict(os.environ, CARGO_TARGET_DIR=TARGET)
+    target = TARGET
     if rev == ".":
         name, tree = "worktree", ROOT
     else:
@@ -66,11 +69,13 @@ def build(rev):
         if 'name = "hotpath"' not in text:
             with open(manifest, "a") as f:
                 f.write('\n[[example]]\nname = "hotpath"\npath = "hotpath.rs"\n')
+        target = os.path.join(WORK, "target-" + name)
+        env["CARGO_TARGET_DIR"] = target
     print(f"building {rev} ({name})", file=sys.stderr)
     sh("cargo", "build", "--release", "-q", "-p", "pq-examples", "--example", "hotpath",
        cwd=tree, env=env)
     out = os.path.join(WORK, "bin", f"hotpath-{name}")
-    shutil.copy(os.path.join(TARGET, "release", "examples", "hotpath"), out)
+    shutil.copy(os.path.join(target, "release", "examples", "hotpath"), out)
     return out
 
 

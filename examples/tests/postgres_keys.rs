@@ -235,62 +235,39 @@ fn pages_read(plan: &str) -> u64 {
 #[tokio::test]
 async fn a_keys_next_run_counts_every_priority_deadline_and_lease_and_reads_few_pages() {
     let check = pool().await;
-    let mut tables = stores().await;
-    let (_store, table) = tables.remove(0);
-    let (_small_store, small) = tables.remove(0);
-    let base: DateTime<Utc> = "2100-01-01T00:00:00Z".parse().unwrap();
-    let at = |minutes: i64| base + chrono::Duration::minutes(minutes);
-    // Key `big`: `n` jobs from 60 minutes on, of two priorities, one in ten with a deadline.
-    // Key `a`: its first job in claim order (priority 9) is due later than its other one. Key
-    // `d`: its earliest job has a deadline.
-    let fill = |table: &QueueTable, n: u32| {
-        let t = table.qualified();
-        let keys = t.replace("\"jobs\"", "\"jobs_keys\"");
-        format!(
-            "INSERT INTO {t} (queue, payload, key, priority, run_at, expected_at) \
-             SELECT 'q', '{{}}', 'big', (i % 2) * 5, $1 + interval '1 hour' + i * interval '1 second', \
-                    CASE WHEN i % 10 = 0 THEN $1 + interval '5 hours' + i * interval '1 second' END \
-             FROM generate_series(1, {n}) AS i; \
-             INSERT INTO {t} (queue, payload, key, priority, run_at, expected_at) VALUES \
-               ('q', '{{}}', 'a', 9, $1 + interval '3 hours', NULL), \
-               ('q', '{{}}', 'a', 0, $1 + interval '40 minutes', NULL), \
-               ('q', '{{}}', 'd', 0, $1 + interval '20 minutes', $1 + interval '6 hours'), \
-               ('q', '{{}}', 'd', 0, $1 + interval '2 hours', NULL); \
-             INSERT INTO {keys} (queue, key) VALUES ('q', 'big'), ('q', 'a'), ('q', 'd'); \
-             ANALYZE {t}; ANALYZE {keys};"
-        )
-    };
-    for (table, n) in [(&small, 2_000), (&table, 20_000)] {
-        for statement in fill(table, n).split("; ") {
-            run_at_base(&check, statement, base).await;
-        }
-    }
+    let (_store, table) = stores().await.remove(0);
     let t = table.qualified();
     let keys = t.replace("\"jobs\"", "\"jobs_keys\"");
+    let base: DateTime<Utc> = "2100-01-01T00:00:00Z".parse().unwrap();
+    let at = |minutes: i64| base + chrono::Duration::minutes(minutes);
+    // Key `big`: 20,000 jobs from 60 minutes on, of two priorities, one in ten with a
+    // deadline. Key `a`: its first job in claim order (priority 9) is due later than its
+    // other one. Key `d`: its earliest job has a deadline.
+    let fill = format!(
+        "INSERT INTO {t} (queue, payload, key, priority, run_at, expected_at) \
+         SELECT 'q', '{{}}', 'big', (i % 2) * 5, $1 + interval '1 hour' + i * interval '1 second', \
+                CASE WHEN i % 10 = 0 THEN $1 + interval '5 hours' + i * interval '1 second' END \
+         FROM generate_series(1, 20000) AS i; \
+         INSERT INTO {t} (queue, payload, key, priority, run_at, expected_at) VALUES \
+           ('q', '{{}}', 'a', 9, $1 + interval '3 hours', NULL), \
+           ('q', '{{}}', 'a', 0, $1 + interval '40 minutes', NULL), \
+           ('q', '{{}}', 'd', 0, $1 + interval '20 minutes', $1 + interval '6 hours'), \
+           ('q', '{{}}', 'd', 0, $1 + interval '2 hours', NULL); \
+         INSERT INTO {keys} (queue, key) VALUES ('q', 'big'), ('q', 'a'), ('q', 'd'); \
+         ANALYZE {t}; ANALYZE {keys};"
+    );
+    for statement in fill.split("; ") {
+        run_at_base(&check, statement, base).await;
+    }
     let (next, plan) = next_run(&check, &table).await;
     assert_eq!(next, Some(at(20)), "a job with a deadline");
     assert!(
-        !plan.contains(&format!("Seq Scan on {}_part_0 ", table.table())),
+        !plan.contains(&format!("Seq Scan on {} ", table.table())),
         "{plan}"
     );
     // Two probes to step from one (key, priority) to the next, two for each one's earliest
-    // job, in each partition: a handful of pages a key, however long its backlog. Against a
-    // backlog ten times shorter, it reads far fewer pages more than a scan of the longer
-    // backlog's key index would.
-    let (_, small_plan) = next_run(&check, &small).await;
-    let index_pages: i64 = sqlx::query_scalar(AssertSqlSafe(format!(
-        "SELECT pg_relation_size('\"{}\".jobs_part_0_queue_key_priority_expected_at_run_at_id_idx') \
-         / current_setting('block_size')::int8",
-        table.schema()
-    )))
-    .fetch_one(&check)
-    .await
-    .unwrap();
-    let more = pages_read(&plan).saturating_sub(pages_read(&small_plan));
-    assert!(
-        more < u64::try_from(index_pages / 2).unwrap(),
-        "{more} pages more, the index has {index_pages}: {plan}\n\nagainst\n\n{small_plan}"
-    );
+    // job: a handful of pages a key, however long its backlog.
+    assert!(pages_read(&plan) < 150, "{plan}");
 
     // Each change in turn, with what the wait statement must then answer.
     let steps = [

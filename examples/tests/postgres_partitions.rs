@@ -1,14 +1,31 @@
-//! The jobs table's rotating partitions (migration 11): the migration keeps every job, a
+//! The jobs table split into rotating partitions (`partition`): the split keeps every job, a
 //! drained partition is emptied while a snapshot is held elsewhere, jobs left behind are moved
 //! rather than lost, and cursor keys keep one pending job per key across rotations.
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a failed expectation is a test's verdict
 
 mod support;
 
+use std::sync::Arc;
+
 use pq_api::postgres::{migrations, MigrationStatements, QueueTable};
-use pq_api::{Claim, Done, Failure, JobState, NewJob, QueueStoreExt};
+use pq_api::{Claim, Done, Failure, JobState, NewJob, QueueStore, QueueStoreExt};
 use sqlx::{AssertSqlSafe, Connection, PgConnection, PgPool};
 use support::{exec, pool, DRIVERS};
+
+/// A store of each driver on a fresh table, split into partitions.
+async fn partitioned_stores() -> Vec<(support::Driver, Arc<dyn QueueStore>, QueueTable)> {
+    let mut out = Vec::new();
+    for driver in DRIVERS {
+        let table = support::fresh_table("jobs");
+        assert!(support::sqlx_store(&table, 2)
+            .await
+            .partition()
+            .await
+            .unwrap());
+        out.push((driver, driver.open(&table, 4).await, table));
+    }
+    out
+}
 
 fn object(table: &QueueTable, suffix: &str) -> String {
     format!("\"{}\".\"{}_{suffix}\"", table.schema(), table.table())
@@ -81,12 +98,13 @@ async fn rows(admin: &PgPool, table: &QueueTable) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A table at migration 10 holding a job in every state, migrated by a store: every row comes
-/// through unchanged, the cursor-keyed one in the partition of cursor keys, the rest in the
-/// first; the jobs go on as before (the running one completed under its lease, the cursor key
-/// folding a put into its pending job), and new ids follow the old ones.
+/// A table at migration 10 holding a job in every state, migrated by a store, then split:
+/// every row comes through each step unchanged, the cursor-keyed one in the partition of
+/// cursor keys, the rest in the first; the jobs go on as before (the running one completed
+/// under its lease, the cursor key folding a put into its pending job), and new ids follow the
+/// old ones.
 #[tokio::test]
-async fn migrating_to_partitions_keeps_every_job_in_every_state() {
+async fn splitting_into_partitions_keeps_every_job_in_every_state() {
     let admin = pool(2).await;
     for driver in DRIVERS {
         let table = support::fresh_table("jobs");
@@ -128,6 +146,15 @@ async fn migrating_to_partitions_keeps_every_job_in_every_state() {
         let before = rows(&admin, &table).await;
         let ids: Vec<i64> = before.iter().map(|r| r["id"].as_i64().unwrap()).collect();
 
+        // Migration 11, then the split.
+        let sqlx = support::sqlx_store(&table, 2).await;
+        assert_eq!(
+            rows(&admin, &table).await,
+            before,
+            "{driver:?}: every row kept"
+        );
+        assert!(sqlx.partition().await.unwrap(), "{driver:?}");
+        assert!(!sqlx.partition().await.unwrap(), "{driver:?}: split once");
         let store = driver.open(&table, 4).await;
         assert_eq!(
             rows(&admin, &table).await,
@@ -185,7 +212,7 @@ async fn migrating_to_partitions_keeps_every_job_in_every_state() {
 #[tokio::test]
 async fn a_drained_partition_is_emptied_while_a_snapshot_is_held() {
     let admin = pool(2).await;
-    for (driver, store, table) in support::stores(4).await {
+    for (driver, store, table) in partitioned_stores().await {
         let mut held = PgConnection::connect(&pq_conformance::postgres::database_url().await)
             .await
             .unwrap();
@@ -237,11 +264,12 @@ async fn a_drained_partition_is_emptied_while_a_snapshot_is_held() {
 
 /// Jobs left in the partition that is to become current (one scheduled a day ahead, one
 /// failed) are moved into the current one, where they go on as they were; a running job
-/// stays where it is and completes under its lease; the partition is then emptied.
+/// stays where it is and completes under its lease; the partition is then emptied, and made
+/// current.
 #[tokio::test]
 async fn jobs_left_behind_are_moved_and_the_partition_emptied() {
     let admin = pool(2).await;
-    for (driver, store, table) in support::stores(4).await {
+    for (driver, store, table) in partitioned_stores().await {
         let scheduled = store.put_job(job("q").delay("24h").unwrap()).await.unwrap();
         let failed = store.put_job(job("q").max_attempts(1)).await.unwrap();
         store.put_job(job("q")).await.unwrap();
@@ -256,15 +284,13 @@ async fn jobs_left_behind_are_moved_and_the_partition_emptied() {
             .fail(&to_fail.lease, Failure::new("boom").give_up())
             .await
             .unwrap();
-        for want in [1, 2, 3] {
-            rotate(&admin, &table).await;
-            assert_eq!(current(&admin, &table).await, want, "{driver:?}");
-        }
-        // Partition 0, next after 3, still holds the three jobs: the two not running move.
         rotate(&admin, &table).await;
-        assert_eq!(current(&admin, &table).await, 3, "{driver:?}: not yet");
-        assert_eq!(part_of(&admin, &table, scheduled.0).await, 3, "{driver:?}");
-        assert_eq!(part_of(&admin, &table, failed.0).await, 3, "{driver:?}");
+        assert_eq!(current(&admin, &table).await, 1, "{driver:?}");
+        // Partition 0, next after 1, still holds the three jobs: the two not running move.
+        rotate(&admin, &table).await;
+        assert_eq!(current(&admin, &table).await, 1, "{driver:?}: not yet");
+        assert_eq!(part_of(&admin, &table, scheduled.0).await, 1, "{driver:?}");
+        assert_eq!(part_of(&admin, &table, failed.0).await, 1, "{driver:?}");
         assert_eq!(part_of(&admin, &table, running.job.id.0).await, 0);
         assert_eq!(
             store.job(scheduled).await.unwrap().state,
@@ -287,7 +313,7 @@ async fn jobs_left_behind_are_moved_and_the_partition_emptied() {
 #[tokio::test]
 async fn a_cursor_key_keeps_one_pending_job_across_rotations() {
     let admin = pool(2).await;
-    for (driver, store, table) in support::stores(4).await {
+    for (driver, store, table) in partitioned_stores().await {
         let cursor = || job("q").cursor_key("c");
         let first = store.put_job(cursor()).await.unwrap();
         for _ in 0..2 {
@@ -303,5 +329,71 @@ async fn a_cursor_key_keeps_one_pending_job_across_rotations() {
         .execute(&admin)
         .await;
         assert!(refused.is_err(), "{driver:?}: {refused:?}");
+    }
+}
+
+/// The store's own upkeep rotates: with a snapshot held, jobs put and worked through in
+/// batches move the current partition on once it is full, and the drained one is emptied, with
+/// no rotation step taken by hand.
+#[tokio::test]
+async fn the_stores_upkeep_rotates_and_empties_partitions_as_jobs_go_through() {
+    let admin = pool(2).await;
+    for driver in DRIVERS {
+        let table = support::fresh_table("jobs");
+        let sqlx = support::sqlx_store(&table, 4).await.rotate_every(500);
+        assert!(sqlx.partition().await.unwrap());
+        let store: Arc<dyn QueueStore> = match driver {
+            support::Driver::Sqlx => Arc::new(sqlx),
+            support::Driver::Diesel => Arc::new(
+                pq_diesel::DieselStore::with_table(
+                    pq_diesel::DieselStore::pool(
+                        &pq_conformance::postgres::database_url().await,
+                        4,
+                    )
+                    .unwrap(),
+                    table.clone(),
+                )
+                .await
+                .unwrap()
+                .rotate_every(500),
+            ),
+        };
+        let mut held = PgConnection::connect(&pq_conformance::postgres::database_url().await)
+            .await
+            .unwrap();
+        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+            .execute(&mut held)
+            .await
+            .unwrap();
+        sqlx::query("SELECT count(*) FROM pg_class")
+            .execute(&mut held)
+            .await
+            .unwrap();
+        let mut rotated = false;
+        for _ in 0..40 {
+            store
+                .put_many((0..1000).map(|_| job("q")).collect())
+                .await
+                .unwrap();
+            loop {
+                let claimed = store.claim(&Claim::new(["q"]).limit(250)).await.unwrap();
+                if claimed.is_empty() {
+                    break;
+                }
+                let leases: Vec<Done> = claimed.iter().map(|c| c.lease.into()).collect();
+                store.complete_many(&leases).await.unwrap();
+            }
+            if current(&admin, &table).await == 1 && size(&admin, &table, "part_0").await == 0 {
+                rotated = true;
+                break;
+            }
+            // The steps run in tasks of their own.
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(
+            rotated,
+            "{driver:?}: rotated, the drained partition emptied"
+        );
+        sqlx::query("ROLLBACK").execute(&mut held).await.unwrap();
     }
 }

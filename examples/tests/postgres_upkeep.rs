@@ -33,20 +33,12 @@ async fn vacuum_count(pool: &PgPool, table: &QueueTable) -> i64 {
     table_stat(pool, table, "vacuum_count").await
 }
 
-/// The partitions of `table`'s jobs (migration 11), the first holding the jobs put here.
-fn partitions(table: &QueueTable) -> Vec<String> {
-    ["part_0", "part_1", "part_2", "part_3", "part_cursor"]
-        .map(|p| format!("\"{}\".\"{}_{p}\"", table.schema(), table.table()))
-        .to_vec()
-}
-
-/// `column` of the row in `pg_stat_user_tables` of the partition of `table` that holds the
-/// jobs put here (a partitioned table has none of its own).
+/// `column` of `table`'s row in `pg_stat_user_tables`.
 async fn table_stat(pool: &PgPool, table: &QueueTable, column: &str) -> i64 {
     sqlx::query_scalar(AssertSqlSafe(format!(
         "SELECT {column} FROM pg_stat_user_tables WHERE relid = $1::regclass"
     )))
-    .bind(&partitions(table)[0])
+    .bind(table.qualified())
     .fetch_one(pool)
     .await
     .unwrap()
@@ -168,14 +160,13 @@ async fn both_stores_analyze_a_table_filled_without_statistics_unless_told_not_t
     let [sqlx_on, sqlx_off, diesel_on, diesel_off] = [0, 1, 2, 3].map(|i| stores[i].1.clone());
     for (store, table) in &stores {
         // Only the store may analyze it here.
-        for part in partitions(table) {
-            sqlx::query(AssertSqlSafe(format!(
-                "ALTER TABLE {part} SET (autovacuum_enabled = false)"
-            )))
-            .execute(&pool)
-            .await
-            .unwrap();
-        }
+        sqlx::query(AssertSqlSafe(format!(
+            "ALTER TABLE {} SET (autovacuum_enabled = false)",
+            table.qualified()
+        )))
+        .execute(&pool)
+        .await
+        .unwrap();
         let jobs = (0..5000).map(|n| NewJob::new("q", &json!(n)).unwrap());
         store.put_many(jobs.collect()).await.unwrap();
     }

@@ -159,6 +159,13 @@ impl SqlxStore {
         self
     }
 
+    /// Splits the jobs table into rotating partitions, if it is not split yet, so that a
+    /// snapshot held elsewhere cannot slow claims; true if this call split it. See
+    /// [`PgStore::partition`](pq_api::postgres::PgStore::partition) for what it costs.
+    pub async fn partition(&self) -> pq_api::Result<bool> {
+        self.store.partition().await
+    }
+
     /// Makes the store's own claims wait for their WAL flush, as the session's
     /// `synchronous_commit` is set. By default they do not: a claim is acknowledged before its WAL
     /// reaches the disk, and a server crash can lose only the claim itself, the job then

@@ -17,6 +17,22 @@ pub struct Migration {
 
 /// The migrations for `table`, oldest first, from the files `postgres/sql/migration_*.sql`.
 pub fn migrations(table: &QueueTable) -> Vec<Migration> {
+    rendered(table).0
+}
+
+/// The script that splits `table`'s jobs into partitions (`postgres/sql/partition.sql`), for a
+/// table migrated to version 11 and not yet split: see [`PgStore::partition`](super::PgStore).
+///
+/// ```
+/// let sql = pq_api::postgres::partition_script(&pq_api::postgres::QueueTable::default());
+/// assert!(sql.contains("PARTITION BY LIST (part)"));
+/// ```
+pub fn partition_script(table: &QueueTable) -> String {
+    rendered(table).1
+}
+
+/// The migrations and the partitioning script, rendered for `table`.
+fn rendered(table: &QueueTable) -> (Vec<Migration>, String) {
     let name = |suffix: &str| format!("{}_{suffix}", table.table());
     let jobs = table.qualified();
     let keys = table.object(&name("keys"));
@@ -58,7 +74,7 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
     let key_deadline_idx_qualified = table.object(&name("key_deadline"));
     let unique_idx_qualified = table.object(&name("unique_key"));
     let ended_idx_qualified = table.object(&name("ended"));
-    let parts: Vec<String> = ["part_0", "part_1", "part_2", "part_3", "part_cursor"]
+    let parts: Vec<String> = ["part_0", "part_1", "part_cursor"]
         .iter()
         .map(|p| table.object(&name(p)))
         .collect();
@@ -108,16 +124,15 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ("ended_idx_qualified", ended_idx_qualified.as_str()),
         ("part_0", parts[0].as_str()),
         ("part_1", parts[1].as_str()),
-        ("part_2", parts[2].as_str()),
-        ("part_3", parts[3].as_str()),
-        ("part_cursor", parts[4].as_str()),
+        ("part_cursor", parts[2].as_str()),
     ];
     let step = |version, description, file| Migration {
         version,
         description,
         sql: script(file, &vars),
     };
-    vec![
+    let partition = script(include_str!("sql/partition.sql"), &vars);
+    let steps = vec![
         step(
             1,
             "jobs table, claim index, notify trigger",
@@ -170,10 +185,11 @@ pub fn migrations(table: &QueueTable) -> Vec<Migration> {
         ),
         step(
             11,
-            "jobs in rotating partitions, each truncated once drained",
+            "a partition number on every job, the rotation of partitions",
             include_str!("sql/migration_11.sql"),
         ),
-    ]
+    ];
+    (steps, partition)
 }
 
 /// The statements a store runs, in one transaction, to bring the schema up to date.

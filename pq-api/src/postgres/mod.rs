@@ -24,7 +24,7 @@ pub mod table;
 pub mod upkeep;
 
 pub use crate::job::micros;
-pub use migrations::{migrations, schema_ddl, Migration, MigrationStatements};
+pub use migrations::{migrations, partition_script, schema_ddl, Migration, MigrationStatements};
 pub use rows::{
     completed_in_order, freeing, parse_state, pg_time, retry_params, DoneArrays, FinishedRow,
     InsertArrays, JobRow, Undecodable,

@@ -22,7 +22,7 @@ use super::conn::{Lane, Warm, WarmConn};
 use super::driver::{scalars, Driver, Int4, Kind, Note, Param, Scalar};
 use super::group::{for_each_caller, Group, Sending, Waiting};
 use super::listen::{Wakeups, FALLBACK_POLL};
-use super::migrations::{migrations, MigrationStatements};
+use super::migrations::{migrations, partition_script, MigrationStatements};
 use super::rows::{
     completed_in_order, freeing, parse_state, retry_params, DoneArrays, InsertArrays, JobRow,
     Undecodable,
@@ -200,6 +200,50 @@ impl<D: Driver> PgStore<D> {
             Ok(()) => D::commit(tx).await,
             Err(e) => {
                 // Dropped, it rolls back all the same; the migration's error is the one to see.
+                let _ = D::rollback(tx).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Splits the jobs table into rotating partitions ([`partition_script`]), if it is not
+    /// split yet; true if this call split it. Migrates first.
+    ///
+    /// A snapshot held anywhere on the server (a long report in `REPEATABLE READ`, a session
+    /// left idle in a transaction) keeps `VACUUM` from removing what completed jobs leave
+    /// behind, and on a table not split every claim steps over all of it: claims slow down with
+    /// every job completed while the snapshot is held. On a split table, the store's upkeep
+    /// empties each drained partition with `TRUNCATE` ([`Rotating`](super::Rotating)), which
+    /// removes it whatever snapshot is held. What it costs: every claim and every statement
+    /// that finds a job by id reaches three partitions instead of one table; measured in
+    /// `BENCHMARKS.md`, and the reasoning in `docs/design.md`, "Storage a held snapshot
+    /// cannot slow".
+    ///
+    /// The split copies every job into the new table in one transaction, under the lock that
+    /// serialises migrations, and holds the queue meanwhile (about a second per 100,000 jobs).
+    pub async fn partition(&self) -> Result<bool> {
+        self.migrate().await?;
+        let table = &self.inner.table;
+        let mut tx = self.inner.driver.begin("BEGIN").await?;
+        let split = async {
+            let m = MigrationStatements::new(table);
+            let lock: Arc<str> = m.lock.into();
+            D::execute(&mut tx, &lock, &[Param::Int8(table.lock_key())]).await?;
+            let ask: Arc<str> = Arc::from(format!(
+                "SELECT c.relkind = 'p' FROM pg_class AS c WHERE c.oid = '{}'::regclass",
+                table.qualified()
+            ));
+            let done = scalars::<bool>(D::column(&mut tx, &ask, &[], Kind::Bool).await?)?;
+            if done.first() == Some(&true) {
+                return Ok(false);
+            }
+            D::batch(&mut tx, &partition_script(table)).await?;
+            Ok(true)
+        }
+        .await;
+        match split {
+            Ok(split) => D::commit(tx).await.map(|()| split),
+            Err(e) => {
                 let _ = D::rollback(tx).await;
                 Err(e)
             }

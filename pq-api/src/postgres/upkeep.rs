@@ -371,10 +371,10 @@ impl Default for Rotating {
 
 impl Rotating {
     /// Jobs put or claimed between steps by default.
-    pub const DEFAULT_EVERY: u64 = 5_000;
+    pub const DEFAULT_EVERY: u64 = 2_000;
     /// The size of the current partition (its rows, not its indexes) at which the next one
     /// becomes current.
-    pub const FULL_BYTES: i64 = 8 << 20;
+    pub const FULL_BYTES: i64 = 2 << 20;
 
     /// Takes a step after every `every` jobs put or claimed; 0 never does.
     pub fn new(every: u64) -> Self {

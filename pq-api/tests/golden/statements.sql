@@ -119,7 +119,7 @@ VACUUM (SKIP_LOCKED, INDEX_CLEANUP ON) "public"."pq_jobs"
 SELECT pg_has_role(c.relowner, 'USAGE') AS may FROM pg_class AS c WHERE c.oid = '"public"."pq_jobs"'::regclass
 
 -- analyze if stale
-DO $$ DECLARE stale regclass; BEGIN FOR stale IN SELECT c.oid::regclass FROM pg_partition_tree('"public"."pq_jobs"'::regclass) AS t JOIN pg_class AS c ON c.oid = t.relid JOIN pg_stat_user_tables AS s ON s.relid = c.oid WHERE t.isleaf AND s.n_live_tup > 1000 AND (c.reltuples < 0 OR c.reltuples * 2 < s.n_live_tup) AND pg_has_role(c.relowner, 'USAGE') LOOP EXECUTE format('ANALYZE %s', stale); END LOOP; END$$
+DO $$ DECLARE stale regclass; BEGIN FOR stale IN SELECT c.oid::regclass FROM pg_class AS c JOIN pg_stat_user_tables AS s ON s.relid = c.oid WHERE (c.oid = '"public"."pq_jobs"'::regclass OR c.oid IN (SELECT t.relid FROM pg_partition_tree('"public"."pq_jobs"'::regclass) AS t)) AND c.relkind = 'r' AND s.n_live_tup > 1000 AND (c.reltuples < 0 OR c.reltuples * 2 < s.n_live_tup) AND pg_has_role(c.relowner, 'USAGE') LOOP EXECUTE format('ANALYZE %s', stale); END LOOP; END$$
 
 -- begin, transactional handler
 BEGIN; SET LOCAL idle_in_transaction_session_timeout = 30000
@@ -364,98 +364,45 @@ WHERE NOT (isfinite(created_at) AND isfinite(finished_at) AND isfinite(keep_unti
 ALTER TABLE "public"."pq_jobs" VALIDATE CONSTRAINT "pq_jobs_finite_times";
 ALTER TABLE "public"."pq_jobs_history" VALIDATE CONSTRAINT "pq_jobs_history_finite_times";
 
--- migration 11: jobs in rotating partitions, each truncated once drained
+-- migration 11: a partition number on every job, the rotation of partitions
 CREATE TABLE "public"."pq_jobs_rotation" (
   one boolean PRIMARY KEY DEFAULT true CHECK (one),
-  current int2 NOT NULL CHECK (current BETWEEN 0 AND 3)
+  current int2 NOT NULL CHECK (current BETWEEN 0 AND 1)
 );
 INSERT INTO "public"."pq_jobs_rotation" (current) VALUES (0);
 CREATE FUNCTION "public"."pq_jobs_current_part"() RETURNS int2 LANGUAGE sql STABLE AS $pq$
   SELECT current FROM "public"."pq_jobs_rotation"
 $pq$;
-ALTER TABLE "public"."pq_jobs" RENAME TO "pq_jobs_unpartitioned";
-DROP TRIGGER pq_notify_insert ON "public"."pq_jobs_unpartitioned";
-DROP TRIGGER pq_notify_update ON "public"."pq_jobs_unpartitioned";
-ALTER TABLE "public"."pq_jobs_unpartitioned" DROP CONSTRAINT "pq_jobs_pkey";
-DROP INDEX "public"."pq_jobs_claim", "public"."pq_jobs_run_at", "public"."pq_jobs_key",
-  "public"."pq_jobs_cursor_pending", "public"."pq_jobs_key_deadline", "public"."pq_jobs_unique_key",
-  "public"."pq_jobs_ended";
-CREATE TABLE "public"."pq_jobs" (
-  LIKE "public"."pq_jobs_unpartitioned" INCLUDING DEFAULTS INCLUDING CONSTRAINTS,
-  part int2 NOT NULL DEFAULT "public"."pq_jobs_current_part"()
-) PARTITION BY LIST (part);
-CREATE TABLE "public"."pq_jobs_part_0" PARTITION OF "public"."pq_jobs" (CHECK (NOT cursor)) FOR VALUES IN (0);
-CREATE TABLE "public"."pq_jobs_part_1" PARTITION OF "public"."pq_jobs" (CHECK (NOT cursor)) FOR VALUES IN (1);
-CREATE TABLE "public"."pq_jobs_part_2" PARTITION OF "public"."pq_jobs" (CHECK (NOT cursor)) FOR VALUES IN (2);
-CREATE TABLE "public"."pq_jobs_part_3" PARTITION OF "public"."pq_jobs" (CHECK (NOT cursor)) FOR VALUES IN (3);
-CREATE TABLE "public"."pq_jobs_part_cursor" PARTITION OF "public"."pq_jobs" (CHECK (cursor)) FOR VALUES IN (-1);
-INSERT INTO "public"."pq_jobs" SELECT o.*, CASE WHEN o.cursor THEN -1 ELSE 0 END FROM "public"."pq_jobs_unpartitioned" AS o;
-DO $pq$
-BEGIN
-  EXECUTE format('ALTER SEQUENCE %s OWNED BY "public"."pq_jobs".id',
-                 pg_get_serial_sequence('"public"."pq_jobs_unpartitioned"', 'id'));
-END
-$pq$;
-DO $pq$
-DECLARE
-  g record;
-BEGIN
-  FOR g IN SELECT (aclexplode(c.relacl)).* FROM pg_class AS c
-           WHERE c.oid = '"public"."pq_jobs_unpartitioned"'::regclass LOOP
-    CONTINUE WHEN g.grantee = (SELECT relowner FROM pg_class WHERE oid = '"public"."pq_jobs"'::regclass);
-    EXECUTE format('GRANT %s ON "public"."pq_jobs" TO %s', g.privilege_type,
-                   CASE WHEN g.grantee = 0 THEN 'PUBLIC'
-                        ELSE quote_ident(pg_get_userbyid(g.grantee)) END);
-  END LOOP;
-END
-$pq$;
-DROP TABLE "public"."pq_jobs_unpartitioned";
-ALTER TABLE "public"."pq_jobs" ADD PRIMARY KEY (id, part);
-CREATE INDEX "pq_jobs_claim" ON "public"."pq_jobs" (queue, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC)
-  WHERE state <> 'failed' AND NOT hidden;
-CREATE INDEX "pq_jobs_run_at" ON "public"."pq_jobs" (queue, run_at) WHERE state <> 'failed' AND key IS NULL;
-CREATE INDEX "pq_jobs_key" ON "public"."pq_jobs" (queue, key, priority DESC, expected_at ASC NULLS LAST, run_at ASC, id ASC)
-  WHERE key IS NOT NULL AND state <> 'failed';
+ALTER TABLE "public"."pq_jobs" ADD COLUMN part int2 NOT NULL DEFAULT "public"."pq_jobs_current_part"();
+UPDATE "public"."pq_jobs" SET part = -1 WHERE cursor;
+DROP INDEX "public"."pq_jobs_cursor_pending";
 CREATE UNIQUE INDEX "pq_jobs_cursor_pending" ON "public"."pq_jobs" (queue, key, part) WHERE cursor AND lease_token IS NULL;
-CREATE INDEX "pq_jobs_key_deadline" ON "public"."pq_jobs" (queue, key, run_at)
-  WHERE key IS NOT NULL AND expected_at IS NOT NULL AND state <> 'failed';
-CREATE INDEX "pq_jobs_unique_key" ON "public"."pq_jobs" (queue, unique_key) WHERE unique_key IS NOT NULL;
-CREATE INDEX "pq_jobs_ended" ON "public"."pq_jobs" (run_at)
-  WHERE state = 'failed' OR (state = 'running' AND attempts >= max_attempts);
-CREATE TRIGGER pq_notify_insert AFTER INSERT ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
-CREATE TRIGGER pq_notify_update AFTER UPDATE ON "public"."pq_jobs" REFERENCING NEW TABLE AS new_rows
-  FOR EACH STATEMENT EXECUTE FUNCTION "public"."pq_jobs_notify"();
 CREATE FUNCTION "public"."pq_jobs_rotate"(full_bytes int8) RETURNS int4 LANGUAGE plpgsql AS $pq$
 DECLARE
-  parts regclass[] := ARRAY['"public"."pq_jobs_part_0"', '"public"."pq_jobs_part_1"', '"public"."pq_jobs_part_2"', '"public"."pq_jobs_part_3"']::regclass[];
+  parts regclass[];
   cur int2;
   nxt int2;
   p int2;
-  locked boolean;
   emptied int4 := 0;
 BEGIN
-  IF current_setting('transaction_isolation') <> 'read committed' THEN
+  IF current_setting('transaction_isolation') <> 'read committed'
+     OR (SELECT c.relkind FROM pg_class AS c WHERE c.oid = '"public"."pq_jobs"'::regclass) <> 'p' THEN
     RETURN 0;
   END IF;
+  parts := ARRAY['"public"."pq_jobs_part_0"', '"public"."pq_jobs_part_1"']::regclass[];
+  PERFORM set_config('lock_timeout', '100ms', true);
   SELECT r.current INTO cur FROM "public"."pq_jobs_rotation" AS r FOR UPDATE SKIP LOCKED;
   IF NOT FOUND THEN
     RETURN 0;
   END IF;
-  FOR p IN 0..3 LOOP
+  FOR p IN 0..1 LOOP
     CONTINUE WHEN p = cur OR pg_relation_size(parts[p + 1]) = 0;
     CONTINUE WHEN EXISTS (SELECT 1 FROM "public"."pq_jobs" AS j WHERE j.part = p);
-    locked := false;
-    FOR attempt IN 1..10 LOOP
-      BEGIN
-        EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE NOWAIT', parts[p + 1]);
-        locked := true;
-        EXIT;
-      EXCEPTION WHEN lock_not_available THEN
-        PERFORM pg_sleep(0.005);
-      END;
-    END LOOP;
-    CONTINUE WHEN NOT locked;
+    BEGIN
+      EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', parts[p + 1]);
+    EXCEPTION WHEN lock_not_available THEN
+      CONTINUE;
+    END;
     IF NOT EXISTS (SELECT 1 FROM "public"."pq_jobs" AS j WHERE j.part = p) THEN
       BEGIN
         EXECUTE format('TRUNCATE %s', parts[p + 1]);
@@ -468,7 +415,7 @@ BEGIN
   IF pg_relation_size(parts[cur + 1]) < full_bytes THEN
     RETURN emptied;
   END IF;
-  nxt := (cur + 1) % 4;
+  nxt := 1 - cur;
   IF pg_relation_size(parts[nxt + 1]) = 0 THEN
     UPDATE "public"."pq_jobs_rotation" SET current = nxt;
   ELSIF (SELECT count(*) FROM (SELECT 1 FROM "public"."pq_jobs" AS j WHERE j.part = nxt LIMIT 1001) AS l) <= 1000 THEN

@@ -1,4 +1,5 @@
--- Analyzes each partition of the jobs table whose planner statistics lag far behind it: none
+-- Analyzes the jobs table, or each of its partitions once split (partition.sql), whose
+-- planner statistics lag far behind it: none
 -- yet, or under half the rows it holds, with over 1,000 held (no parameters; a simple query).
 -- A claim scans each partition by that partition's statistics; a partition just truncated has
 -- none until it is filled and analyzed. Ownership is checked first: without it PostgreSQL
@@ -10,10 +11,10 @@ DECLARE
 BEGIN
   FOR stale IN
     SELECT c.oid::regclass
-    FROM pg_partition_tree('{jobs}'::regclass) AS t
-    JOIN pg_class AS c ON c.oid = t.relid
-    JOIN pg_stat_user_tables AS s ON s.relid = c.oid
-    WHERE t.isleaf AND s.n_live_tup > 1000
+    FROM pg_class AS c JOIN pg_stat_user_tables AS s ON s.relid = c.oid
+    WHERE (c.oid = '{jobs}'::regclass
+           OR c.oid IN (SELECT t.relid FROM pg_partition_tree('{jobs}'::regclass) AS t))
+      AND c.relkind = 'r' AND s.n_live_tup > 1000
       AND (c.reltuples < 0 OR c.reltuples * 2 < s.n_live_tup)
       AND pg_has_role(c.relowner, 'USAGE')
   LOOP
