@@ -55,6 +55,28 @@ async fn migrated() -> (String, String, SqlxStore) {
     (url, schema, SqlxStore::without_migrating(pool, table))
 }
 
+/// `pq partition` splits the queue table once, keeping its jobs; a second run says so.
+#[tokio::test]
+async fn partition_splits_the_table_once_and_keeps_its_jobs() {
+    let (url, schema, store) = migrated().await;
+    let id = store
+        .put("emails", &json!({"to": "a@example.com"}))
+        .await
+        .unwrap();
+    let out = ok(&url, &schema, &["partition"]);
+    assert!(out.contains("is split into partitions"), "{out}");
+    let out = ok(&url, &schema, &["partition"]);
+    assert!(out.contains("already"), "{out}");
+    let kind: String = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+        "SELECT relkind::text FROM pg_class WHERE oid = '\"{schema}\".pq_jobs'::regclass"
+    )))
+    .fetch_one(store.pool())
+    .await
+    .unwrap();
+    assert_eq!(kind, "p");
+    assert_eq!(store.job(id).await.unwrap().state, JobState::Ready);
+}
+
 /// Puts a job in `queue` and fails it for good with `error`.
 async fn failed_job(store: &SqlxStore, queue: &str, error: &str) -> JobId {
     let id = store
@@ -80,8 +102,19 @@ fn help_covers_every_subcommand() {
     assert!(o.status.success());
     let help = stdout(&o);
     let subcommands = [
-        "migrate", "ddl", "queues", "jobs", "show", "retry", "cancel", "purge", "pause", "resume",
-        "health", "serve",
+        "migrate",
+        "partition",
+        "ddl",
+        "queues",
+        "jobs",
+        "show",
+        "retry",
+        "cancel",
+        "purge",
+        "pause",
+        "resume",
+        "health",
+        "serve",
     ];
     for sub in subcommands {
         assert!(
