@@ -27,6 +27,22 @@ async fn partitioned_stores() -> Vec<(support::Driver, Arc<dyn QueueStore>, Queu
     out
 }
 
+/// A connection whose transaction holds a snapshot (a report over other tables, left open),
+/// which keeps VACUUM from removing any row version left after it was taken.
+async fn hold_snapshot() -> PgConnection {
+    let url = pq_conformance::postgres::database_url().await;
+    let mut held = PgConnection::connect(&url).await.unwrap();
+    sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
+        .execute(&mut held)
+        .await
+        .unwrap();
+    sqlx::query("SELECT count(*) FROM pg_class")
+        .execute(&mut held)
+        .await
+        .unwrap();
+    held
+}
+
 fn object(table: &QueueTable, suffix: &str) -> String {
     format!("\"{}\".\"{}_{suffix}\"", table.schema(), table.table())
 }
@@ -213,17 +229,7 @@ async fn splitting_into_partitions_keeps_every_job_in_every_state() {
 async fn a_drained_partition_is_emptied_while_a_snapshot_is_held() {
     let admin = pool(2).await;
     for (driver, store, table) in partitioned_stores().await {
-        let mut held = PgConnection::connect(&pq_conformance::postgres::database_url().await)
-            .await
-            .unwrap();
-        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut held)
-            .await
-            .unwrap();
-        sqlx::query("SELECT count(*) FROM pg_class")
-            .execute(&mut held)
-            .await
-            .unwrap();
+        let mut held = hold_snapshot().await;
 
         let first = store
             .put_many((0..300).map(|_| job("q")).collect())
@@ -358,17 +364,7 @@ async fn the_stores_upkeep_rotates_and_empties_partitions_as_jobs_go_through() {
                 .rotate_every(500),
             ),
         };
-        let mut held = PgConnection::connect(&pq_conformance::postgres::database_url().await)
-            .await
-            .unwrap();
-        sqlx::query("BEGIN ISOLATION LEVEL REPEATABLE READ")
-            .execute(&mut held)
-            .await
-            .unwrap();
-        sqlx::query("SELECT count(*) FROM pg_class")
-            .execute(&mut held)
-            .await
-            .unwrap();
+        let mut held = hold_snapshot().await;
         let mut rotated = false;
         for _ in 0..40 {
             store

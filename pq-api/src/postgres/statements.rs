@@ -35,6 +35,7 @@ mod files {
     pub(super) const ROTATE: &str = include_str!("sql/rotate.sql");
     pub(super) const CLAIM_UNLIMITED: &str = include_str!("sql/claim_unlimited.sql");
     pub(super) const CLAIM_CANDIDATES: &str = include_str!("sql/claim_candidates.sql");
+    pub(super) const CLAIM_TAKE: &str = include_str!("sql/claim_take.sql");
     pub(super) const LEASE_CANCELLED: &str = include_str!("sql/lease_cancelled.sql");
     pub(super) const PROGRESS: &str = include_str!("sql/progress.sql");
     pub(super) const CONFIGURE_QUEUE: &str = include_str!("sql/configure_queue.sql");
@@ -538,8 +539,10 @@ impl Statements {
         };
         let s = |file: &str| -> Arc<str> { Arc::from(statement(file, &vars)) };
         let candidates = statement(CLAIM_CANDIDATES, &with_next);
+        let take = statement(CLAIM_TAKE, &with_next);
         let mut claim_vars = with_next.clone();
         claim_vars.push(("candidates", candidates.as_str()));
+        claim_vars.push(("take", take.as_str()));
         let unique_parts: Vec<(&str, String)> = ["held", "unique_filter", "periods", "refused"]
             .into_iter()
             .map(|name| {

@@ -63,19 +63,7 @@ WITH lease AS (
   ) AS c
   ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC
   LIMIT {limit}
-), claimed AS (
-  UPDATE {jobs} AS t SET state = 'running', attempts = t.attempts + 1,
-         lease_token = (SELECT token FROM lease),
-         run_at = statement_timestamp() + {lease} * interval '1 microsecond',
-         hidden = false, hides = t.hides OR picked.via
-  FROM cand AS picked WHERE t.id = picked.id
-    AND (NOT picked.via OR (t.state = 'queued' AND t.hidden))
-  RETURNING t.*, picked.run_at AS prev_run_at, picked.kctid
-), taken AS (
-  UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at
-  FROM claimed AS c WHERE k.ctid = c.kctid
-  RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state
-), placed AS (
+), {take}, placed AS (
   SELECT p.id, p.queue, row_number() OVER (PARTITION BY p.queue ORDER BY p.id) AS n
   FROM cand AS p JOIN room AS r ON r.name = p.queue
 ), seated AS (

@@ -25,19 +25,7 @@ WITH lease AS (
   WHERE NOT EXISTS (SELECT 1 FROM limited)
   ORDER BY c.priority DESC, c.expected_at ASC NULLS LAST, c.run_at ASC, c.id ASC
   LIMIT {limit}
-), claimed AS (
-  UPDATE {jobs} AS t SET state = 'running', attempts = t.attempts + 1,
-         lease_token = (SELECT token FROM lease),
-         run_at = statement_timestamp() + {lease} * interval '1 microsecond',
-         hidden = false, hides = t.hides OR picked.via
-  FROM cand AS picked WHERE t.id = picked.id
-    AND (NOT picked.via OR (t.state = 'queued' AND t.hidden))
-  RETURNING t.*, picked.run_at AS prev_run_at, picked.kctid
-), taken AS (
-  UPDATE {keys} AS k SET running_id = c.id, running_until = c.run_at
-  FROM claimed AS c WHERE k.ctid = c.kctid
-  RETURNING k.queue AS k_queue, k.key AS k_key, k.state AS k_state
-)
+), {take}
 SELECT id, queue, payload, priority, expected_at, run_at, state, attempts, max_attempts,
        last_error, created_at, lease_token, key, cursor, keep_for, timeout, unique_key,
        unique_scope, progress, key_state
